@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Debian packages the deploy tests use, installed only when missing (idempotent, safe to re-run).
+#   promtool + prometheus  (package `prometheus`)      -> tests/deploy: check config/rules, scrape test
+#   docker-compose v1.29.2 (package `docker-compose`)  -> tests/deploy: `docker-compose config`, no engine needed
+# Needs root and apt-get; otherwise it only reports what is missing (the tests then skip with a reason).
+set -euo pipefail
+
+declare -A want=([promtool]=prometheus [prometheus]=prometheus [docker-compose]=docker-compose)
+missing=()
+for tool in promtool prometheus docker-compose; do
+  if command -v "$tool" >/dev/null 2>&1; then
+    echo "ci_system_deps: $tool present ($(command -v "$tool"))"
+  else
+    pkg="${want[$tool]}"
+    [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "ci_system_deps: nothing to install"
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "ci_system_deps: missing ${missing[*]} but not root or no apt-get; deploy tests that need them will skip"
+  exit 0
+fi
+
+echo "ci_system_deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# --no-install-recommends keeps the prometheus package from pulling in its web UI assets and extras.
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The Debian prometheus package may start a system service on install in some environments; we only
+# need the binaries, so stop it if a service manager did start it (no-op in containers).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
+for tool in promtool prometheus docker-compose; do
+  if command -v "$tool" >/dev/null 2>&1; then
+    echo "ci_system_deps: $tool -> $(command -v "$tool")"
+  else
+    echo "ci_system_deps: WARNING $tool still missing" >&2
+  fi
+done

@@ -1,0 +1,55 @@
+"""Typed dependencies shared by the routers."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from mipic.service.api.errors import ApiError
+from mipic.service.engine.engine import Engine
+from mipic.service.metrics import Metrics
+from mipic.service.settings import Settings
+
+
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+EngineDep = Annotated[Engine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+
+
+def require_json(request: Request) -> None:
+    """415 for anything but JSON bodies: a form post or plain text is a client bug, say so."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ApiError(415, "Content-Type must be application/json", "unsupported_media_type")
+
+
+def bearer_matches(request: Request, secret: str) -> bool:
+    """Constant-time comparison of the ``Authorization: Bearer`` token."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), secret.encode())
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    if settings.api_key is None:
+        return
+    if not bearer_matches(request, settings.api_key.get_secret_value()):
+        raise ApiError(401, "missing or invalid API key", "invalid_api_key")

@@ -1,0 +1,75 @@
+"""The shared embed flow of both embed routes: limits, disconnect watching, metrics, timing headers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastapi import Request
+
+from mipic.service.engine.engine import EmbedResult, Engine
+from mipic.service.engine.errors import InvalidRequest
+from mipic.service.metrics import Metrics
+from mipic.service.settings import Settings
+
+
+class ClientGone(Exception):
+    """The client disconnected before its embeddings were ready."""
+
+
+def check_inputs(texts: list[str], param: str, settings: Settings) -> None:
+    if not texts:
+        raise InvalidRequest(f"{param} must not be empty", param=param)
+    if len(texts) > settings.max_inputs_per_request:
+        raise InvalidRequest(
+            f"{param} has {len(texts)} items; at most {settings.max_inputs_per_request} per request",
+            param=param,
+        )
+    for i, text in enumerate(texts):
+        if not text:
+            raise InvalidRequest(f"{param}[{i}] is an empty string", param=f"{param}[{i}]")
+
+
+async def _disconnected(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def embed_for_request(
+    request: Request,
+    engine: Engine,
+    metrics: Metrics,
+    endpoint: str,
+    texts: list[str],
+    dim: int | None,
+    layer: int | None,
+    dim_param: str,
+) -> tuple[EmbedResult, dict[str, str]]:
+    """Run one embed request; if the client goes away first, its queued rows are dropped unrun."""
+    t0 = time.perf_counter()
+    work = asyncio.ensure_future(engine.embed(texts, dim, layer, dim_param))
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not work.done():
+        work.cancel()
+        raise ClientGone()
+    result = work.result()
+    total = time.perf_counter() - t0
+    version = result.model_version
+    metrics.request_duration.labels(endpoint, str(result.dim), str(result.layer), version).observe(total)
+    metrics.tokenization_duration.labels(version).observe(result.tokenization_seconds)
+    metrics.embeddings.labels(str(result.dim), str(result.layer), version).inc(len(result.vectors))
+    metrics.tokens.labels(version).inc(result.tokens)
+    headers = {
+        "x-total-time": f"{total * 1000:.3f}",
+        "x-tokenization-time": f"{result.tokenization_seconds * 1000:.3f}",
+        "x-queue-time": f"{result.queue_seconds * 1000:.3f}",
+        "x-inference-time": f"{result.inference_seconds * 1000:.3f}",
+        "x-model-version": result.model_id,
+    }
+    return result, headers

@@ -1,0 +1,53 @@
+"""``POST /embed``: the native endpoint with ``dim`` and ``layer`` in the query or the body."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+
+from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
+from mipic.service.api.embedding import check_inputs, embed_for_request
+from mipic.service.api.errors import ApiError
+from mipic.service.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, Usage
+
+router = APIRouter(tags=["embeddings"])
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 429, 500, 503, 504)
+}
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_json), Depends(require_api_key)],
+)
+async def embed(
+    request: Request,
+    body: EmbedRequest,
+    engine: EngineDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    dim: Annotated[int | None, Query(description="Output dimension (Matryoshka prefix)")] = None,
+    layer: Annotated[int | None, Query(description="Exit layer, 1..num_layers")] = None,
+) -> JSONResponse:
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    check_inputs(texts, "inputs", settings)
+    for name, q, b in (("dim", dim, body.dim), ("layer", layer, body.layer)):
+        if q is not None and b is not None and q != b:
+            raise ApiError(400, f"{name} given as {q} in the query and {b} in the body", "conflict", name)
+    result, headers = await embed_for_request(
+        request, engine, metrics, "/embed", texts,
+        dim if dim is not None else body.dim, layer if layer is not None else body.layer, "dim",
+    )
+    payload = EmbedResponse(
+        embeddings=[v.tolist() for v in result.vectors],
+        dim=result.dim,
+        layer=result.layer,
+        model=result.model_id,
+        usage=Usage(tokens=result.tokens),
+    )
+    return JSONResponse(payload.model_dump(), headers=headers)

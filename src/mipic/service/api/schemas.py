@@ -1,0 +1,93 @@
+"""Request and response bodies (native ``/embed`` and OpenAI-compatible ``/v1/embeddings``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EmbedRequest(BaseModel):
+    """``POST /embed``: ``dim``/``layer`` may be given here or in the query string."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str | list[str]
+    dim: int | None = Field(None, description="Output dimension (Matryoshka prefix); default full width")
+    layer: int | None = Field(None, description="Exit layer, 1..num_layers; default the last layer")
+
+
+class Usage(BaseModel):
+    tokens: int
+
+
+class EmbedResponse(BaseModel):
+    embeddings: list[list[float]]
+    dim: int
+    layer: int
+    model: str
+    usage: Usage
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, plus the ``layer`` extension."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str]
+    model: str | None = None
+    dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+    layer: int | None = Field(None, description="Extension: exit layer, 1..num_layers")
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class BudgetInfo(BaseModel):
+    dim: int
+    layer: int
+
+
+class InfoResponse(BaseModel):
+    model: str
+    name: str
+    version: str
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    dims: list[int]
+    layers: list[int]
+    trained_budgets: list[BudgetInfo]
+    max_seq_length: int
+    pooling: str
+    precision: str
+    provider: str
+    max_inputs_per_request: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

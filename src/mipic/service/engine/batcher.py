@@ -1,0 +1,220 @@
+"""The owner of the hot path: a bounded queue, one batching task, one inference thread.
+
+Requests put tokenized rows on the queue and await futures. A single asyncio task cuts batches by a
+padded-token budget, a row limit and a maximum wait, and runs each batch on a dedicated worker thread.
+Rows whose request was cancelled (client gone) or whose deadline passed are dropped before they cost
+compute. A full queue refuses at once (the HTTP layer answers 429).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mipic.service.engine.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
+from mipic.service.engine.model import LoadedModel, Row
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RowResult:
+    vector: np.ndarray  # (dim,) float32, unit length
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass
+class WorkItem:
+    row: Row
+    model: LoadedModel
+    future: asyncio.Future[RowResult]
+    enqueued_at: float
+    deadline: float
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one executed batch looked like; reported to metrics by the observer."""
+
+    model_version: str
+    size: int
+    padded_tokens: int
+    queue_seconds: list[float] = field(default_factory=list)
+    inference_seconds: float = 0.0
+
+
+class Batcher:
+    def __init__(
+        self,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_wait_ms: float,
+        max_queue_size: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._on_batch = on_batch
+        self._queue: collections.deque[WorkItem] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mipic-infer")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._in_flight = 0  # rows in the batch being executed
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name="mipic-batcher")
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(Draining("server is shutting down"))
+        self._queue.clear()
+        self._worker.shutdown(wait=True)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue) or self._in_flight > 0
+
+    # ------------------------------------------------------------------ producer side
+
+    def submit(self, model: LoadedModel, rows: list[Row], timeout_s: float) -> list[asyncio.Future[RowResult]]:
+        """Queue rows (all or none) and return one future per row."""
+        if self._closing:
+            raise Draining("server is shutting down")
+        if len(self._queue) + len(rows) > self.max_queue_size:
+            raise Overloaded(f"queue is full ({self.max_queue_size} inputs); retry later")
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        futures = []
+        for row in rows:
+            fut: asyncio.Future[RowResult] = loop.create_future()
+            self._queue.append(WorkItem(row, model, fut, now, now + timeout_s))
+            futures.append(fut)
+        self._wakeup.set()
+        return futures
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` on the inference thread, serialised with batches (used for warm-up)."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    # ------------------------------------------------------------------ consumer side
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._fill()
+            batch = self._cut()
+            if batch:
+                await self._execute(batch)
+
+    async def _fill(self) -> None:
+        """Wait up to max_wait for more rows unless the batch is already full."""
+        deadline = time.perf_counter() + self.max_wait_s
+        while True:
+            if self._padded_tokens_if_cut() >= self.max_batch_tokens or len(self._queue) >= self.max_batch_size:
+                return
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=remaining)
+            except TimeoutError:
+                return
+
+    def _padded_tokens_if_cut(self) -> int:
+        longest = 0
+        for n, item in enumerate(self._queue, start=1):
+            longest = max(longest, item.row.ids.shape[0])
+            if n >= self.max_batch_size:
+                return longest * n
+        return longest * len(self._queue)
+
+    def _cut(self) -> list[WorkItem]:
+        """Take rows in FIFO order for one model version until the token or row budget is reached."""
+        batch: list[WorkItem] = []
+        longest = 0
+        now = time.perf_counter()
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # cancelled: the client went away
+                self._queue.popleft()
+                continue
+            if now > item.deadline:
+                self._queue.popleft()
+                item.future.set_exception(DeadlineExceeded("request waited past its deadline in the queue"))
+                continue
+            if batch and item.model is not batch[0].model:
+                break
+            new_longest = max(longest, item.row.ids.shape[0])
+            if batch and (new_longest * (len(batch) + 1) > self.max_batch_tokens
+                          or len(batch) >= self.max_batch_size):
+                break
+            self._queue.popleft()
+            item.started_at = now
+            batch.append(item)
+            longest = new_longest
+        return batch
+
+    async def _execute(self, batch: list[WorkItem]) -> None:
+        model = batch[0].model
+        rows = [item.row for item in batch]
+        self._in_flight = len(batch)
+        t0 = time.perf_counter()
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(self._worker, model.run, rows)
+        except Exception:
+            logger.exception("batch of %d rows failed on %s", len(batch), model.model_id)
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(InferenceFailed("the model failed on this batch"))
+            return
+        finally:
+            self._in_flight = 0
+        elapsed = time.perf_counter() - t0
+        for item, vec in zip(batch, vectors, strict=True):
+            if not item.future.done():
+                item.future.set_result(RowResult(vec, item.started_at - item.enqueued_at, elapsed))
+        if self._on_batch is not None:
+            longest = max(r.ids.shape[0] for r in rows)
+            self._on_batch(
+                BatchStats(
+                    model_version=model.version,
+                    size=len(batch),
+                    padded_tokens=longest * len(batch),
+                    queue_seconds=[item.started_at - item.enqueued_at for item in batch],
+                    inference_seconds=elapsed,
+                )
+            )

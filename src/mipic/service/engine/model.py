@@ -1,0 +1,134 @@
+"""A loaded model version: manifest + tokenizer + staged runtime, and the early-exit batch runner."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mipic.manifest import Manifest, load_manifest
+from mipic.service.engine.errors import InvalidBudget
+from mipic.service.engine.pooling import matryoshka, pool
+from mipic.service.engine.runtime import ProviderChoice, StagedRuntime
+from mipic.service.engine.tokenizer import TextTokenizer
+
+logger = logging.getLogger(__name__)
+
+# A sub-batch is cut when its longest row is this many times longer than its shortest:
+# padding a 16-token row to 256 would cost 16x its compute.
+MAX_LENGTH_RATIO = 2.0
+MIN_SUB_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input ready to run: token ids and the budget it asked for."""
+
+    ids: np.ndarray  # (T,) int64
+    dim: int
+    layer: int
+
+
+class LoadedModel:
+    """Everything needed to turn token ids into Matryoshka embeddings for one model version."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        provider: ProviderChoice = "auto",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+        max_seq_length: int | None = None,
+        truncate: bool = True,
+        verify_checksums: bool = True,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest: Manifest = load_manifest(self.model_dir, verify=verify_checksums)
+        max_len = min(max_seq_length or self.manifest.max_seq_length, self.manifest.max_seq_length)
+        self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer, max_len, truncate)
+        self.runtime = StagedRuntime(
+            self.model_dir, self.manifest, provider, intra_op_threads, inter_op_threads
+        )
+        self._dims = frozenset(self.manifest.dims)
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def resolve_budget(self, dim: int | None, layer: int | None, dim_param: str = "dim") -> tuple[int, int]:
+        """Defaults to the full width and depth; rejects anything outside the manifest."""
+        m = self.manifest
+        d = m.hidden_size if dim is None else dim
+        ly = m.num_layers if layer is None else layer
+        if d not in self._dims:
+            raise InvalidBudget(
+                f"{dim_param}={d} is not served by {m.model_id}; allowed: {m.dims}", param=dim_param
+            )
+        if not 1 <= ly <= m.num_layers:
+            raise InvalidBudget(f"layer={ly} must be between 1 and {m.num_layers}", param="layer")
+        return d, ly
+
+    # ------------------------------------------------------------------ hot path (worker thread)
+
+    def run(self, rows: list[Row]) -> list[np.ndarray]:
+        """Embed rows of mixed budgets; returns one unit vector per row, in order.
+
+        Rows are sorted by length and cut into sub-batches of similar length (less padding). In each
+        sub-batch, stages run in order and rows leave at their exit layer, so a row at layer k costs
+        k layers, whatever the other rows asked for.
+        """
+        out: list[np.ndarray] = [np.empty(0, np.float32)] * len(rows)
+        order = sorted(range(len(rows)), key=lambda i: rows[i].ids.shape[0], reverse=True)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            longest = rows[order[start]].ids.shape[0]
+            while end < len(order) and (
+                end - start < MIN_SUB_BATCH or longest <= MAX_LENGTH_RATIO * rows[order[end]].ids.shape[0]
+            ):
+                end += 1
+            chunk = order[start:end]
+            for i, vec in zip(chunk, self._run_chunk([rows[i] for i in chunk]), strict=True):
+                out[i] = vec
+            start = end
+        return out
+
+    def _run_chunk(self, rows: list[Row]) -> list[np.ndarray]:
+        n = len(rows)
+        lengths = np.array([r.ids.shape[0] for r in rows])
+        exits = np.array([r.layer for r in rows])
+        width = int(lengths.max())
+        ids = np.zeros((n, width), dtype=np.int64)  # (B, T); pad id 0 is masked out
+        mask = np.zeros((n, width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, : lengths[i]] = r.ids
+            mask[i, : lengths[i]] = 1
+        pooled = np.empty((n, self.manifest.hidden_size), dtype=np.float32)
+        alive = np.arange(n)  # rows still in the batch, as indices into `rows`
+        states = self.runtime.embed(ids)  # (B, T, H)
+        for layer in range(1, int(exits.max()) + 1):
+            states = self.runtime.layer(layer, states, mask)
+            leaving = exits[alive] == layer
+            if leaving.any():
+                pooled[alive[leaving]] = pool(states[leaving], mask[leaving], self.manifest.pooling)
+                stay = ~leaving
+                alive, states, mask = alive[stay], states[stay], mask[stay]
+                if alive.size:
+                    # Right padding only: columns past the longest remaining row are pure padding.
+                    keep = int(lengths[alive].max())
+                    states, mask = states[:, :keep], mask[:, :keep]
+        return [matryoshka(pooled[i], rows[i].dim) for i in range(n)]
+
+    def warmup(self) -> None:
+        """One batch that exits at every layer, so each session has run once before traffic."""
+        ids = self.tokenizer.encode(["warm up"])[0].ids
+        self.run([Row(ids=ids, dim=self.manifest.hidden_size, layer=k) for k in self.manifest.layers])
+
+    def close(self) -> None:
+        self.runtime.close()

@@ -1,0 +1,80 @@
+"""Every Prometheus metric the service exports, defined once on a private registry.
+
+Label values are bounded: ``dim`` and ``layer`` come from the manifest's allowed sets (validated before
+any observation), ``model_version`` from the loaded manifests, ``endpoint`` and ``status`` from the
+routes and the error table.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Sub-millisecond buckets for the tiny-input CPU case up to several seconds for overload.
+LATENCY_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+    0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0,
+)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BATCH_TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+
+
+class Metrics:
+    """A fresh set per app instance, so tests and reloads never collide in the global registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.request_duration = Histogram(
+            "mipic_request_duration_seconds",
+            "End-to-end embed request latency, by budget.",
+            ["endpoint", "dim", "layer", "model_version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.tokenization_duration = Histogram(
+            "mipic_tokenization_duration_seconds",
+            "Time tokenizing one request.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.queue_duration = Histogram(
+            "mipic_queue_duration_seconds",
+            "Time an input waited in the queue before its batch started.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            "mipic_inference_duration_seconds",
+            "Time running one batch through the staged model.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "mipic_batch_size", "Inputs per executed batch.", ["model_version"],
+            buckets=BATCH_SIZE_BUCKETS, registry=r,
+        )
+        self.batch_tokens = Histogram(
+            "mipic_batch_tokens", "Padded tokens per executed batch.", ["model_version"],
+            buckets=BATCH_TOKEN_BUCKETS, registry=r,
+        )
+        self.queue_depth = Gauge("mipic_queue_depth", "Inputs waiting in the batch queue.", registry=r)
+        self.requests = Counter(
+            "mipic_requests_total", "Embed requests by endpoint and HTTP status.", ["endpoint", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "mipic_errors_total", "Errors by endpoint and error code.", ["endpoint", "code"], registry=r
+        )
+        self.embeddings = Counter(
+            "mipic_embeddings_total", "Embeddings returned, by budget.", ["dim", "layer", "model_version"],
+            registry=r,
+        )
+        self.tokens = Counter("mipic_tokens_total", "Tokens embedded.", ["model_version"], registry=r)
+        self.model_info = Gauge(
+            "mipic_model_info", "1 for the model version being served.",
+            ["model", "model_version", "provider"], registry=r,
+        )
+        self.ready = Gauge("mipic_ready", "1 when a model is loaded and warmed.", registry=r)

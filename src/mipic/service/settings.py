@@ -1,0 +1,72 @@
+"""All server settings in one typed, frozen place (environment prefix ``MIPIC_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_DIR = Path("models/all-minilm-l6-v2/1")
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Each field says why you would change it."""
+
+    model_config = SettingsConfigDict(env_prefix="MIPIC_", frozen=True, extra="ignore")
+
+    # --- model
+    model_dir: Path = Field(
+        DEFAULT_MODEL_DIR,
+        description="Model directory (staged ONNX + manifest.json), or a repository dir with a CURRENT "
+        "pointer. Change it to serve your own export.",
+    )
+    bootstrap_default: bool = Field(
+        True,
+        description="Export the packaged all-MiniLM-L6-v2 when model_dir is the default and missing "
+        "(needs the training extras). Turn off in images that ship the model.",
+    )
+    verify_checksums: bool = Field(True, description="Refuse a model whose files do not match the manifest.")
+
+    # --- runtime
+    provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when onnxruntime-gpu sees a GPU, else CPU. Force cpu to debug."
+    )
+    intra_op_threads: int = Field(0, ge=0, description="Threads per operator; 0 = onnxruntime default.")
+    inter_op_threads: int = Field(1, ge=0, description="Parallel operators; 1 suits these sequential graphs.")
+    tokenizer_threads: int = Field(2, ge=1, description="Threads tokenizing requests off the event loop.")
+
+    # --- batching
+    max_batch_tokens: int = Field(
+        16384, gt=0, description="Padded tokens per batch. Raise on GPU for throughput, lower for latency."
+    )
+    max_batch_size: int = Field(128, gt=0, description="Rows per batch, whatever their length.")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="How long the batcher waits to fill a batch. 0 = run whatever is queued."
+    )
+    max_queue_size: int = Field(
+        1024, gt=0, description="Queued inputs before 429. Bounds memory and latency under overload."
+    )
+    retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
+    request_timeout_ms: float = Field(
+        30000, gt=0, description="Per-request deadline: inputs still queued past it are dropped (504)."
+    )
+    warmup: bool = Field(True, description="Run one batch per layer before reporting ready.")
+
+    # --- request limits
+    max_inputs_per_request: int = Field(256, gt=0, description="Inputs per request (OpenAI allows 2048).")
+    max_request_bytes: int = Field(2_000_000, gt=0, description="Request bodies above this get 413.")
+    max_seq_length: int | None = Field(
+        None, gt=1, description="Truncate inputs to this many tokens (default: the manifest's)."
+    )
+    truncate: bool = Field(True, description="Truncate long inputs; false = reject them with 400.")
+
+    # --- HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    api_key: SecretStr | None = Field(None, description="If set, embed endpoints need this bearer token.")
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; unset = disabled.")
+    cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
+    drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long to finish accepted work.")
+    log_level: str = "info"

@@ -1,0 +1,64 @@
+"""Unlabeled sentences for self-supervised (SimCSE-style) training, from one split."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from mipic.training.data.corpus import (
+    DEFAULT_SPLIT_SEED,
+    EVAL_FRACTION,
+    Split,
+    available_sources,
+    load_documents,
+    split_documents,
+)
+from mipic.training.data.heldout import eval_text_keys
+from mipic.training.data.paths import resolve_data_dir
+from mipic.training.data.records import Document
+from mipic.training.data.text import clean, is_good_sentence, split_sentences, text_key
+
+logger = logging.getLogger(__name__)
+
+
+def document_sentences(doc: Document) -> Iterator[str]:
+    """Title, subtitle and body sentences that pass :func:`is_good_sentence`."""
+    for field in (doc.title, doc.subtitle):
+        if is_good_sentence(clean(field)):
+            yield clean(field)
+    for sentence in split_sentences(doc.body):
+        if is_good_sentence(sentence):
+            yield sentence
+
+
+def load_sentences(
+    n: int | None = 20_000,
+    seed: int = 0,
+    split: Split = "train",
+    *,
+    data_dir: str | Path | None = None,
+    sources: Sequence[str] | None = None,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    eval_fraction: float = EVAL_FRACTION,
+) -> list[str]:
+    """``n`` distinct sentences (all if ``None``) from ``split``, shuffled with ``seed``.
+
+    Training sentences never equal (case- and whitespace-insensitively) any eval-split text.
+    """
+    root = resolve_data_dir(data_dir)
+    banned = eval_text_keys(root, split_seed, eval_fraction) if split == "train" else frozenset()
+    seen: set[str] = set()
+    pool: list[str] = []
+    for source in sources or available_sources():
+        for doc in split_documents(load_documents(source, root), split, split_seed, eval_fraction):
+            for sentence in document_sentences(doc):
+                key = text_key(sentence)
+                if key not in seen and key not in banned:
+                    seen.add(key)
+                    pool.append(sentence)
+    random.Random(seed).shuffle(pool)
+    if n is not None and n > len(pool):
+        logger.warning("asked for %d %s sentences, only %d available", n, split, len(pool))
+    return pool if n is None else pool[:n]
