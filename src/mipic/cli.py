@@ -81,7 +81,8 @@ def bootstrap(
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     manifest = bootstrap_default_model(out)
-    typer.echo(f"exported {manifest.model_id} to {out} (max parity error {max(manifest.parity.values()):.2e})")
+    worst = max(manifest.parity.values())
+    typer.echo(f"exported {manifest.model_id} to {out} (max parity error {worst:.2e})")
 
 
 @app.command()
@@ -100,7 +101,9 @@ def export(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dim_list = [int(d) for d in dims.split(",")] if dims else None
     manifest = export_pretrained(
-        checkpoint, out, ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length)
+        checkpoint,
+        out,
+        ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length),
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
 

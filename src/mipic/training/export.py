@@ -51,7 +51,7 @@ class EmbeddingStage(nn.Module):
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.config = model.config
-        self.embeddings = model.embeddings
+        self.embeddings: nn.Module = model.embeddings  # type: ignore[assignment]
 
     def forward(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"hidden_states": self.embeddings(input_ids=input_ids)}
@@ -63,7 +63,7 @@ class LayerStage(nn.Module):
     def __init__(self, model: PreTrainedModel, index: int) -> None:
         super().__init__()
         self.config = model.config
-        self.layer = model.encoder.layer[index - 1]
+        self.layer: nn.Module = model.encoder.layer[index - 1]  # type: ignore[index,union-attr,assignment]
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         # Additive mask (B, 1, 1, T): 0 for tokens, dtype-min for padding, as BertModel builds it.
@@ -211,7 +211,7 @@ def export_staged(
             hidden_size=hidden,
             num_layers=num_layers,
             max_seq_length=max_len,
-            pooling=options.pooling,  # type: ignore[arg-type]
+            pooling="cls" if options.pooling == "cls" else "mean",
             dims=dims,
             trained_budgets=[Budget(dim=d, layer=ly) for d, ly in options.trained_budgets],
             stages=stages,

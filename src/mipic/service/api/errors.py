@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,7 +66,7 @@ def _kind_for_status(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
-def _validation_param(loc: tuple[object, ...]) -> str | None:
+def _validation_param(loc: tuple[int | str, ...]) -> str | None:
     """('body', 'inputs', 'list[str]', 3) → 'inputs[3]': drop the location root and union-branch tags."""
     out = ""
     for part in loc[1:] if loc and loc[0] in ("body", "query") else loc:
@@ -94,7 +95,7 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         # For a union (str | list[str]) the deepest location is the most specific complaint.
-        first = max(errs, key=lambda e: len(e.get("loc", ())), default={})
+        first: dict[str, Any] = dict(max(errs, key=lambda e: len(e.get("loc", ())), default={}))
         if first.get("type") == "json_invalid":
             return error_response(400, "request body is not valid JSON", "invalid_request_error",
                                   "invalid_json", None, retry_after)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -85,10 +86,8 @@ class Batcher:
         self._wakeup.set()
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         for item in self._queue:
             if not item.future.done():
@@ -106,7 +105,9 @@ class Batcher:
 
     # ------------------------------------------------------------------ producer side
 
-    def submit(self, model: LoadedModel, rows: list[Row], timeout_s: float) -> list[asyncio.Future[RowResult]]:
+    def submit(
+        self, model: LoadedModel, rows: list[Row], timeout_s: float
+    ) -> list[asyncio.Future[RowResult]]:
         """Queue rows (all or none) and return one future per row."""
         if self._closing:
             raise Draining("server is shutting down")
@@ -143,7 +144,8 @@ class Batcher:
         """Wait up to max_wait for more rows unless the batch is already full."""
         deadline = time.perf_counter() + self.max_wait_s
         while True:
-            if self._padded_tokens_if_cut() >= self.max_batch_tokens or len(self._queue) >= self.max_batch_size:
+            full = len(self._queue) >= self.max_batch_size
+            if full or self._padded_tokens_if_cut() >= self.max_batch_tokens:
                 return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:

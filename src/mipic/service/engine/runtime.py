@@ -21,7 +21,9 @@ def choose_providers(choice: ProviderChoice) -> list[str]:
     available = ort.get_available_providers()
     if choice == "cuda":
         if "CUDAExecutionProvider" not in available:
-            raise RuntimeError("provider=cuda but onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+            raise RuntimeError(
+                "provider=cuda but onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+            )
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if choice == "auto" and "CUDAExecutionProvider" in available:
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]

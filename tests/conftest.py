@@ -1,0 +1,116 @@
+"""Shared fixtures: a tiny random BERT, exported to the staged format once per session."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_LAYERS = 3
+TINY_HIDDEN = 32
+TINY_DIMS = [8, 16, 32]
+
+
+def _tiny_tokenizer(path: Path):  # type: ignore[no-untyped-def]
+    """A word-level fast tokenizer with BERT-style [CLS] ... [SEP], built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["the", "a", "an", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with", "as", "was", "at", "by", "be", "this", "are", "from", "or", "have", "not", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim", "model", "text", "short", "long"]
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=64,
+    )
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_torch_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """(model, tokenizer, checkpoint_dir) of a tiny random BertModel; skipped without the training extras."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    tokenizer = _tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+    config = transformers.BertConfig(
+        vocab_size=len(tokenizer), hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
+        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    model = transformers.BertModel(config, add_pooling_layer=False).eval()
+    ckpt = tmp_path_factory.mktemp("tiny_ckpt")
+    model.save_pretrained(ckpt)
+    tokenizer.save_pretrained(ckpt)
+    return model, tokenizer, ckpt
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_torch_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The tiny model exported to the staged ONNX format (with manifest)."""
+    from mipic.training.export import ExportOptions, export_staged
+
+    model, tokenizer, _ = tiny_torch_model
+    out = tmp_path_factory.mktemp("models") / "tiny" / "1"
+    export_staged(model, tokenizer, out, ExportOptions(name="tiny", version="1", dims=TINY_DIMS,
+                                                       trained_budgets=[(8, 1), (32, 3)]))
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """uvicorn on a loopback port in a background thread; stopped at fixture teardown."""
+
+    def __init__(self, app, port: int) -> None:  # type: ignore[no-untyped-def]
+        import uvicorn
+
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def live_server_factory() -> Iterator:  # type: ignore[type-arg]
+    servers: list[LiveServer] = []
+
+    def start(app) -> LiveServer:  # type: ignore[no-untyped-def]
+        srv = LiveServer(app, free_port()).__enter__()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.__exit__()

@@ -1,0 +1,149 @@
+"""The batcher: token-budget cuts, 429 on a full queue, cancelled and stale rows dropped unrun, failures contained."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mipic.service.engine.batcher import Batcher, BatchStats
+from mipic.service.engine.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from mipic.service.engine.model import LoadedModel, Row
+
+
+class FakeModel:
+    """Stands in for LoadedModel: records what it ran, can block or fail on demand."""
+
+    model_id = "fake@1"
+    version = "1"
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []  # lengths of rows per batch
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_next = False
+
+    def run(self, rows: list[Row]) -> list[np.ndarray]:
+        self.gate.wait(timeout=10)
+        self.batches.append([int(r.ids[0]) for r in rows])
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("boom: /secret/path")
+        return [np.full(r.dim, float(r.ids[0]), dtype=np.float32) for r in rows]
+
+
+def row(tag: int, length: int = 4) -> Row:
+    ids = np.full(length, tag, dtype=np.int64)
+    return Row(ids=ids, dim=2, layer=1)
+
+
+async def _batcher(**kw: float) -> Batcher:
+    args = {"max_batch_tokens": 64, "max_batch_size": 8, "max_wait_ms": 5.0, "max_queue_size": 16}
+    args.update(kw)
+    b = Batcher(**args)  # type: ignore[arg-type]
+    b.start()
+    return b
+
+
+async def test_rows_come_back_in_order_and_batches_respect_token_budget() -> None:
+    model = FakeModel()
+    stats: list[BatchStats] = []
+    b = Batcher(max_batch_tokens=32, max_batch_size=8, max_wait_ms=20, max_queue_size=64, on_batch=stats.append)
+    b.start()
+    futs = b.submit(model, [row(i, length=8) for i in range(10)], timeout_s=5)  # type: ignore[arg-type]
+    results = await asyncio.gather(*futs)
+    assert [int(r.vector[0]) for r in results] == list(range(10))
+    # 32 tokens / 8 per row → at most 4 rows per batch
+    assert [len(bt) for bt in model.batches] == [4, 4, 2]
+    assert all(s.padded_tokens <= 32 for s in stats)
+    await b.stop()
+
+
+async def test_full_queue_refuses_at_once() -> None:
+    model = FakeModel()
+    model.gate.clear()  # the worker blocks: the queue fills up
+    b = await _batcher(max_queue_size=4, max_batch_size=1, max_wait_ms=0)
+    first = b.submit(model, [row(0)], timeout_s=5)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)  # taken by the worker, which now blocks
+    b.submit(model, [row(i) for i in range(1, 5)], timeout_s=5)  # type: ignore[arg-type]
+    with pytest.raises(Overloaded, match="queue is full"):
+        b.submit(model, [row(9)], timeout_s=5)  # type: ignore[arg-type]
+    model.gate.set()
+    await asyncio.gather(*first)
+    await b.stop()
+
+
+async def test_cancelled_and_expired_rows_are_dropped_before_compute() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    b = await _batcher(max_batch_size=1, max_wait_ms=0)
+    blocker = b.submit(model, [row(0)], timeout_s=5)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    cancelled = b.submit(model, [row(1)], timeout_s=5)  # type: ignore[arg-type]
+    stale = b.submit(model, [row(2)], timeout_s=0.01)  # type: ignore[arg-type]
+    kept = b.submit(model, [row(3)], timeout_s=5)  # type: ignore[arg-type]
+    cancelled[0].cancel()
+    await asyncio.sleep(0.05)  # the stale row's deadline passes while it waits
+    model.gate.set()
+    await asyncio.gather(*blocker, *kept)
+    with pytest.raises(DeadlineExceeded):
+        await stale[0]
+    assert model.batches == [[0], [3]]  # rows 1 and 2 never reached the model
+    await b.stop()
+
+
+async def test_a_failing_batch_fails_only_its_requests() -> None:
+    model = FakeModel()
+    b = await _batcher()
+    model.fail_next = True
+    bad = b.submit(model, [row(1), row(2)], timeout_s=5)  # type: ignore[arg-type]
+    with pytest.raises(InferenceFailed) as exc:
+        await asyncio.gather(*bad)
+    assert "secret" not in str(exc.value)
+    good = await asyncio.gather(*b.submit(model, [row(3)], timeout_s=5))  # type: ignore[arg-type]
+    assert good[0].vector[0] == 3.0
+    await b.stop()
+
+
+async def test_batches_never_mix_model_versions(tiny_model_dir: Path) -> None:
+    a, c = FakeModel(), FakeModel()
+    b = await _batcher(max_wait_ms=20)
+    futs = b.submit(a, [row(1)], 5) + b.submit(c, [row(2)], 5) + b.submit(a, [row(3)], 5)  # type: ignore[arg-type]
+    await asyncio.gather(*futs)
+    assert a.batches == [[1], [3]] and c.batches == [[2]]
+    await b.stop()
+
+
+async def test_engine_cancellation_drops_queued_rows(tiny_model_dir: Path) -> None:
+    """A request cancelled while queued (client gone) never runs."""
+    from mipic.service.engine.engine import Engine
+    from mipic.service.settings import Settings
+
+    engine = Engine(Settings(model_dir=tiny_model_dir, provider="cpu", max_wait_ms=0, max_batch_size=1,
+                             warmup=False))
+    await engine.start(tiny_model_dir)
+    model: LoadedModel = engine.model
+    ran: list[int] = []
+    gate = threading.Event()
+    real_run = model.run
+
+    def slow_run(rows: list[Row]) -> list[np.ndarray]:
+        gate.wait(timeout=10)
+        ran.append(len(rows))
+        return real_run(rows)
+
+    model.run = slow_run  # type: ignore[method-assign]
+    first = asyncio.ensure_future(engine.embed(["the cat"], 8, 1))
+    await asyncio.sleep(0.1)
+    second = asyncio.ensure_future(engine.embed(["a dog", "the fox"], 8, 1))
+    await asyncio.sleep(0.1)
+    second.cancel()
+    gate.set()
+    result = await first
+    assert len(result.vectors) == 1
+    await asyncio.sleep(0.1)
+    assert ran == [1]
+    await engine.stop()

@@ -1,0 +1,127 @@
+"""The early-exit runner: reference equality at every (layer, dim), batching invariances, real early exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.conftest import TINY_DIMS, TINY_LAYERS
+
+from mipic.service.engine.errors import InvalidBudget
+from mipic.service.engine.model import LoadedModel, Row
+
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog",
+    "a cat",
+    "embed this text at a short dim",
+    "the dog is not a cat and the cat is not a dog and that is that for the model",
+    "long text long text long text long text long text long text long text long text",
+]
+
+
+def torch_reference(tiny_torch_model, texts: list[str], layer: int, dim: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Mean-pool hidden_states[layer] over valid tokens, keep the first dim values, L2-normalise."""
+    import torch
+
+    model, tokenizer, _ = tiny_torch_model
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hs = model(**batch, output_hidden_states=True).hidden_states[layer]
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (hs * m).sum(1) / m.sum(1)
+    cut = pooled[:, :dim]
+    return (cut / cut.norm(dim=1, keepdim=True)).numpy()
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir: Path) -> LoadedModel:
+    return LoadedModel(tiny_model_dir, provider="cpu")
+
+
+def rows(model: LoadedModel, texts: list[str], dim: int, layer: int) -> list[Row]:
+    return [Row(ids=e.ids, dim=dim, layer=layer) for e in model.tokenizer.encode(texts)]
+
+
+@pytest.mark.parametrize("layer", range(1, TINY_LAYERS + 1))
+@pytest.mark.parametrize("dim", TINY_DIMS)
+def test_vectors_equal_truncated_renormalised_torch_reference(loaded, tiny_torch_model, layer, dim) -> None:  # type: ignore[no-untyped-def]
+    got = np.stack(loaded.run(rows(loaded, TEXTS, dim, layer)))
+    assert got.shape == (len(TEXTS), dim)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, torch_reference(tiny_torch_model, TEXTS, layer, dim), atol=2e-5)
+
+
+def test_batched_equals_one_by_one(loaded: LoadedModel) -> None:
+    batched = loaded.run(rows(loaded, TEXTS, 16, 2))
+    single = [loaded.run(rows(loaded, [t], 16, 2))[0] for t in TEXTS]
+    for a, b in zip(batched, single, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_mixed_budget_batch_equals_single_budget_batches(loaded: LoadedModel) -> None:
+    budgets = [(8, 1), (32, 3), (16, 2), (32, 1), (8, 3)]
+    mixed_rows = [Row(ids=r.ids, dim=d, layer=ly)
+                  for r, (d, ly) in zip(rows(loaded, TEXTS, 8, 1), budgets, strict=True)]
+    mixed = loaded.run(mixed_rows)
+    for i, (d, ly) in enumerate(budgets):
+        alone = loaded.run(rows(loaded, TEXTS, d, ly))[i]  # same text in a single-budget batch
+        assert mixed[i].shape == (d,)
+        np.testing.assert_allclose(mixed[i], alone, atol=1e-5)
+
+
+class CountingRuntime:
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner = inner
+        self.calls: list[tuple[int, int, int]] = []  # (layer, rows, width)
+
+    def embed(self, ids):  # type: ignore[no-untyped-def]
+        return self.inner.embed(ids)
+
+    def layer(self, index, states, mask):  # type: ignore[no-untyped-def]
+        self.calls.append((index, states.shape[0], states.shape[1]))
+        return self.inner.layer(index, states, mask)
+
+
+def test_early_exit_runs_only_the_needed_layers(tiny_model_dir: Path) -> None:
+    model = LoadedModel(tiny_model_dir, provider="cpu")
+    counter = CountingRuntime(model.runtime)
+    model.runtime = counter  # type: ignore[assignment]
+    model.run(rows(model, TEXTS[:2], 32, 1))
+    assert [c[0] for c in counter.calls] == [1]
+    counter.calls.clear()
+    # mixed: the long row exits at layer 1, the short ones continue; later layers see fewer rows
+    # and only the width of the longest remaining row
+    rs = rows(model, ["long text long text long text long text", "a cat", "the dog"], 32, 3)
+    rs[0] = Row(ids=rs[0].ids, dim=32, layer=1)
+    model.run(rs)
+    assert counter.calls[0] == (1, 3, rs[0].ids.shape[0])
+    assert counter.calls[1][:2] == (2, 2) and counter.calls[2][:2] == (3, 2)
+    assert counter.calls[1][2] == max(rs[1].ids.shape[0], rs[2].ids.shape[0])
+
+
+def test_budget_validation(loaded: LoadedModel) -> None:
+    assert loaded.resolve_budget(None, None) == (TINY_DIMS[-1], TINY_LAYERS)
+    with pytest.raises(InvalidBudget, match="dim=12 is not served"):
+        loaded.resolve_budget(12, 1)
+    with pytest.raises(InvalidBudget, match="dim=64"):
+        loaded.resolve_budget(64, 1)
+    with pytest.raises(InvalidBudget, match="layer=0 must be between 1 and 3"):
+        loaded.resolve_budget(8, 0)
+    with pytest.raises(InvalidBudget, match="layer=4"):
+        loaded.resolve_budget(8, 4)
+    with pytest.raises(InvalidBudget) as err:
+        loaded.resolve_budget(12, 1, "dimensions")
+    assert err.value.param == "dimensions"
+
+
+def test_long_inputs_truncated_or_rejected(tiny_model_dir: Path) -> None:
+    from mipic.service.engine.errors import InputTooLong
+
+    text = "the cat " * 100
+    model = LoadedModel(tiny_model_dir, provider="cpu", max_seq_length=16)
+    enc = model.tokenizer.encode([text])[0]
+    assert enc.length == 16 and enc.truncated
+    strict = LoadedModel(tiny_model_dir, provider="cpu", max_seq_length=16, truncate=False)
+    with pytest.raises(InputTooLong, match="longer than the maximum of 16 tokens"):
+        strict.tokenizer.encode(["a cat", text])
