@@ -41,9 +41,8 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Serve a model directory over HTTP (default: the bootstrapped all-MiniLM-L6-v2)."""
-    import uvicorn
-
     from mipic.service.app import create_app
+    from mipic.service.server import run
     from mipic.service.settings import DEFAULT_MODEL_DIR, Settings
 
     _setup_logging(log_level)
@@ -59,14 +58,7 @@ def serve(
     settings = Settings(**overrides)  # type: ignore[arg-type]
     if settings.model_dir == DEFAULT_MODEL_DIR and settings.bootstrap_default:
         ensure_default_model(settings.model_dir)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_level=log_level,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s),
-    )
+    run(create_app(settings), settings, log_level)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MANIFEST_FILE = "manifest.json"
+GOLDEN_FILE = "golden.json"
 SCHEMA_VERSION = 1
 
 
@@ -72,6 +73,9 @@ class Manifest(BaseModel):
     )
     eval: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="budget key 'd{dim}_l{layer}' → metric → value"
+    )
+    golden_min_cosine: float = Field(
+        0.9999, gt=0, le=1, description="a server refuses the version if golden.json is matched worse"
     )
     created_at: str = ""
 

@@ -11,10 +11,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mipic.service.api import routes_embed, routes_health, routes_openai
+from mipic.service.api import routes_admin, routes_embed, routes_health, routes_openai
 from mipic.service.api.errors import error_body, install_error_handlers
 from mipic.service.engine.batcher import BatchStats
 from mipic.service.engine.engine import Engine
+from mipic.service.engine.model import LoadedModel
 from mipic.service.metrics import Metrics
 from mipic.service.settings import Settings
 
@@ -89,13 +90,16 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         for q in stats.queue_seconds:
             metrics.queue_duration.labels(v).observe(q)
 
-    engine = Engine(settings, on_batch=on_batch)
+    def on_swap(old: LoadedModel | None, new: LoadedModel) -> None:
+        if old is not None:
+            metrics.model_info.remove(old.manifest.name, old.version, old.runtime.provider)
+        metrics.model_info.labels(new.manifest.name, new.version, new.runtime.provider).set(1)
+
+    engine = Engine(settings, on_batch=on_batch, on_swap=on_swap)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start(settings.model_dir)
-        m = engine.model
-        metrics.model_info.labels(m.manifest.name, m.version, m.runtime.provider).set(1)
         metrics.ready.set(1)
         try:
             yield
@@ -116,6 +120,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     app.include_router(routes_embed.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_health.router)
+    app.include_router(routes_admin.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])

@@ -28,6 +28,12 @@ class Settings(BaseSettings):
         "(needs the training extras). Turn off in images that ship the model.",
     )
     verify_checksums: bool = Field(True, description="Refuse a model whose files do not match the manifest.")
+    verify_golden: bool = Field(
+        True, description="Refuse a model whose outputs do not match the PyTorch vectors stored at export."
+    )
+    watch_interval_s: float = Field(
+        2.0, ge=0, description="How often to check a repository's CURRENT pointer; 0 = only /admin/reload."
+    )
 
     # --- runtime
     provider: Literal["auto", "cpu", "cuda"] = Field(

@@ -15,6 +15,7 @@ model that fails the parity check is not written.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ from optimum.utils import DummyInputGenerator, DummyTextInputGenerator, Normaliz
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mipic.manifest import Budget, Manifest, StageSpec, budget_key, write_manifest
+from mipic.manifest import GOLDEN_FILE, Budget, Manifest, StageSpec, budget_key, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def export_staged(
                 stages.append(StageSpec(kind="layer", index=i, path=path))
         _save_tokenizer(tokenizer, work)
         parity = check_parity(model, tokenizer, work, stages, dims, max_len, options.atol, options.pooling)
+        write_golden(model, tokenizer, work, max_len, options.pooling)
         manifest = Manifest(
             name=options.name,
             version=options.version,
@@ -293,6 +295,29 @@ def check_parity(
                 raise ParityError(f"layer {spec.index} dim {dim}: embedding diff {cos_err:.3e}")
             errors[budget_key(dim, spec.index)] = cos_err
     return errors
+
+
+def write_golden(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, max_len: int, pooling: str
+) -> None:
+    """Store PyTorch's pooled vectors for a few texts at every layer, so a server (without torch) can
+    check a version before serving it: ``golden.json`` = {texts, pooled: {layer: (N, H) list}}."""
+    texts = list(PARITY_TEXTS)
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
+    with torch.no_grad():
+        hs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   output_hidden_states=True).hidden_states
+    mask = batch["attention_mask"].numpy()
+    pooled = {}
+    for layer in range(1, len(hs)):
+        states = hs[layer].numpy()
+        if pooling == "cls":
+            vec = states[:, 0]
+        else:
+            m = mask[..., None].astype(states.dtype)
+            vec = (states * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
+        pooled[str(layer)] = vec.astype(float).round(7).tolist()
+    (out / GOLDEN_FILE).write_text(json.dumps({"texts": texts, "pooled": pooled}))
 
 
 def _pool_np(states: np.ndarray, mask: np.ndarray, pooling: str, dim: int) -> np.ndarray:

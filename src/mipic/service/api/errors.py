@@ -29,6 +29,7 @@ ERROR_TABLE: list[tuple[type[engine_errors.EngineError], int, str]] = [
     (engine_errors.InputTooLong, 400, "invalid_request_error"),
     (engine_errors.InvalidRequest, 400, "invalid_request_error"),
     (engine_errors.ModelNotFound, 404, "invalid_request_error"),
+    (engine_errors.ModelRejected, 409, "invalid_request_error"),
     (engine_errors.Overloaded, 429, "rate_limit_error"),
     (engine_errors.NotReady, 503, "service_unavailable"),
     (engine_errors.Draining, 503, "service_unavailable"),

@@ -1,8 +1,14 @@
-"""The engine facade the HTTP layer talks to: validate → tokenize (off-loop) → batch → early-exit run."""
+"""The engine facade the HTTP layer talks to: validate → tokenize (off-loop) → batch → early-exit run.
+
+It also owns the model's lifecycle: load and verify a version, warm it, swap it in atomically (hot
+reload), and drain on shutdown. Requests pin the model they started with, so a swap never changes a
+request's version half-way, and the old version is released when its last batch is done.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -12,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mipic.manifest import ManifestError
+from mipic.modelrepo import ModelRepository, RepositoryError, resolve_model_dir
 from mipic.service.engine.batcher import Batcher, BatchStats
-from mipic.service.engine.errors import InvalidRequest, NotReady
+from mipic.service.engine.errors import Draining, InvalidRequest, ModelRejected, NotReady
 from mipic.service.engine.model import LoadedModel, Row
 from mipic.service.settings import Settings
 
@@ -36,9 +44,15 @@ class EmbedResult:
 class Engine:
     """Owns the served model, the tokenizer pool and the batcher."""
 
-    def __init__(self, settings: Settings, on_batch: Callable[[BatchStats], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_swap: Callable[[LoadedModel | None, LoadedModel], None] | None = None,
+    ) -> None:
         self.settings = settings
         self._model: LoadedModel | None = None
+        self._on_swap = on_swap
         self._tokenize_pool = ThreadPoolExecutor(
             max_workers=settings.tokenizer_threads, thread_name_prefix="mipic-tok"
         )
@@ -50,37 +64,126 @@ class Engine:
             on_batch=on_batch,
         )
         self.ready = False
+        self.draining = False
+        self.active_requests = 0
+        self.repository: ModelRepository | None = None
+        self._reload_lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+        self._last_rejected: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def load(self, model_dir: Path) -> LoadedModel:
-        """Load (and checksum-verify) a model version; does not make it current."""
+        """Load and verify a model version (checksums, golden vectors); does not make it current."""
         s = self.settings
-        return LoadedModel(
-            model_dir,
-            provider=s.provider,
-            intra_op_threads=s.intra_op_threads,
-            inter_op_threads=s.inter_op_threads,
-            max_seq_length=s.max_seq_length,
-            truncate=s.truncate,
-            verify_checksums=s.verify_checksums,
-        )
+        try:
+            model = LoadedModel(
+                model_dir,
+                provider=s.provider,
+                intra_op_threads=s.intra_op_threads,
+                inter_op_threads=s.inter_op_threads,
+                max_seq_length=s.max_seq_length,
+                truncate=s.truncate,
+                verify_checksums=s.verify_checksums,
+            )
+            if s.verify_golden:
+                model.verify_golden()
+        except ManifestError as exc:
+            raise ModelRejected(str(exc)) from exc
+        except Exception as exc:  # onnxruntime refusing a graph, unreadable files, ...
+            raise ModelRejected(f"{model_dir}: cannot load model ({type(exc).__name__})") from exc
+        return model
 
-    async def start(self, model_dir: Path) -> None:
+    async def start(self, path: Path) -> None:
+        """Serve ``path``: a version directory, or a repository directory (its CURRENT version)."""
         self.batcher.start()
-        model = await asyncio.to_thread(self.load, model_dir)
-        if self.settings.warmup:
-            await self.batcher.run_sync(model.warmup)
-        self._model = model
+        model_dir, self.repository = resolve_model_dir(path)
+        await self._swap_to(model_dir)
         self.ready = True
-        logger.info("serving %s from %s on %s", model.model_id, model_dir, model.runtime.provider)
+        if self.repository is not None and self.settings.watch_interval_s > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="mipic-watch")
 
     async def stop(self) -> None:
         self.ready = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         await self.batcher.stop()
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
         if self._model is not None:
             self._model.close()
+            self._model = None
+
+    async def _swap_to(self, model_dir: Path) -> LoadedModel:
+        new = await asyncio.to_thread(self.load, model_dir)
+        if self.settings.warmup:
+            await asyncio.to_thread(new.warmup)
+        old, self._model = self._model, new  # atomic for every coroutine on this loop
+        if self._on_swap is not None:
+            self._on_swap(old, new)
+        logger.info("serving %s from %s on %s", new.model_id, model_dir, new.runtime.provider)
+        # `old` is not closed: queued and running batches still hold it and finish on it; it is freed
+        # when the last of them drops its reference.
+        return new
+
+    async def reload(self, path: Path | None = None) -> tuple[str, bool]:
+        """Load the repository's CURRENT version (or ``path``) beside the served one and switch to it.
+
+        Returns (model id now served, whether it changed). Raises :class:`ModelRejected` and keeps
+        serving the old version when the new one fails verification.
+        """
+        async with self._reload_lock:
+            if path is not None:
+                target, repo = resolve_model_dir(path)
+                self.repository = repo
+            elif self.repository is not None:
+                try:
+                    target = self.repository.current_dir()
+                except RepositoryError as exc:
+                    raise ModelRejected(str(exc)) from exc
+            else:
+                target = self.model.model_dir
+            current = self._model
+            if current is not None and current.model_dir.resolve() == target.resolve():
+                return current.model_id, False
+            try:
+                new = await self._swap_to(target)
+            except ModelRejected:
+                self._last_rejected = target
+                logger.error("refused model at %s; still serving %s", target,
+                             current.model_id if current else "nothing", exc_info=True)
+                raise
+            self._last_rejected = None
+            return new.model_id, True
+
+    async def _watch(self) -> None:
+        """Follow the repository pointer; a refused version is not retried until the pointer moves."""
+        assert self.repository is not None
+        while True:
+            await asyncio.sleep(self.settings.watch_interval_s)
+            try:
+                target = self.repository.current_dir()
+            except RepositoryError:
+                continue
+            if self._model is not None and target.resolve() == self._model.model_dir.resolve():
+                continue
+            if self._last_rejected is not None and target.resolve() == self._last_rejected.resolve():
+                continue
+            with contextlib.suppress(ModelRejected):
+                await self.reload()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking requests (503) and wait for accepted ones to finish. True if all finished."""
+        self.draining = True
+        self.ready = False
+        deadline = time.monotonic() + timeout_s
+        while self.active_requests > 0 or self.batcher.busy:
+            if time.monotonic() > deadline:
+                logger.warning("drain timed out with %d requests in flight", self.active_requests)
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     @property
     def model(self) -> LoadedModel:
@@ -94,23 +197,29 @@ class Engine:
         self, texts: list[str], dim: int | None, layer: int | None, dim_param: str = "dim"
     ) -> EmbedResult:
         """Embed texts at one (dim, layer) budget. Raises an :class:`EngineError` subclass on bad input."""
+        if self.draining:
+            raise Draining("server is shutting down; retry on another replica")
         model = self.model  # pinned: a reload during this request does not change its version
         d, ly = model.resolve_budget(dim, layer, dim_param)
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")
-        t0 = time.perf_counter()
-        encoded = await asyncio.get_running_loop().run_in_executor(
-            self._tokenize_pool, model.tokenizer.encode, texts
-        )
-        t_tok = time.perf_counter() - t0
-        rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
-        futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0)
+        self.active_requests += 1
         try:
-            results = await asyncio.gather(*futures)
-        except BaseException:
-            for f in futures:  # dropped before compute if still queued
-                f.cancel()
-            raise
+            t0 = time.perf_counter()
+            encoded = await asyncio.get_running_loop().run_in_executor(
+                self._tokenize_pool, model.tokenizer.encode, texts
+            )
+            t_tok = time.perf_counter() - t0
+            rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
+            futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0)
+            try:
+                results = await asyncio.gather(*futures)
+            except BaseException:
+                for f in futures:  # dropped before compute if still queued
+                    f.cancel()
+                raise
+        finally:
+            self.active_requests -= 1
         return EmbedResult(
             vectors=[r.vector for r in results],
             dim=d,

@@ -30,6 +30,12 @@ class ModelNotFound(EngineError):
     code = "model_not_found"
 
 
+class ModelRejected(EngineError):
+    """A model version failed verification (schema, checksums, golden parity); the served one stays."""
+
+    code = "model_rejected"
+
+
 class Overloaded(EngineError):
     code = "overloaded"
 

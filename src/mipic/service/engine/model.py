@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mipic.manifest import Manifest, load_manifest
+from mipic.manifest import GOLDEN_FILE, Manifest, ManifestError, load_manifest
 from mipic.service.engine.errors import InvalidBudget
 from mipic.service.engine.pooling import matryoshka, pool
 from mipic.service.engine.runtime import ProviderChoice, StagedRuntime
@@ -124,6 +125,26 @@ class LoadedModel:
                     keep = int(lengths[alive].max())
                     states, mask = states[:, :keep], mask[:, :keep]
         return [matryoshka(pooled[i], rows[i].dim) for i in range(n)]
+
+    def verify_golden(self) -> float:
+        """Check this version against the PyTorch vectors stored at export (``golden.json``), at every
+        (layer, dim), in one mixed-budget batch. Returns the worst cosine; raises :class:`ManifestError`
+        below the manifest's ``golden_min_cosine``."""
+        path = self.model_dir / GOLDEN_FILE
+        if not path.is_file():
+            raise ManifestError(f"{self.model_dir}: no {GOLDEN_FILE} to verify against")
+        golden = json.loads(path.read_text())
+        ids = [e.ids for e in self.tokenizer.encode(list(golden["texts"]))]
+        budgets = [(d, ly) for ly in self.manifest.layers for d in self.manifest.dims]
+        got = self.run([Row(ids=i, dim=d, layer=ly) for d, ly in budgets for i in ids])
+        worst = 1.0
+        for b, (d, ly) in enumerate(budgets):
+            ref = matryoshka(np.asarray(golden["pooled"][str(ly)], dtype=np.float32), d)
+            for t in range(len(ids)):
+                worst = min(worst, float(got[b * len(ids) + t] @ ref[t]))
+        if worst < self.manifest.golden_min_cosine:
+            raise ManifestError(f"{self.model_id} fails its golden check (worst cosine {worst:.5f})")
+        return worst
 
     def warmup(self) -> None:
         """One batch that exits at every layer, so each session has run once before traffic."""
