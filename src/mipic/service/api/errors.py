@@ -7,9 +7,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mipic.service.api.embedding import ClientGone
 from mipic.service.engine import errors as engine_errors
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,11 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
         message = str(exc.detail) if exc.status_code < 500 else "internal error"
         return error_response(exc.status_code, message, _kind_for_status(exc.status_code),
                               HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}"), None, retry_after)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(_: Request, exc: ClientGone) -> Response:
+        # Nobody is listening; 499 (nginx's "client closed request") only reaches logs and metrics.
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

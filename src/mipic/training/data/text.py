@@ -8,10 +8,12 @@ _WS = re.compile(r"\s+")
 # A boundary is end punctuation (optionally followed by a closing quote or bracket), whitespace,
 # then something that can start a sentence.
 _BOUNDARY = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"”’')\]]))\s+(?=[\"“‘'(\[]?[A-Z0-9])")
+# A period after these does not end a sentence ("Mr. Smith", "U.S. officials").
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr sen rep gov gen lt col capt sgt no vs etc inc corp co ltd u.s u.k "
-    "jan feb mar apr jun jul aug sep sept oct nov dec".split()
-)
+    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "sen", "rep", "gov", "gen", "lt", "col", "capt",
+     "sgt", "no", "vs", "etc", "inc", "corp", "co", "ltd", "u.s", "u.k", "jan", "feb", "mar", "apr",
+     "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"}
+)  # fmt: skip
 
 MIN_WORDS = 6
 MAX_WORDS = 64

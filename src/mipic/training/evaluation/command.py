@@ -1,0 +1,89 @@
+"""``mipic eval``: build the suites and the encoder from paths, run the grid, write the report."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mipic.training.evaluation.encoders import BudgetEncoder, TorchBudgetEncoder
+from mipic.training.evaluation.grid import run_grid
+from mipic.training.evaluation.result import GridResult
+from mipic.training.evaluation.suites import (
+    Suite,
+    builtin_suites,
+    load_classification,
+    load_pair_classification,
+    load_pair_similarity,
+    load_retrieval,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def load_encoder(model: str | Path, max_length: int = 128, batch_size: int = 32) -> BudgetEncoder:
+    """A Hugging Face checkpoint directory → :class:`TorchBudgetEncoder`."""
+    return TorchBudgetEncoder(model, max_length=max_length, batch_size=batch_size)
+
+
+def collect_suites(
+    pairs: Path | None = None,
+    pair_labels: Path | None = None,
+    retrieval: Path | None = None,
+    classification: Path | None = None,
+    builtin: bool = False,
+    max_items: int = 300,
+    data_dir: Path | None = None,
+    seed: int = 0,
+) -> list[Suite]:
+    """User files (each capped at ``max_items``, seeded) followed by the built-in suites."""
+    suites: list[Suite] = []
+    if pairs is not None:
+        suites.append(load_pair_similarity(pairs, max_items=max_items, seed=seed))
+    if pair_labels is not None:
+        suites.append(load_pair_classification(pair_labels, max_items=max_items, seed=seed))
+    if retrieval is not None:
+        suites.append(load_retrieval(retrieval, max_items=max_items, seed=seed))
+    if classification is not None:
+        suites.append(load_classification(classification, max_items=max_items, seed=seed))
+    if builtin:
+        taken = {s.name for s in suites}
+        for suite in builtin_suites(data_dir, size=max_items, seed=seed):
+            if suite.name in taken:  # a user file named like a built-in suite keeps its name
+                suite.name = f"builtin_{suite.name}"
+            suites.append(suite)
+    if not suites:
+        raise ValueError(
+            "nothing to evaluate: give --pairs, --pair-labels, --retrieval, --classification or --builtin"
+        )
+    return suites
+
+
+def eval_command(
+    model: str,
+    out: Path,
+    pairs: Path | None = None,
+    pair_labels: Path | None = None,
+    retrieval: Path | None = None,
+    classification: Path | None = None,
+    builtin: bool = False,
+    layers: list[int] | None = None,
+    dims: list[int] | None = None,
+    max_items: int = 300,
+    *,
+    max_length: int = 128,
+    batch_size: int = 32,
+    data_dir: Path | None = None,
+    seed: int = 0,
+) -> GridResult:
+    """Evaluate ``model`` (a Hugging Face checkpoint dir) at every (layer, dim); write the report to ``out``.
+
+    Suites: the given files (each capped at ``max_items``) and, with ``builtin``, the built-in suites
+    of ``max_items`` items each. ``layers``/``dims`` default to all layers and :func:`default_dims`.
+    """
+    if max_items < 2:
+        raise ValueError(f"max_items must be >= 2, got {max_items}")
+    suites = collect_suites(pairs, pair_labels, retrieval, classification, builtin, max_items, data_dir, seed)
+    encoder = load_encoder(model, max_length=max_length, batch_size=batch_size)
+    result = run_grid(encoder, suites, layers, dims, out_dir=Path(out), model_name=str(model), seed=seed)
+    logger.info("evaluated %s on %d suites in %.1f s", model, len(suites), result.seconds)
+    return result

@@ -1,0 +1,112 @@
+"""Score every (layer, dim) budget of an encoder on every suite."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder
+from mipic.training.evaluation.pooling import truncate_normalize
+from mipic.training.evaluation.report import write_report
+from mipic.training.evaluation.result import GridResult
+from mipic.training.evaluation.suites import Embed, Suite, geometry_suite
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DIMS = (16, 32, 64, 128, 256)
+
+
+def default_dims(hidden_size: int) -> list[int]:
+    """The Matryoshka prefixes below ``hidden_size``, plus the full width (as the exporter does)."""
+    return sorted({d for d in DEFAULT_DIMS if d < hidden_size} | {hidden_size})
+
+
+def _check_budgets(encoder: BudgetEncoder, layers: Sequence[int], dims: Sequence[int]) -> None:
+    bad_layers = [ly for ly in layers if not 1 <= ly <= encoder.num_layers]
+    bad_dims = [d for d in dims if not 1 <= d <= encoder.hidden_size]
+    if bad_layers or bad_dims or not layers or not dims:
+        raise ValueError(
+            f"layers must be non-empty within 1..{encoder.num_layers} and dims within "
+            f"1..{encoder.hidden_size}; got layers={list(layers)}, dims={list(dims)}"
+        )
+
+
+def run_grid(
+    encoder: BudgetEncoder,
+    suites: Sequence[Suite],
+    layers: Sequence[int] | None = None,
+    dims: Sequence[int] | None = None,
+    *,
+    geometry: bool = True,
+    out_dir: Path | None = None,
+    model_name: str = "",
+    seed: int = 0,
+) -> GridResult:
+    """Score every (layer, dim) on every suite (plus a ``geometry`` suite unless disabled).
+
+    Every distinct text is embedded once: through ``encode_all_layers`` when the encoder has it
+    (one forward pass for the whole grid), else one ``encode`` call per budget. Writes
+    ``grid.json``, ``grid.md`` and heatmaps into ``out_dir`` when given.
+    """
+    if not suites:
+        raise ValueError("no eval suites given")
+    names = [s.name for s in suites]
+    if len(set(names)) != len(names) or "geometry" in names:
+        raise ValueError(f"suite names must be unique and not 'geometry', got {names}")
+    layers = sorted(set(layers or range(1, encoder.num_layers + 1)))
+    dims = sorted(set(dims or default_dims(encoder.hidden_size)))
+    _check_budgets(encoder, layers, dims)
+    all_suites: list[Suite] = [*suites, geometry_suite(suites, seed=seed)] if geometry else list(suites)
+
+    start = time.perf_counter()
+    texts = list(dict.fromkeys(t for s in all_suites for t in s.texts()))
+    row_of = {t: i for i, t in enumerate(texts)}
+    logger.info("grid: %d texts, %d suites, layers %s, dims %s", len(texts), len(all_suites), layers, dims)
+    all_layers = None  # (L, N, H) when the encoder can give every layer in one pass
+    if isinstance(encoder, AllLayersEncoder):
+        all_layers = encoder.encode_all_layers(texts)
+    encode_seconds = time.perf_counter() - start
+
+    scores: dict[str, dict[str, list[list[float]]]] = {s.name: {} for s in all_suites}
+    for i, layer in enumerate(layers):
+        for j, dim in enumerate(dims):
+            if all_layers is not None:
+                emb = truncate_normalize(all_layers[layer - 1], dim)  # (N, dim)
+            else:
+                tick = time.perf_counter()
+                emb = encoder.encode(texts, layer, dim)
+                encode_seconds += time.perf_counter() - tick
+
+            def embed(batch: Sequence[str], emb: np.ndarray = emb) -> np.ndarray:
+                return emb[[row_of[t] for t in batch]]
+
+            for suite in all_suites:
+                for metric, v in _evaluate(suite, embed).items():
+                    table = scores[suite.name].setdefault(metric, [[math.nan] * len(dims) for _ in layers])
+                    table[i][j] = v
+            logger.debug("grid: layer %d dim %d done", layer, dim)
+
+    result = GridResult(
+        model=model_name,
+        layers=list(layers),
+        dims=list(dims),
+        scores=scores,
+        main_metrics={s.name: s.main_metric for s in suites},
+        n_texts=len(texts),
+        seconds=time.perf_counter() - start,
+    )
+    result.meta["encode_seconds"] = encode_seconds
+    result.meta["score_seconds"] = result.seconds - encode_seconds
+    logger.info("grid: encoding %.1f s, scoring %.1f s", encode_seconds, result.meta["score_seconds"])
+    if out_dir is not None:
+        write_report(result, out_dir)
+    return result
+
+
+def _evaluate(suite: Suite, embed: Embed) -> dict[str, float]:
+    return {k: float(v) for k, v in suite.evaluate(embed).items()}

@@ -1,0 +1,105 @@
+"""Write a grid result as ``grid.json``, ``grid.md`` (one table per metric) and heatmap PNGs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mipic.training.evaluation.result import GridResult
+
+logger = logging.getLogger(__name__)
+
+# Metrics where smaller is better: the heatmap colour map is reversed so "good" is always bright.
+LOWER_IS_BETTER = frozenset({"alignment", "uniformity"})
+
+
+def _fmt(v: float) -> str:
+    return "–" if math.isnan(v) else f"{v:.4f}"
+
+
+def grid_markdown(result: GridResult) -> str:
+    """One table per (suite, metric): rows are layers, columns are dims."""
+    lines = [f"# Budget grid: {result.model or 'model'}", ""]
+    lines.append(f"{result.n_texts} distinct texts, {result.seconds:.1f} s.")
+    header = "| layer | " + " | ".join(f"d={d}" for d in result.dims) + " |"
+    rule = "|---:|" + "---:|" * len(result.dims)
+    for suite, metrics in result.scores.items():
+        main = result.main_metrics.get(suite)
+        for metric in sorted(metrics, key=lambda m: (m != main, m)):
+            tag = " (main)" if metric == main else ""
+            lines += ["", f"## {suite} · {metric}{tag}", "", header, rule]
+            for layer, row in zip(result.layers, result.table(suite, metric), strict=True):
+                lines.append(f"| {layer} | " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_heatmap(
+    values: np.ndarray,
+    layers: list[int],
+    dims: list[int],
+    title: str,
+    path: Path,
+    lower_is_better: bool = False,
+) -> None:
+    """Annotated (layers × dims) heatmap, written with the Agg canvas (no display, no global state)."""
+    fig = Figure(figsize=(1.1 * len(dims) + 2.5, 0.6 * len(layers) + 1.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        values, aspect="auto", origin="lower", cmap="viridis_r" if lower_is_better else "viridis"
+    )
+    ax.set_xticks(range(len(dims)), [str(d) for d in dims])
+    ax.set_yticks(range(len(layers)), [str(ly) for ly in layers])
+    ax.set_xlabel("dim")
+    ax.set_ylabel("layer")
+    ax.set_title(title)
+    finite = values[np.isfinite(values)]
+    mid = float(finite.mean()) if finite.size else 0.0
+    for i in range(len(layers)):
+        for j in range(len(dims)):
+            v = values[i, j]
+            bright = (v < mid) if lower_is_better else (v > mid)
+            ax.text(
+                j,
+                i,
+                _fmt(v) if math.isnan(v) else f"{v:.3f}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="black" if bright else "white",
+            )
+    fig.colorbar(image, ax=ax)
+    fig.savefig(path, dpi=100)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def write_report(result: GridResult, out_dir: Path) -> list[Path]:
+    """Write ``grid.json``, ``grid.md`` and ``heatmap_<suite>_<metric>.png`` per main metric."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "grid.json", out_dir / "grid.md"]
+    written[0].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    written[1].write_text(grid_markdown(result), encoding="utf-8")
+    for suite, metric in result.main_metrics.items():
+        path = out_dir / f"heatmap_{_safe(suite)}_{_safe(metric)}.png"
+        plot_heatmap(
+            result.table(suite, metric),
+            result.layers,
+            result.dims,
+            f"{suite} · {metric}",
+            path,
+            lower_is_better=metric in LOWER_IS_BETTER,
+        )
+        written.append(path)
+    logger.info("wrote grid report to %s", out_dir)
+    return written

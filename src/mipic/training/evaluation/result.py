@@ -1,0 +1,62 @@
+"""The result of a budget grid: metric tables indexed by (layer, dim), with JSON round trip."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mipic.manifest import budget_key
+
+
+@dataclass
+class GridResult:
+    """``scores[suite][metric][i][j]`` is the metric at ``layers[i]``, ``dims[j]`` (NaN if undefined)."""
+
+    model: str
+    layers: list[int]
+    dims: list[int]
+    scores: dict[str, dict[str, list[list[float]]]]
+    main_metrics: dict[str, str]
+    n_texts: int = 0
+    seconds: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, suite: str, metric: str, layer: int, dim: int) -> float:
+        return self.scores[suite][metric][self.layers.index(layer)][self.dims.index(dim)]
+
+    def table(self, suite: str, metric: str) -> np.ndarray:
+        """(len(layers), len(dims)) array."""
+        return np.asarray(self.scores[suite][metric], dtype=np.float64)
+
+    def by_budget(self) -> dict[str, dict[str, float]]:
+        """``{"d{dim}_l{layer}": {"suite/metric": value}}``, the shape of ``Manifest.eval``."""
+        out: dict[str, dict[str, float]] = {}
+        for i, layer in enumerate(self.layers):
+            for j, dim in enumerate(self.dims):
+                out[budget_key(dim, layer)] = {
+                    f"{suite}/{metric}": values[i][j]
+                    for suite, metrics in self.scores.items()
+                    for metric, values in metrics.items()
+                    if not math.isnan(values[i][j])
+                }
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes ``None``."""
+        data = asdict(self)
+        data["scores"] = {
+            s: {m: [[None if math.isnan(v) else v for v in row] for row in t] for m, t in ms.items()}
+            for s, ms in self.scores.items()
+        }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GridResult:
+        scores = {
+            s: {m: [[math.nan if v is None else float(v) for v in row] for row in t] for m, t in ms.items()}
+            for s, ms in data["scores"].items()
+        }
+        return cls(**{**data, "scores": scores})
