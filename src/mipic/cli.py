@@ -21,13 +21,16 @@ def _setup_logging(level: str = "info") -> None:
     )
 
 
-def ensure_default_model(model_dir: Path) -> None:
-    """Export the packaged MiniLM into ``model_dir`` in a child process (the server must not import torch)."""
-    if (model_dir / "manifest.json").is_file():
+def ensure_default_model(repo_dir: Path) -> None:
+    """Export the packaged MiniLM as version 1 of the repository ``repo_dir`` and promote it, in a child
+    process (the server must not import torch)."""
+    from mipic.modelrepo import is_repository
+
+    if is_repository(repo_dir):
         return
-    logger.info("no model at %s: exporting the packaged all-MiniLM-L6-v2 (first run, ~20 s)", model_dir)
+    logger.info("no model at %s: exporting the packaged all-MiniLM-L6-v2 (first run, ~20 s)", repo_dir)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "mipic.cli", "bootstrap", "--out", str(model_dir)]
+    cmd = [sys.executable, "-m", "mipic.cli", "bootstrap", "--out", str(repo_dir / "1")]
     if subprocess.run(cmd, env=env, check=False).returncode != 0:
         raise typer.Exit(code=1)
 
@@ -67,12 +70,18 @@ def bootstrap(
         "models/all-minilm-l6-v2/1"
     ),
 ) -> None:
-    """Export the packaged all-MiniLM-L6-v2 to the staged ONNX format (needs the training extras)."""
+    """Export the packaged all-MiniLM-L6-v2 to the staged ONNX format (needs the training extras).
+
+    The parent directory becomes a model repository: if it has no CURRENT pointer yet, this version
+    is promoted."""
+    from mipic.modelrepo import ModelRepository, is_repository
     from mipic.training.export import bootstrap_default_model
 
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     manifest = bootstrap_default_model(out)
+    if not is_repository(out.parent):
+        ModelRepository(out.parent).promote(out.name)
     worst = max(manifest.parity.values())
     typer.echo(f"exported {manifest.model_id} to {out} (max parity error {worst:.2e})")
 
@@ -98,6 +107,145 @@ def export(
         ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length),
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str, typer.Argument(help="HF checkpoint or staged ONNX model dir.")],
+    out: Annotated[Path, typer.Option(help="Where grid.json, grid.md and heatmaps go.")] = Path("runs/eval"),
+    pairs: Annotated[Path | None, typer.Option(help="JSONL {text1, text2, score}.")] = None,
+    pair_labels: Annotated[Path | None, typer.Option(help="JSONL {text1, text2, label}.")] = None,
+    retrieval: Annotated[Path | None, typer.Option(help="Dir with queries/corpus/qrels JSONL.")] = None,
+    classification: Annotated[Path | None, typer.Option(help="JSONL {text, label}.")] = None,
+    builtin: Annotated[bool, typer.Option(help="Add the built-in suites from the packaged corpora.")] = False,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated layers (default all).")] = None,
+    dims: Annotated[str | None, typer.Option(help="Comma-separated dims (default the model's).")] = None,
+    max_items: Annotated[int, typer.Option(min=2, help="Items per suite (seeded sample).")] = 300,
+) -> None:
+    """Score every (layer, dim) budget: JSON + Markdown table + heatmap PNGs."""
+    from mipic.training.evaluation.command import eval_command
+
+    _setup_logging()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    result = eval_command(
+        model,
+        out,
+        pairs=pairs,
+        pair_labels=pair_labels,
+        retrieval=retrieval,
+        classification=classification,
+        builtin=builtin,
+        layers=[int(x) for x in layers.split(",")] if layers else None,
+        dims=[int(x) for x in dims.split(",")] if dims else None,
+        max_items=max_items,
+    )
+    typer.echo(f"scored {len(result.layers)} layers x {len(result.dims)} dims; wrote {out}/grid.md")
+
+
+RepoOption = Annotated[Path, typer.Option("--repo", help="Model repository: models/<name>.")]
+DEFAULT_REPO = Path("models/all-minilm-l6-v2")
+
+
+@app.command()
+def register(
+    source: Annotated[Path, typer.Argument(help="An exported model directory.")],
+    repo: RepoOption = DEFAULT_REPO,
+    version: Annotated[str | None, typer.Option(help="Version name (default: the manifest's).")] = None,
+) -> None:
+    """Copy an exported model into the repository as a new version (not served until promoted)."""
+    from mipic.modelrepo import ModelRepository
+
+    _setup_logging()
+    typer.echo(f"registered version {ModelRepository(repo).register(source, version)} in {repo}")
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="Version to serve.")],
+    repo: RepoOption = DEFAULT_REPO,
+) -> None:
+    """Verify a version (schema, checksums) and point CURRENT at it; servers watching the repo switch."""
+    from mipic.manifest import ManifestError
+    from mipic.modelrepo import ModelRepository, RepositoryError
+
+    _setup_logging()
+    try:
+        ModelRepository(repo).promote(version)
+    except (ManifestError, RepositoryError) as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"{repo}: now serving version {version}")
+
+
+@app.command()
+def rollback(repo: RepoOption = DEFAULT_REPO) -> None:
+    """Point CURRENT back at the previously promoted version."""
+    from mipic.manifest import ManifestError
+    from mipic.modelrepo import ModelRepository, RepositoryError
+
+    _setup_logging()
+    try:
+        version = ModelRepository(repo).rollback()
+    except (ManifestError, RepositoryError) as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    typer.echo(f"{repo}: rolled back to version {version}")
+
+
+@app.command()
+def versions(repo: RepoOption = DEFAULT_REPO) -> None:
+    """List the repository's versions; the served one is marked with *."""
+    from mipic.modelrepo import ModelRepository
+
+    r = ModelRepository(repo)
+    current = r.current()
+    for v in r.versions():
+        typer.echo(f"{'*' if v == current else ' '} {v}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", help="YAML training config (see configs/).")],
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start from these weights (an encoder dir or a checkpoint-N of an earlier run)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value, e.g. --set train.max_steps=50 (repeatable)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where checkpoints and final/ go (overrides train.output_dir).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the latest checkpoint-N in the output dir, if any.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Train an encoder (unsupervised SimCSE + MRL / 2D Matryoshka / MIPIC) and save it under final/."""
+    from mipic.training.config import load_config
+    from mipic.training.trainer import train as run_training
+
+    _setup_logging(log_level)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    overrides = list(set_ or [])
+    # Flags go last so they win over --set of the same key.
+    if init is not None:
+        overrides.append(f"model.init={init}")
+    if output_dir is not None:
+        overrides.append(f"train.output_dir={output_dir}")
+    if resume:
+        overrides.append("train.resume=true")
+    try:
+        cfg = load_config(config, overrides)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"bad config: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    result = run_training(cfg)
+    typer.echo(f"trained {cfg.objective} for {result.global_step} steps; final encoder in {result.final_dir}")
+    if result.onnx_dir is not None:
+        typer.echo(f"exported model in {result.onnx_dir}")
 
 
 def main() -> None:

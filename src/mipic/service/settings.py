@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_MODEL_DIR = Path("models/all-minilm-l6-v2/1")
+# A repository (versions + CURRENT pointer): the server follows promotions without restart.
+DEFAULT_MODEL_DIR = Path("models/all-minilm-l6-v2")
 
 
 class Settings(BaseSettings):

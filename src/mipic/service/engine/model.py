@@ -126,6 +126,22 @@ class LoadedModel:
                     states, mask = states[:, :keep], mask[:, :keep]
         return [matryoshka(pooled[i], rows[i].dim) for i in range(n)]
 
+    def pool_all_layers(self, ids: list[np.ndarray]) -> np.ndarray:
+        """(L, N, H) pooled, unnormalised vectors at every layer in one pass (for offline evaluation)."""
+        n = len(ids)
+        lengths = np.array([i.shape[0] for i in ids])
+        tokens = np.zeros((n, int(lengths.max())), dtype=np.int64)  # (B, T)
+        mask = np.zeros_like(tokens)
+        for r, row in enumerate(ids):
+            tokens[r, : lengths[r]] = row
+            mask[r, : lengths[r]] = 1
+        states = self.runtime.embed(tokens)
+        out = np.empty((self.manifest.num_layers, n, self.manifest.hidden_size), dtype=np.float32)
+        for layer in self.manifest.layers:
+            states = self.runtime.layer(layer, states, mask)
+            out[layer - 1] = pool(states, mask, self.manifest.pooling)
+        return out
+
     def verify_golden(self) -> float:
         """Check this version against the PyTorch vectors stored at export (``golden.json``), at every
         (layer, dim), in one mixed-budget batch. Returns the worst cosine; raises :class:`ManifestError`

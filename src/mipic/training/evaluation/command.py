@@ -21,7 +21,12 @@ logger = logging.getLogger(__name__)
 
 
 def load_encoder(model: str | Path, max_length: int = 128, batch_size: int = 32) -> BudgetEncoder:
-    """A Hugging Face checkpoint directory → :class:`TorchBudgetEncoder`."""
+    """A staged ONNX export (has ``manifest.json``) → the serving engine's runner; a Hugging Face
+    checkpoint directory → :class:`TorchBudgetEncoder`."""
+    if (Path(model) / "manifest.json").is_file():
+        from mipic.training.evaluation.onnx_encoder import OnnxBudgetEncoder
+
+        return OnnxBudgetEncoder(Path(model), max_length=max_length, batch_size=batch_size)
     return TorchBudgetEncoder(model, max_length=max_length, batch_size=batch_size)
 
 
