@@ -28,13 +28,15 @@ fi
 echo "ci_system_deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
+# We only need the binaries: keep the packages' init scripts from starting a system-wide prometheus
+# (policy-rc.d exit 101 = "action forbidden"), unless the machine already has a policy of its own.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+  chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 # --no-install-recommends keeps the prometheus package from pulling in its web UI assets and extras.
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# The Debian prometheus package may start a system service on install in some environments; we only
-# need the binaries, so stop it if a service manager did start it (no-op in containers).
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
-  systemctl stop prometheus || true
-fi
 for tool in promtool prometheus docker-compose; do
   if command -v "$tool" >/dev/null 2>&1; then
     echo "ci_system_deps: $tool -> $(command -v "$tool")"

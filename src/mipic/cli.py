@@ -248,6 +248,29 @@ def train(
         typer.echo(f"exported model in {result.onnx_dir}")
 
 
+@app.command()
+def retrain(
+    config: Annotated[Path, typer.Option(help="Retrain pipeline YAML (configs/retrain_minilm.yaml).")] = Path(
+        "configs/retrain_minilm.yaml"
+    ),
+    run_id: Annotated[str | None, typer.Option(help="Resume this run (finished steps are skipped).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.sub=value")] = None,
+) -> None:
+    """Train → export → evaluate → quality gate → register → promote; a failure changes nothing served."""
+    from mipic.training.pipeline import GateFailed, Pipeline, load_retrain_config
+
+    _setup_logging()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    pipeline = Pipeline(load_retrain_config(config, set_ or []), run_id=run_id)
+    typer.echo(f"retrain run {pipeline.run_id} in {pipeline.dir}")
+    try:
+        state = pipeline.run()
+    except GateFailed as exc:
+        typer.echo(f"quality gate failed, nothing promoted: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    typer.echo(f"done: {', '.join(state.get('done', []))}; served version: {pipeline.repo.current()}")
+
+
 def main() -> None:
     app()
 

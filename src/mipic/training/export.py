@@ -175,9 +175,10 @@ def export_staged(
     model.config._attn_implementation = "eager"
     num_layers = int(cfg.num_hidden_layers)
     hidden = int(cfg.hidden_size)
-    dims = sorted(set(options.dims)) if options.dims else _default_dims(hidden)
-    if dims[-1] != hidden:
-        dims.append(hidden)
+    # every trained dim is served, whatever the list says; the full width always is
+    base = set(options.dims) if options.dims else set(_default_dims(hidden))
+    dims = sorted(base | {d for d, _ in options.trained_budgets if d <= hidden} | {hidden})
+    dims = [d for d in dims if d <= hidden]
     max_len = int(options.max_seq_length or min(getattr(tokenizer, "model_max_length", 512), 512))
     max_len = min(max_len, int(cfg.max_position_embeddings))
 

@@ -59,7 +59,8 @@ def run_grid(
     if len(set(names)) != len(names) or "geometry" in names:
         raise ValueError(f"suite names must be unique and not 'geometry', got {names}")
     layers = sorted(set(layers or range(1, encoder.num_layers + 1)))
-    dims = sorted(set(dims or default_dims(encoder.hidden_size)))
+    # an encoder that knows its served dims (an ONNX export) is scored on exactly those
+    dims = sorted(set(dims or getattr(encoder, "dims", None) or default_dims(encoder.hidden_size)))
     _check_budgets(encoder, layers, dims)
     all_suites: list[Suite] = [*suites, geometry_suite(suites, seed=seed)] if geometry else list(suites)
 

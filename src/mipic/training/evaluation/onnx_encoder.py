@@ -18,6 +18,7 @@ class OnnxBudgetEncoder:
         self.batch_size = batch_size
         self.num_layers = self.model.manifest.num_layers
         self.hidden_size = self.model.manifest.hidden_size
+        self.dims = list(self.model.manifest.dims)
 
     def _ids(self, texts: Sequence[str]) -> list[np.ndarray]:
         return [e.ids for e in self.model.tokenizer.encode(list(texts))]

@@ -1,0 +1,258 @@
+"""``mipic retrain``: train → export → evaluate → quality gate → register → promote, resumable.
+
+Order: the candidate is exported (with its PyTorch parity check) *before* it is evaluated, so the
+gate scores exactly the ONNX graphs that would be served, through the serving engine's runner, on
+the same suites as the version being served. Every step records its outputs in
+``<work_dir>/<run_id>/state.json``; rerunning the same run id skips finished steps. Nothing touches
+the repository's CURRENT pointer before the last step, so a failure anywhere leaves the served
+version as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from mipic.manifest import load_manifest, write_manifest
+from mipic.modelrepo import ModelRepository
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("train", "export", "evaluate", "gate", "register", "promote")
+
+
+class EvalSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    builtin: bool = True
+    max_items: int = Field(200, ge=2)
+    pairs: Path | None = None
+    pair_labels: Path | None = None
+    retrieval: Path | None = None
+    classification: Path | None = None
+    layers: list[int] | None = None
+    dims: list[int] | None = None
+    max_length: int = 128
+
+
+class GateSection(BaseModel):
+    """No budget's main metric may drop by more than ``max_drop`` (absolute); every budget in
+    ``must_improve`` (e.g. ``d64_l3``) must gain on the mean of the suites' main metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_drop: float = Field(0.02, ge=0)
+    must_improve: list[str] = Field(default_factory=list)
+    min_gain: float = Field(0.0, ge=0, description="how much a must_improve budget has to gain")
+
+
+class RetrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    repo: Path = Path("models/all-minilm-l6-v2")
+    work_dir: Path = Path("runs/retrain")
+    train_config: Path = Path("configs/mipic_minilm.yaml")
+    train_overrides: list[str] = Field(default_factory=list)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    gate: GateSection = Field(default_factory=GateSection)
+    promote: bool = True
+    reload_url: str | None = Field(
+        None, description="Optional server URL to POST /admin/reload after promotion (token: MIPIC_ADMIN_TOKEN)"
+    )
+
+
+def load_retrain_config(path: Path, overrides: Sequence[str] = ()) -> RetrainConfig:
+    from mipic.training.config import apply_overrides
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return RetrainConfig.model_validate(apply_overrides(data, overrides))
+
+
+class GateFailed(RuntimeError):
+    """The candidate is worse than the served version by the gate's rules; nothing was promoted."""
+
+
+class Pipeline:
+    def __init__(self, cfg: RetrainConfig, run_id: str | None = None,
+                 train_fn: Callable[[Any], Any] | None = None) -> None:
+        self.cfg = cfg
+        self.repo = ModelRepository(cfg.repo)
+        self.run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
+        self.dir = Path(cfg.work_dir) / self.run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.dir / "state.json"
+        self.state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
+        self._train_fn = train_fn
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self) -> dict[str, Any]:
+        (self.dir / "retrain_config.yaml").write_text(yaml.safe_dump(self.cfg.model_dump(mode="json")))
+        for step in STEPS:
+            if step in self.state.get("done", []):
+                logger.info("[%s] %s: already done, skipping", self.run_id, step)
+                continue
+            if step == "promote" and not self.cfg.promote:
+                logger.info("[%s] promote: disabled in config; version %s stays registered only",
+                            self.run_id, self.state.get("version"))
+                break
+            logger.info("[%s] %s: starting", self.run_id, step)
+            t0 = time.perf_counter()
+            outputs = getattr(self, f"_{step}")()
+            self.state.update(outputs or {})
+            self.state.setdefault("done", []).append(step)
+            self.state.setdefault("seconds", {})[step] = round(time.perf_counter() - t0, 1)
+            self._save()
+            logger.info("[%s] %s: done in %.1f s %s", self.run_id, step, time.perf_counter() - t0, outputs or "")
+        return self.state
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        tmp.replace(self.state_path)
+
+    # ------------------------------------------------------------------ steps
+
+    def _train(self) -> dict[str, Any]:
+        from mipic.training.config import load_config
+
+        overrides = [*self.cfg.train_overrides, f"train.output_dir={self.dir / 'train'}", "export.enabled=false"]
+        tcfg = load_config(self.cfg.train_config, overrides)
+        if self._train_fn is None:
+            from mipic.training.trainer import train
+
+            result = train(tcfg)
+        else:
+            result = self._train_fn(tcfg)
+        return {"checkpoint": str(result.final_dir)}
+
+    def _export(self) -> dict[str, Any]:
+        from mipic.training.config import load_config
+        from mipic.training.export import ExportOptions, export_pretrained
+        from mipic.training.trainer import trained_budgets
+
+        current = self.repo.current()
+        name = load_manifest(self.repo.version_dir(current), verify=False).name if current else self.repo.path.name
+        version = self.repo.next_version()
+        tcfg = load_config(self.cfg.train_config, self.cfg.train_overrides)
+        ckpt = Path(self.state["checkpoint"])
+        from transformers import AutoConfig
+
+        hf = AutoConfig.from_pretrained(str(ckpt))
+        budgets = trained_budgets(tcfg.objective, tcfg.loss, int(hf.hidden_size), int(hf.num_hidden_layers))
+        out = self.dir / "export"
+        export_pretrained(ckpt, out, ExportOptions(
+            name=name, version=version, dims=tcfg.export.dims,
+            trained_budgets=[(int(d), int(ly)) for d, ly in budgets],
+            max_seq_length=tcfg.export.max_seq_length,
+            source={"checkpoint": str(ckpt), "objective": tcfg.objective, "retrain_run": self.run_id},
+        ))
+        return {"export_dir": str(out), "version": version, "name": name}
+
+    def _evaluate(self) -> dict[str, Any]:
+        from mipic.training.evaluation.command import eval_command
+
+        e = self.cfg.eval
+
+        def score(model_dir: Path, out: Path) -> dict[str, Any]:
+            result = eval_command(
+                str(model_dir), out, pairs=e.pairs, pair_labels=e.pair_labels, retrieval=e.retrieval,
+                classification=e.classification, builtin=e.builtin, layers=e.layers, dims=e.dims,
+                max_items=e.max_items, max_length=e.max_length,
+            )
+            return result.to_dict()
+
+        candidate = score(Path(self.state["export_dir"]), self.dir / "eval_candidate")
+        served = self.repo.current()
+        baseline = score(self.repo.version_dir(served), self.dir / "eval_served") if served else None
+        # the manifest carries its own scores per budget (the files' checksums do not change)
+        from mipic.training.evaluation.result import GridResult
+
+        export_dir = Path(self.state["export_dir"])
+        manifest = load_manifest(export_dir)
+        write_manifest(export_dir, manifest.model_copy(update={"eval": GridResult.from_dict(candidate).by_budget()}))
+        (self.dir / "eval_candidate.json").write_text(json.dumps(candidate))
+        if baseline is not None:
+            (self.dir / "eval_served.json").write_text(json.dumps(baseline))
+        return {"served_version_at_eval": served}
+
+    def _gate(self) -> dict[str, Any]:
+        from mipic.training.evaluation.result import GridResult
+
+        candidate = GridResult.from_dict(json.loads((self.dir / "eval_candidate.json").read_text()))
+        served_file = self.dir / "eval_served.json"
+        if not served_file.is_file():
+            return {"gate": "passed (nothing served yet)"}
+        served = GridResult.from_dict(json.loads(served_file.read_text()))
+        report = quality_gate(candidate, served, self.cfg.gate)
+        (self.dir / "gate.json").write_text(json.dumps(report, indent=2))
+        if report["failures"]:
+            raise GateFailed("; ".join(report["failures"][:5]) + ("" if len(report["failures"]) <= 5 else " ..."))
+        return {"gate": "passed"}
+
+    def _register(self) -> dict[str, Any]:
+        version = self.state["version"]
+        if version not in self.repo.versions():
+            self.repo.register(Path(self.state["export_dir"]), version)
+        return {"registered": version}
+
+    def _promote(self) -> dict[str, Any]:
+        version = self.state["version"]
+        self.repo.promote(version)
+        if self.cfg.reload_url:
+            import httpx
+
+            token = os.environ.get("MIPIC_ADMIN_TOKEN", "")
+            r = httpx.post(self.cfg.reload_url.rstrip("/") + "/admin/reload",
+                           headers={"authorization": f"Bearer {token}"}, timeout=120)
+            logger.info("reload at %s answered %s %s", self.cfg.reload_url, r.status_code, r.text[:200])
+        return {"promoted": version}
+
+
+def _mean_main(grid: Any, layer: int, dim: int) -> float:
+    values = [grid.value(s, m, layer, dim) for s, m in grid.main_metrics.items()]
+    values = [v for v in values if not math.isnan(v)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def quality_gate(candidate: Any, served: Any, gate: GateSection) -> dict[str, Any]:
+    """Compare two budget grids on the budgets and main metrics both have."""
+    failures: list[str] = []
+    drops: dict[str, float] = {}
+    layers = [ly for ly in candidate.layers if ly in served.layers]
+    dims = [d for d in candidate.dims if d in served.dims]
+    for suite, metric in candidate.main_metrics.items():
+        if suite not in served.scores:
+            continue
+        for layer in layers:
+            for dim in dims:
+                new = candidate.value(suite, metric, layer, dim)
+                old = served.value(suite, metric, layer, dim)
+                if math.isnan(new) or math.isnan(old):
+                    continue
+                drops[f"{suite}/{metric}@d{dim}_l{layer}"] = round(old - new, 5)
+                if old - new > gate.max_drop:
+                    failures.append(f"{suite}/{metric} at dim {dim} layer {layer}: {old:.4f} → {new:.4f}")
+    gains: dict[str, float] = {}
+    for key in gate.must_improve:
+        dim_s, layer_s = key.removeprefix("d").split("_l")
+        dim, layer = int(dim_s), int(layer_s)
+        gain = _mean_main(candidate, layer, dim) - _mean_main(served, layer, dim)
+        gains[key] = round(gain, 5)
+        if not gain > gate.min_gain:
+            failures.append(f"{key} must improve by more than {gate.min_gain}: gained {gain:+.4f}")
+    return {"failures": failures, "max_drop": max(drops.values(), default=0.0), "gains": gains, "drops": drops}
+
+
+def cleanup(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)

@@ -1,0 +1,80 @@
+"""Retrain pipeline on a tiny model: gate pass → registered and promoted; gate fail → nothing served changes;
+finished steps are skipped on resume."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from mipic.modelrepo import ModelRepository
+from mipic.training.pipeline import GateFailed, GateSection, Pipeline, RetrainConfig, quality_gate
+
+WORDS = ["the", "a", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim", "model", "text", "short", "long"]
+
+
+@pytest.fixture
+def setup(tmp_path: Path, tiny_model_dir: Path, tiny_torch_model):  # type: ignore[no-untyped-def]
+    _, _, ckpt = tiny_torch_model
+    repo = ModelRepository(tmp_path / "models" / "tiny")
+    repo.register(tiny_model_dir)
+    repo.promote("1")
+    rng = random.Random(0)
+    sentences = tmp_path / "sentences.txt"
+    sentences.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(6)) for _ in range(64)))
+    cls = tmp_path / "cls.jsonl"
+    with cls.open("w") as f:
+        for i in range(40):
+            label = i % 2
+            words = ["cat", "dog"] if label else ["fox", "model"]
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(4)), "label": label}) + "\n")
+    cfg = RetrainConfig(
+        repo=repo.path,
+        work_dir=tmp_path / "runs",
+        train_config=Path("configs/tiny_smoke.yaml"),
+        train_overrides=[f"model.base={ckpt}", f"data.train_file={sentences}", "train.max_steps=2",
+                         "train.save_steps=100"],
+        eval={"builtin": False, "classification": cls, "max_items": 40, "max_length": 16},  # type: ignore[arg-type]
+        gate={"max_drop": 1.0},  # type: ignore[arg-type]
+    )
+    return repo, cfg
+
+
+def test_pipeline_promotes_a_candidate_that_passes_the_gate(setup) -> None:  # type: ignore[no-untyped-def]
+    repo, cfg = setup
+    state = Pipeline(cfg, run_id="ok").run()
+    assert state["done"] == ["train", "export", "evaluate", "gate", "register", "promote"]
+    assert repo.versions() == ["1", "2"] and repo.current() == "2"
+    manifest = repo.verify("2")
+    assert manifest.name == "tiny" and manifest.eval  # scores per budget travel with the version
+    assert "d8_l1" in manifest.eval and "cls/accuracy" in manifest.eval["d8_l1"]
+    # resume: a rerun of the same run id does nothing again
+    calls: list[object] = []
+    again = Pipeline(cfg, run_id="ok", train_fn=lambda c: calls.append(c)).run()
+    assert calls == [] and again["done"] == state["done"]
+
+
+def test_gate_failure_leaves_the_served_version(setup) -> None:  # type: ignore[no-untyped-def]
+    repo, cfg = setup
+    cfg = cfg.model_copy(update={"gate": GateSection(max_drop=1.0, must_improve=["d8_l1"], min_gain=0.99)})
+    with pytest.raises(GateFailed, match="d8_l1 must improve"):
+        Pipeline(cfg, run_id="bad").run()
+    assert repo.current() == "1" and repo.versions() == ["1"]
+    gate = json.loads((cfg.work_dir / "bad" / "gate.json").read_text())
+    assert gate["failures"] and "d8_l1" in gate["gains"]
+
+
+def test_quality_gate_rules() -> None:
+    from mipic.training.evaluation.result import GridResult
+
+    def grid(v: float) -> GridResult:
+        return GridResult(model="m", layers=[1, 2], dims=[8, 16],
+                          scores={"s": {"acc": [[v, v], [v, v + 0.1]]}}, main_metrics={"s": "acc"})
+
+    assert quality_gate(grid(0.5), grid(0.5), GateSection(max_drop=0.0))["failures"] == []
+    report = quality_gate(grid(0.47), grid(0.5), GateSection(max_drop=0.02))
+    assert len(report["failures"]) == 4 and report["max_drop"] == pytest.approx(0.03)
+    report = quality_gate(grid(0.6), grid(0.5), GateSection(max_drop=0.02, must_improve=["d16_l2"]))
+    assert report["failures"] == [] and report["gains"]["d16_l2"] == pytest.approx(0.1)
