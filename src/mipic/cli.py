@@ -94,9 +94,12 @@ def export(
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "1",
     dims: Annotated[str | None, typer.Option(help="Comma-separated allowed dims.")] = None,
     max_seq_length: Annotated[int | None, typer.Option(help="Max tokens per input.")] = None,
+    quantize: Annotated[
+        str | None, typer.Option(help="Also write OUT-int8 (dynamic int8, CPU) or OUT-fp16 (for CUDA).")
+    ] = None,
 ) -> None:
     """Export a checkpoint to the staged ONNX format, refusing it if parity with PyTorch fails."""
-    from mipic.training.export import ExportOptions, export_pretrained
+    from mipic.training.export import ExportOptions, convert_precision, export_pretrained
 
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -107,6 +110,11 @@ def export(
         ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length),
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
+    if quantize:
+        low_dir = out.with_name(f"{out.name}-{quantize}")
+        low = convert_precision(out, low_dir, quantize)
+        worst = min(low.parity.values(), default=float("nan"))
+        typer.echo(f"wrote {quantize} copy to {low_dir} (worst cosine vs fp32 over all budgets: {worst:.4f})")
 
 
 @app.command("eval")

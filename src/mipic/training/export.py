@@ -357,3 +357,65 @@ def bootstrap_default_model(out_dir: Path) -> Manifest:
                     "training": "none (plain truncation)"},
         ),
     )
+
+
+# --------------------------------------------------------------------------- reduced precision
+
+
+def convert_precision(src: Path, out: Path, precision: str, version: str | None = None) -> Manifest:
+    """Write a reduced-precision copy of an exported model directory and report what it costs.
+
+    ``int8``: dynamic quantization (onnxruntime ``quantize_dynamic``, int8 weights, per output channel) of the
+    encoder layers' MatMuls; the embedding block stays fp32 (a lookup, cheap and sensitive).
+    ``fp16``: every stage converted to float16 (for the CUDA provider; the CPU provider runs fp16
+    slowly or not at all). The quality change per (layer, dim) is measured against the fp32 source as
+    the worst cosine between the two models' vectors on the golden texts and stored in the manifest
+    (``parity["cos_d{dim}_l{layer}"]``); ``golden_min_cosine`` is set just below the worst of them so
+    that a server still verifies the copy.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from mipic.manifest import load_manifest
+    from mipic.service.engine.model import LoadedModel, Row
+
+    if precision not in ("int8", "fp16"):
+        raise ValueError(f"precision must be int8 or fp16, not {precision!r}")
+    source = load_manifest(src)
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(src, out)
+    (out / "manifest.json").unlink()
+    for stage in source.stages:
+        path = out / stage.path
+        if precision == "int8":
+            if stage.kind == "embeddings":
+                continue
+            tmp = path.with_suffix(".int8.onnx")
+            quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             per_channel=True)
+            tmp.replace(path)
+        else:
+            import onnx
+            from onnxruntime.transformers.float16 import convert_float_to_float16
+
+            model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=False)
+            onnx.save(model, str(path))
+    draft = source.model_copy(update={"precision": precision, "version": version or source.version,
+                                      "golden_min_cosine": 0.5})
+    write_manifest(out, draft)
+    report: dict[str, float] = {}
+    if precision == "int8":  # fp16 graphs are meant for CUDA: compare them where they run
+        ref, low = LoadedModel(src, provider="cpu"), LoadedModel(out, provider="cpu")
+        golden = json.loads((src / GOLDEN_FILE).read_text())
+        ids = [e.ids for e in ref.tokenizer.encode(list(golden["texts"]))]
+        for layer in source.layers:
+            for dim in source.dims:
+                rows = [Row(ids=i, dim=dim, layer=layer) for i in ids]
+                cos = [float(a @ b) for a, b in zip(ref.run(rows), low.run(rows), strict=True)]
+                report[f"cos_{budget_key(dim, layer)}"] = min(cos)
+    worst = min(report.values(), default=0.99)
+    final = draft.model_copy(update={"parity": report, "golden_min_cosine": max(0.5, round(worst - 0.005, 4))})
+    manifest = write_manifest(out, final)
+    logger.info("wrote %s copy of %s to %s (worst cosine vs fp32 %.4f)", precision, source.model_id, out, worst)
+    return manifest
