@@ -93,7 +93,8 @@ def test_reload_under_load_drops_nothing(repo: ModelRepository, live_server_fact
             (repo.path / "CURRENT").write_text("3\n")
             r = await _admin(admin)
             assert r.status_code == 409 and r.json()["error"]["code"] == "model_rejected"
-            assert "Traceback" not in r.text
+            assert "Traceback" not in r.text and str(repo.path) not in r.text
+            assert r.json()["error"]["message"] == "model version '3' refused: checksum mismatch for layer_02.onnx"
             assert (await admin.get("/info")).json()["version"] == "2"
             (repo.path / "CURRENT").write_text("2\n")
             await asyncio.sleep(0.5)

@@ -28,6 +28,10 @@ def check_inputs(texts: list[str], param: str, settings: Settings) -> None:
     for i, text in enumerate(texts):
         if not text:
             raise InvalidRequest(f"{param}[{i}] is an empty string", param=f"{param}[{i}]")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON allows lone surrogates ("\ud800"); no tokenizer does
+            raise InvalidRequest(f"{param}[{i}] is not valid Unicode (lone surrogate)", param=f"{param}[{i}]") from None
 
 
 async def _disconnected(request: Request) -> None:

@@ -89,9 +89,14 @@ class Engine:
             if s.verify_golden:
                 model.verify_golden()
         except ManifestError as exc:
-            raise ModelRejected(str(exc)) from exc
+            logger.error("refusing model at %s: %s", model_dir, exc)
+            # clients see the version's name, never a server path
+            d = str(model_dir)
+            reason = str(exc).replace(f"{d}: ", "").replace(f" in {d}", "").replace(d, model_dir.name)
+            raise ModelRejected(f"model version {model_dir.name!r} refused: {reason}") from exc
         except Exception as exc:  # onnxruntime refusing a graph, unreadable files, ...
-            raise ModelRejected(f"{model_dir}: cannot load model ({type(exc).__name__})") from exc
+            logger.error("refusing model at %s: cannot load (%s)", model_dir, type(exc).__name__)
+            raise ModelRejected(f"model version {model_dir.name!r} refused: cannot load its files") from exc
         return model
 
     async def start(self, path: Path) -> None:
