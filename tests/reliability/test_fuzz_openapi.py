@@ -47,10 +47,12 @@ def test_openapi_fuzz_never_5xx(client: TestClient) -> None:
         operation = op_result.ok()
         strategy = operation.as_strategy()
 
+        label = f"{operation.method} {operation.path}"
+
         @settings(max_examples=40, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         @given(case=strategy)
-        def run(case) -> None:  # type: ignore[no-untyped-def]
+        def run(case, label: str = label) -> None:  # type: ignore[no-untyped-def]
             nonlocal n
             kwargs = case.as_transport_kwargs(base_url="http://testserver")
             r = client.request(kwargs["method"], kwargs["url"], headers=kwargs.get("headers"),
@@ -58,7 +60,7 @@ def test_openapi_fuzz_never_5xx(client: TestClient) -> None:
                                content=kwargs.get("data") if isinstance(kwargs.get("data"), bytes) else None)
             n += 1
             if r.status_code >= 500:
-                failures.append(f"{operation.method} {operation.path}: {r.status_code} {r.text[:200]}")
+                failures.append(f"{label}: {r.status_code} {r.text[:200]}")
             _assert_sane(r.status_code, r.content, r.headers.get("content-type", ""))
 
         run()

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from bench.overload import run_soak
 
 pytestmark = pytest.mark.integration
