@@ -74,7 +74,14 @@ def test_reload_under_load_drops_nothing(repo: ModelRepository, live_server_fact
                               admin_token=TOKEN, watch_interval_s=0.2))  # type: ignore[arg-type]
     srv = live_server_factory(app)
     engine = app.state.engine
-    first_model = weakref.ref(engine.model)
+    loaded: list[weakref.ref[LoadedModel]] = [weakref.ref(engine.model)]
+    real_swap = engine._on_swap
+
+    def track(old: LoadedModel | None, new: LoadedModel) -> None:
+        loaded.append(weakref.ref(new))
+        real_swap(old, new)
+
+    engine._on_swap = track
 
     async def scenario() -> list[tuple[int, str]]:
         stop = asyncio.Event()
@@ -120,7 +127,8 @@ def test_reload_under_load_drops_nothing(repo: ModelRepository, live_server_fact
     # one model's worth afterwards: the first load and version 2 are both gone
     gc.collect()
     assert engine.model.version == "1"
-    assert first_model() is None or first_model() is engine.model
+    alive = [ref() for ref in loaded if ref() is not None]
+    assert len(loaded) >= 3 and alive == [engine.model]  # versions swapped out were all freed
     metrics = httpx.get(srv.url + "/metrics").text
     assert 'mipic_model_info{model="tiny",model_version="1"' in metrics
     assert 'model_version="2",provider' not in metrics.split("mipic_model_info")[-1]

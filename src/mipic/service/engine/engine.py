@@ -149,15 +149,16 @@ class Engine:
                     raise ModelRejected(str(exc)) from exc
             else:
                 target = self.model.model_dir
-            current = self._model
-            if current is not None and current.model_dir.resolve() == target.resolve():
-                return current.model_id, False
+            # Only names here, never the model object: a traceback kept by a log handler must not
+            # keep a swapped-out model alive.
+            served_id = self._model.model_id if self._model is not None else "nothing"
+            if self._model is not None and self._model.model_dir.resolve() == target.resolve():
+                return served_id, False
             try:
                 new = await self._swap_to(target)
-            except ModelRejected:
+            except ModelRejected as exc:
                 self._last_rejected = target
-                logger.error("refused model at %s; still serving %s", target,
-                             current.model_id if current else "nothing", exc_info=True)
+                logger.error("refused model at %s (%s); still serving %s", target, exc.message, served_id)
                 raise
             self._last_rejected = None
             return new.model_id, True
