@@ -11,8 +11,9 @@ precision and multi-GPU (torchrun / accelerate) for free; this module adds only 
   checkpoint, so each one says how it was made;
 * :func:`train` wires config → data → model → Trainer → ``output_dir/final`` (→ ``output_dir/onnx``).
 
-Under DDP each device contrasts against its own batch only (no all-gather of negatives), as in the
-SimCSE reference code; scale ``batch_size`` per device accordingly.
+Multi-GPU means DDP (``torchrun --nproc-per-node N -m mipic.cli train ...``); plain DataParallel is
+refused. Under DDP each device contrasts against its own batch only (no all-gather of negatives), as
+in the SimCSE reference code; ``batch_size`` is per device.
 """
 
 from __future__ import annotations
@@ -404,6 +405,13 @@ def train(cfg: TrainConfig, *, sentences: Sequence[str] | None = None) -> TrainR
         term_log=term_log,
         head_lr=cfg.train.head_lr,
     )
+    if trainer.args.n_gpu > 1:
+        # Several GPUs in one process means nn.DataParallel: it would split each batch (and its in-batch
+        # negatives) across devices and cannot gather the per-term floats. DDP has neither problem.
+        raise RuntimeError(
+            f"{trainer.args.n_gpu} GPUs visible to one process: launch with torchrun or accelerate launch "
+            "(one process per GPU), or restrict CUDA_VISIBLE_DEVICES to one GPU"
+        )
     resume = _resume_checkpoint(cfg)
     if resume is not None:
         _warn_if_config_changed(cfg, resume)
