@@ -129,6 +129,7 @@ def eval_(
     layers: Annotated[str | None, typer.Option(help="Comma-separated layers (default all).")] = None,
     dims: Annotated[str | None, typer.Option(help="Comma-separated dims (default the model's).")] = None,
     max_items: Annotated[int, typer.Option(min=2, help="Items per suite (seeded sample).")] = 300,
+    max_length: Annotated[int, typer.Option(min=2, help="Max tokens per text (the model's limit caps it).")] = 128,
 ) -> None:
     """Score every (layer, dim) budget: JSON + Markdown table + heatmap PNGs."""
     from mipic.training.evaluation.command import eval_command
@@ -146,6 +147,7 @@ def eval_(
         layers=[int(x) for x in layers.split(",")] if layers else None,
         dims=[int(x) for x in dims.split(",")] if dims else None,
         max_items=max_items,
+        max_length=max_length,
     )
     typer.echo(f"scored {len(result.layers)} layers x {len(result.dims)} dims; wrote {out}/grid.md")
 
@@ -211,6 +213,18 @@ def versions(repo: RepoOption = DEFAULT_REPO) -> None:
         typer.echo(f"{'*' if v == current else ' '} {v}")
 
 
+def _run_overrides(set_: list[str] | None, init: Path | None, output_dir: Path | None, resume: bool) -> list[str]:
+    """``--set`` values, then the dedicated flags (last, so they win over a --set of the same key)."""
+    overrides = list(set_ or [])
+    if init is not None:
+        overrides.append(f"model.init={init}")
+    if output_dir is not None:
+        overrides.append(f"train.output_dir={output_dir}")
+    if resume:
+        overrides.append("train.resume=true")
+    return overrides
+
+
 @app.command()
 def train(
     config: Annotated[Path, typer.Option("--config", help="YAML training config (see configs/).")],
@@ -237,14 +251,7 @@ def train(
     _setup_logging(log_level)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    overrides = list(set_ or [])
-    # Flags go last so they win over --set of the same key.
-    if init is not None:
-        overrides.append(f"model.init={init}")
-    if output_dir is not None:
-        overrides.append(f"train.output_dir={output_dir}")
-    if resume:
-        overrides.append("train.resume=true")
+    overrides = _run_overrides(set_, init, output_dir, resume)
     try:
         cfg = load_config(config, overrides)
     except (OSError, ValueError) as exc:
@@ -277,6 +284,81 @@ def retrain(
         typer.echo(f"quality gate failed, nothing promoted: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     typer.echo(f"done: {', '.join(state.get('done', []))}; served version: {pipeline.repo.current()}")
+
+
+@app.command()
+def pretrain(
+    config: Annotated[Path, typer.Option("--config", help="YAML pretraining config (configs/jepa_minilm.yaml).")],
+    init: Annotated[
+        Path | None,
+        typer.Option(help="Start from these weights (an encoder dir or a checkpoint-N of an earlier run)."),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value, e.g. --set balance.mode=sigmoid (repeatable)."),
+    ] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Where checkpoints and final/ go (overrides train.output_dir).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the latest checkpoint-N in the output dir, if any.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Continued MLM or MLM + JEPA pretraining; final/ is an encoder for `mipic train --init`."""
+    from mipic.training.pretrain import pretrain as run_pretraining
+    from mipic.training.pretrain_config import load_pretrain_config
+
+    _setup_logging(log_level)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    overrides = _run_overrides(set_, init, output_dir, resume)
+    try:
+        cfg = load_pretrain_config(config, overrides)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"bad config: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    result = run_pretraining(cfg)
+    typer.echo(f"pretrained {cfg.objective} for {result.global_step} steps; final encoder in {result.final_dir}")
+
+
+@app.command()
+def geometry(
+    models: Annotated[
+        list[str], typer.Argument(help="HF checkpoint dirs (e.g. runs/jepa/final), or 'packaged' for the base.")
+    ],
+    out: Annotated[Path, typer.Option(help="Where geometry.json, geometry.md and spectrum.png go.")] = Path(
+        "runs/geometry"
+    ),
+    names: Annotated[str | None, typer.Option(help="Comma-separated row names (default from the paths).")] = None,
+    layer: Annotated[int | None, typer.Option(help="Layer to pool (default the last).")] = None,
+    window: Annotated[int, typer.Option(min=1, help="Layers averaged by the last_layers_avg pooling.")] = 2,
+    max_items: Annotated[int, typer.Option(min=2, help="Items per built-in suite the sample is drawn from.")] = 300,
+    max_texts: Annotated[int, typer.Option(min=2, help="Texts in the uniformity / spectrum sample.")] = 1000,
+) -> None:
+    """Uniformity, alignment, spectrum and effective rank per dim under CLS / mean / max / last-layers pooling."""
+    from mipic.training.evaluation.spectrum import geometry_command
+
+    _setup_logging()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        reports = geometry_command(
+            models,
+            out,
+            names=[n.strip() for n in names.split(",")] if names else None,
+            layer=layer,
+            window=window,
+            max_items=max_items,
+            max_texts=max_texts,
+        )
+    except ValueError as exc:
+        typer.echo(f"refused: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    for r in reports:
+        cells = ", ".join(f"{v} {g.uniformity:.4f}" for v, g in r.poolings.items())
+        typer.echo(f"{r.name}: uniformity {cells}")
+    typer.echo(f"wrote {out}/geometry.md, geometry.json, spectrum.png")
 
 
 def main() -> None:
