@@ -18,11 +18,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from bench.common import environment, make_texts, md_table, percentiles, write_results
-from bench.http_load import free_port, start_server
+from bench.servers import free_port, start_server
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Phase:
     retry_after_missing: int = 0
     seconds: float = 0.0
 
-    def summary(self) -> dict[str, object]:
+    def summary(self) -> dict[str, Any]:
         ok = self.statuses.get(200, 0)
         return {"statuses": dict(self.statuses), "ok_per_s": ok / self.seconds if self.seconds else 0.0,
                 "retry_after_missing": self.retry_after_missing,
@@ -99,9 +100,9 @@ def rss_mb(pid: int) -> float:
 
 @dataclass
 class SoakResult:
-    capacity: dict[str, object]
-    burst: dict[str, object]
-    recovery: dict[str, object]
+    capacity: dict[str, Any]
+    burst: dict[str, Any]
+    recovery: dict[str, Any]
     offered_rate: float
     rss_mb: dict[str, float]
 
@@ -120,7 +121,7 @@ def run_soak(model: Path, factor: float = 8.0, texts_per_request: int = 16, queu
         asyncio.run(closed_loop(url, batches, 4, 1.0))  # warm
         rss["before"] = rss_mb(proc.pid)
         cap = asyncio.run(closed_loop(url, batches, 4, capacity_seconds))
-        capacity = float(cap.summary()["ok_per_s"])  # type: ignore[arg-type]
+        capacity = float(cap.summary()["ok_per_s"])
         rate = factor * capacity
         peak = [rss["before"]]
 
@@ -161,11 +162,11 @@ def main() -> None:
     b, c, v = r.burst, r.capacity, r.recovery
     rows = [
         ["capacity (closed loop, 4 clients)", f"{c['ok_per_s']:.1f}", c["statuses"],
-         c.get("ok_latency", {}).get("p99_ms", 0.0)],  # type: ignore[union-attr]
+         c.get("ok_latency", {}).get("p99_ms", 0.0)],
         [f"burst: open loop at {r.offered_rate:.1f} req/s ({args.factor:g}x)", f"{b['ok_per_s']:.1f}", b["statuses"],
-         b.get("ok_latency", {}).get("p99_ms", 0.0)],  # type: ignore[union-attr]
+         b.get("ok_latency", {}).get("p99_ms", 0.0)],
         ["recovery (closed loop)", f"{v['ok_per_s']:.1f}", v["statuses"],
-         v.get("ok_latency", {}).get("p99_ms", 0.0)],  # type: ignore[union-attr]
+         v.get("ok_latency", {}).get("p99_ms", 0.0)],
     ]
     md = (f"Overload soak, {args.texts_per_request} texts/request, queue {args.queue_size} inputs, "
           f"{env['cpu']} ({env['cores']} cores, load {load:.2f} at start). RSS MB before/peak/after: "

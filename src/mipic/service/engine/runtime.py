@@ -50,6 +50,11 @@ class StagedRuntime:
         opts.inter_op_num_threads = inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        # One session per stage means one thread pool per stage. Spinning pools keep burning the cores
+        # after their stage is done and starve the next stage: measured 2-3x slower on 2 cores
+        # (bench/results/engine_settings.md). Idle threads must sleep.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = choose_providers(provider)
         self._sessions = [
             ort.InferenceSession(str(model_dir / stage.path), opts, providers=providers)

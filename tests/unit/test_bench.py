@@ -1,0 +1,198 @@
+"""Benchmark helpers: statistics, FLOP formulas, Pareto fronts, load schedule, tables, target checks (no timing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from bench.common import (
+    EncoderShape,
+    encoder_flops,
+    fmt_cell,
+    layer_flops,
+    make_texts,
+    md_table,
+    pareto_front,
+    percentiles,
+    write_results,
+)
+from bench.engine import EngineGrid, markdown, scaling_checks
+from bench.loadgen import LoadResult, poisson_schedule
+from bench.quality import analyse, pareto_3d
+from bench.run_all import targets
+from bench.served import saturation
+
+MINILM = EncoderShape(hidden=384, intermediate=1536)
+
+
+def test_percentiles_in_ms() -> None:
+    p = percentiles([i / 1000 for i in range(1, 101)])  # 1..100 ms
+    assert p["p50_ms"] == pytest.approx(50.5)
+    assert p["p95_ms"] == pytest.approx(95.05)
+    assert p["p99_ms"] == pytest.approx(99.01)
+    assert p["mean_ms"] == pytest.approx(50.5)
+    assert p["max_ms"] == pytest.approx(100.0)
+
+
+def test_percentiles_of_nothing_are_zero() -> None:
+    assert percentiles([]) == {"p50_ms": 0.0, "p95_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0, "max_ms": 0.0}
+
+
+def test_layer_flops_linear_and_attention_parts() -> None:
+    # linear: 2·(4·384² + 2·384·1536)·T = 3,538,944·T; attention: 4·T²·384
+    assert layer_flops(MINILM, 1) == 3_538_944 + 4 * 384
+    assert layer_flops(MINILM, 256) == 3_538_944 * 256 + 4 * 256 * 256 * 384
+
+
+def test_minilm_costs_about_21_mflop_per_token() -> None:
+    per_token = encoder_flops(MINILM, [1], 6)
+    assert per_token == pytest.approx(21.2e6, rel=0.01)
+    # sequences add up; the attention part makes long ones cost more per token
+    assert encoder_flops(MINILM, [16, 16], 3) == 2 * 3 * layer_flops(MINILM, 16)
+    assert encoder_flops(MINILM, [256], 1) / 256 > encoder_flops(MINILM, [16], 1) / 16
+
+
+def test_pareto_front_keeps_only_undominated_points_sorted_by_cost() -> None:
+    costs = [1.0, 2.0, 2.0, 3.0, 4.0, 0.5]
+    scores = [0.5, 0.7, 0.6, 0.65, 0.9, 0.5]
+    # 0.5-cost point beats the 1.0-cost one (same score, cheaper); (2, 0.6) and (3, 0.65) are dominated by (2, 0.7)
+    assert pareto_front(costs, scores) == [5, 1, 4]
+
+
+def test_pareto_front_rejects_mismatched_lengths() -> None:
+    with pytest.raises(ValueError, match="same length"):
+        pareto_front([1.0], [1.0, 2.0])
+
+
+def test_pareto_3d_counts_dim_as_a_cost() -> None:
+    costs, dims, scores = [1.0, 1.0, 2.0], [64, 384, 64], [0.7, 0.8, 0.7]
+    # wider vector at the same compute is on the front when it scores higher; (2, 64, 0.7) is dominated
+    assert pareto_3d(costs, dims, scores) == [0, 1]
+
+
+def test_md_table_aligns_numbers_right_and_formats_by_size() -> None:
+    table = md_table(["name", "texts/s", "ratio"], [["a", 12345.6, 0.1234], ["b|c", 9.876, 2]])
+    lines = table.splitlines()
+    assert lines[0] == "| name | texts/s | ratio |"
+    assert lines[1] == "|---|---:|---:|"
+    assert lines[2] == "| a | 12,346 | 0.123 |"
+    assert lines[3] == "| b\\|c | 9.88 | 2 |"
+
+
+def test_fmt_cell_handles_nan_and_none() -> None:
+    assert fmt_cell(float("nan")) == "n/a"
+    assert fmt_cell(None) == ""
+    assert fmt_cell(55.55) == "55.5"
+
+
+def test_write_results_writes_json_and_markdown(tmp_path: Path) -> None:
+    path = write_results("x", {"a": 1}, "| t |\n", tmp_path)
+    assert path == tmp_path / "x.md"
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    assert path.read_text() == "| t |\n"
+
+
+def test_make_texts_is_deterministic_with_the_asked_word_count() -> None:
+    a, b = make_texts(3, 16, seed=1), make_texts(3, 16, seed=1)
+    assert a == b
+    assert all(len(t.split()) == 14 for t in a)  # 16 tokens = 14 words + [CLS] + [SEP]
+
+
+def test_poisson_schedule_is_bounded_in_count_and_time() -> None:
+    s = poisson_schedule(100.0, 10.0, max_requests=50, seed=0)
+    assert len(s) == 50
+    assert s == sorted(s)
+    long = poisson_schedule(100.0, 20.0, max_requests=100_000, seed=0)
+    assert all(0 < t < 20.0 for t in long)
+    assert len(long) == pytest.approx(2000, rel=0.1)  # rate × duration
+    with pytest.raises(ValueError, match="positive"):
+        poisson_schedule(0.0, 1.0, 10)
+
+
+def test_load_result_summary_counts_only_ok_answers() -> None:
+    r = LoadResult(offered_rps=10.0, texts_per_request=8, duration_s=2.0, sent=4)
+    r.statuses.update({200: 3, 429: 1})
+    r.latencies_s += [0.01, 0.02, 0.03]
+    s = r.summary()
+    assert s["ok"] == 3
+    assert s["achieved_texts_per_s"] == 12.0
+    assert s["offered_texts_per_s"] == 80.0
+    assert s["statuses"] == {"200": 3, "429": 1}
+    assert s["latency"]["p50_ms"] == pytest.approx(20.0)
+
+
+def test_engine_grid_caps_batches_at_the_server_token_budget() -> None:
+    grid = EngineGrid(batches=(1, 8, 32, 128), max_batch_tokens=16384)
+    assert grid.batches_for(16) == [1, 8, 32, 128]
+    assert grid.batches_for(256) == [1, 8, 32, 64]
+
+
+def _point(precision: str, length: int, batch: int, dim: int, layer: int, tps: float) -> dict[str, object]:
+    return {"precision": precision, "length": length, "batch": batch, "dim": dim, "layer": layer, "texts_per_s": tps,
+            "tokens_per_s": tps * length, "gflops": 1.0, "frac_of_peak": 0.6, "latency": percentiles([0.01])}
+
+
+def test_scaling_checks_compare_with_ideal_l_over_k() -> None:
+    pts = [_point("fp32", 16, 32, 384, k, tps) for k, tps in ((1, 500.0), (3, 150.0), (6, 100.0))]
+    checks = {c["layer"]: c for c in scaling_checks(pts, 6)}
+    assert checks[1]["ideal_texts_per_s"] == 600.0
+    assert checks[1]["efficiency"] == pytest.approx(500 / 600)
+    assert checks[1]["meets_target"]
+    assert checks[3]["efficiency"] == pytest.approx(0.75)
+    assert not checks[3]["meets_target"]
+    assert checks[6]["efficiency"] == 1.0
+
+
+def test_engine_markdown_has_one_table_per_precision_and_length() -> None:
+    pts = [_point(p, t, b, 384, k, 100.0 / k) for p in ("fp32", "int8") for t in (16, 256) for b in (1, 32)
+           for k in (1, 6)]
+    payload = {"env": {"cpu": "cpu", "cores": 2, "cpu_flags": [], "python": "3", "versions": {"onnxruntime": "1",
+                                                                                          "numpy": "2"}, "commit": "x"},
+               "load_at_start": {"loadavg": [0.1, 0.1, 0.1]}, "points": pts, "num_layers": 6, "peak_gflops": 100.0,
+               "model": "m@1", "shape": {"hidden": 384, "intermediate": 1536}, "scaling": scaling_checks(pts, 6)}
+    text = markdown(payload)
+    assert text.count("### fp32") == 2 and text.count("### int8") == 2
+    assert "Early-exit scaling" in text
+    assert "60%" in text  # frac_of_peak of the largest batch
+
+
+def test_saturation_is_the_best_achieved_point() -> None:
+    pts = [{"achieved_texts_per_s": x} for x in (10.0, 30.0, 20.0)]
+    assert saturation(pts)["achieved_texts_per_s"] == 30.0
+
+
+def test_quality_analysis_builds_mean_scores_and_fronts() -> None:
+    grid = {"model": "m", "layers": [1, 2], "dims": [16, 64], "main_metrics": {"a": "acc", "b": "ap"},
+            "scores": {"a": {"acc": [[0.5, 0.6], [0.7, 0.9]]}, "b": {"ap": [[0.5, 0.8], [0.7, 0.7]]},
+                       "geometry": {"uniformity": [[1, 1], [1, 1]]}}}
+    res = analyse({"v": grid}, engine=None)
+    v = res["variants"]["v"]
+    assert v["mean"] == [[0.5, 0.7], [0.7, 0.8]]
+    assert [(p["dim"], p["layer"]) for p in v["front_cost_score"]] == [(64, 1), (64, 2)]
+    assert {(p["dim"], p["layer"]) for p in v["front_cost_dim_score"]} == {(16, 1), (64, 1), (16, 2), (64, 2)}
+
+
+def test_targets_table_reads_result_files(tmp_path: Path) -> None:
+    pts = [_point("fp32", 16, 128, 384, k, 600.0 / k) for k in range(1, 7)]
+    (tmp_path / "engine.json").write_text(json.dumps({"num_layers": 6, "points": pts,
+                                                      "scaling": scaling_checks(pts, 6)}))
+    (tmp_path / "served.json").write_text(json.dumps({"results": [{"dim": 384, "layer": 6,
+                                                                   "served_over_offline": 0.8}]}))
+    rows = {r[0]: r[1:] for r in targets(tmp_path)}
+    assert rows["full budget (d384/l6) ≥ 50% of GEMM peak, ~16 tokens, batch 128"] == ["60% (1.0 GFLOP/s)", "yes"]
+    assert rows["layer k ≥ 0.8·(L/k)·layer L, ~16 tokens, batch 128"][1] == "yes"
+    assert rows["served ≥ 85% of offline at saturation, d384/l6"] == ["80%", "no"]
+
+
+def test_agreement_flags_a_truncated_vector_that_is_not_renormalised() -> None:
+    from bench.peers import agreement
+
+    rng = np.random.default_rng(0)
+    full = rng.standard_normal((3, 384))
+    full /= np.linalg.norm(full, axis=1, keepdims=True)
+    ref64 = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
+    out = agreement({"64": ref64.tolist()}, {"64": full[:, :64].tolist()})
+    assert out["64"]["min_cosine"] == pytest.approx(1.0)
+    assert out["64"]["max_norm_error"] > 0.3
