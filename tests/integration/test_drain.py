@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def test_sigterm_drains_accepted_requests(minilm_dir: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "MIPIC_DRAIN_TIMEOUT_S": "60", "MIPIC_BOOTSTRAP_DEFAULT": "false"}
+    env = {**os.environ, "MIPIC_DRAIN_TIMEOUT_S": "60", "MIPIC_BOOTSTRAP_DEFAULT": "false", "MIPIC_MAX_QUEUE_SIZE": "4096"}
     proc = subprocess.Popen([sys.executable, "-m", "mipic.cli", "serve", "--port", str(port),
                              "--model", str(minilm_dir), "--log-level", "warning"], env=env)
     try:
@@ -33,16 +33,17 @@ def test_sigterm_drains_accepted_requests(minilm_dir: Path) -> None:
                 pass
             assert time.monotonic() < deadline and proc.poll() is None, "server did not become ready"
             time.sleep(0.2)
-        texts = [f"sentence number {i} about the weather and the markets in the city" for i in range(64)]
+        # 8 x 256 longish texts: several seconds of work, so the server is still draining when we probe it
+        texts = [f"sentence number {i} about the weather and the markets in the city " * 4 for i in range(256)]
 
         def call(_: int) -> int:
             return httpx.post(url + "/embed?dim=64&layer=6", json={"inputs": texts}, timeout=120).status_code
 
         with ThreadPoolExecutor(8) as pool:
             accepted = [pool.submit(call, i) for i in range(8)]
-            time.sleep(1.0)  # all eight are queued or running
+            time.sleep(0.5)  # all eight are queued or running
             proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            time.sleep(0.2)
             late = httpx.post(url + "/embed", json={"inputs": "too late"}, timeout=10)
             assert late.status_code == 503
             assert late.json()["error"]["code"] == "draining" and "retry-after" in late.headers
