@@ -86,6 +86,22 @@ def bootstrap(
     typer.echo(f"exported {manifest.model_id} to {out} (max parity error {worst:.2e})")
 
 
+def _trained_budgets_of(checkpoint: Path) -> tuple[list[tuple[int, int]], dict[str, str]]:
+    """Budgets and provenance from the ``train_config.yaml`` that `mipic train` saves with its output."""
+    from mipic.training.config import CONFIG_FILE, load_config
+
+    if not (checkpoint / CONFIG_FILE).is_file():
+        return [], {"checkpoint": str(checkpoint)}
+    from transformers import AutoConfig
+
+    from mipic.training.model import trained_budgets
+
+    cfg = load_config(checkpoint / CONFIG_FILE)
+    hf = AutoConfig.from_pretrained(str(checkpoint))
+    budgets = trained_budgets(cfg.objective, cfg.loss, int(hf.hidden_size), int(hf.num_hidden_layers))
+    return [(int(d), int(ly)) for d, ly in budgets], {"checkpoint": str(checkpoint), "objective": cfg.objective}
+
+
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory.")],
@@ -104,10 +120,12 @@ def export(
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dim_list = [int(d) for d in dims.split(",")] if dims else None
+    budgets, source = _trained_budgets_of(checkpoint)
     manifest = export_pretrained(
         checkpoint,
         out,
-        ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length),
+        ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length,
+                      trained_budgets=budgets, source=source),
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
     if quantize:

@@ -95,3 +95,24 @@ def test_load_manifest_rejects_tampered_files(tiny_model_dir: Path, tmp_path: Pa
     (copy / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="ascending"):
         load_manifest(copy, verify=False)
+
+
+def test_cli_export_reads_trained_budgets_from_train_config(tiny_torch_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from mipic.cli import app
+
+    _, _, ckpt = tiny_torch_model
+    run = tmp_path / "final"
+    shutil.copytree(ckpt, run)
+    (run / "train_config.yaml").write_text(yaml.safe_dump(
+        {"objective": "mipic", "loss": {"dims": [8, 16, 32], "chain": [[8, 1], [16, 2], [32, 3]]}}))
+    out = tmp_path / "exported"
+    result = CliRunner().invoke(app, ["export", str(run), str(out), "--name", "tiny", "--max-seq-length", "32"])
+    assert result.exit_code == 0, result.output
+    m = load_manifest(out)
+    assert (8, 1) in {(b.dim, b.layer) for b in m.trained_budgets} and m.max_seq_length == 32
+    assert m.source["objective"] == "mipic"
