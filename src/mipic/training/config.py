@@ -12,7 +12,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -231,37 +231,49 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     return out
 
 
-def _validate(data: Mapping[str, Any], origin: str) -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ValueError(f"invalid training config ({origin}): {problems}") from exc
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+def load_yaml_config(
+    cls: type[ConfigT], kind: str, path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> ConfigT:
+    """Read a YAML config of model ``cls`` (defaults when ``path`` is None), apply ``section.key=value``
+    overrides and validate; errors name each offending key: ``invalid {kind} config (origin): ...``."""
     data: dict[str, Any] = {}
     origin = "defaults"
     if path is not None:
         origin = str(path)
         loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"invalid training config ({origin}): the top level must be a mapping")
+            raise ValueError(f"invalid {kind} config ({origin}): the top level must be a mapping")
         data = loaded or {}
     if overrides:
         origin += " + overrides"
-    return _validate(apply_overrides(data, overrides), origin)
+    try:
+        return cls.model_validate(apply_overrides(data, overrides))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ValueError(f"invalid {kind} config ({origin}): {problems}") from exc
+
+
+def save_yaml_config(config: BaseModel, path: str | Path, file_name: str) -> Path:
+    """Write ``config`` as YAML (into ``path/file_name`` when ``path`` is a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, default_flow_style=None)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply overrides."""
+    return load_yaml_config(TrainConfig, "training", path, overrides)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:
     """Write ``config`` as YAML (the file :func:`load_config` reads back to an equal config)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
-    path.write_text(text, encoding="utf-8")
-    return path
+    return save_yaml_config(config, path, CONFIG_FILE)

@@ -45,7 +45,6 @@ from transformers import (
     set_seed,
 )
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mipic.training.losses.jepa import (
     JEPAPredictor,
@@ -66,6 +65,7 @@ from mipic.training.trainer import (
     FINAL_DIR,
     TEXT_COLUMN,
     MipicTrainer,
+    RunFilesCallback,
     TermLog,
     TrainResult,
     _resume_checkpoint,
@@ -393,24 +393,6 @@ class EMATargetCallback(TrainerCallback):
         return control
 
 
-class PretrainFilesCallback(TrainerCallback):
-    """Write ``pretrain_config.yaml`` and ``training_log.json`` into each ``checkpoint-N``."""
-
-    def __init__(self, config: PretrainConfig, term_log: TermLog) -> None:
-        self.config = config
-        self.term_log = term_log
-
-    def on_save(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> TrainerControl:
-        if state.is_world_process_zero and args.output_dir:
-            ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            if ckpt.is_dir():
-                save_pretrain_config(self.config, ckpt / PRETRAIN_CONFIG_FILE)
-                write_training_log(ckpt, self.term_log, state)
-        return control
-
-
 class PretrainTrainer(MipicTrainer):
     """:class:`MipicTrainer` (loss terms in every log line) with three LR groups and tied-weight-safe saves.
 
@@ -510,7 +492,12 @@ def pretrain(cfg: PretrainConfig, *, sentences: Sequence[str] | None = None) -> 
         train_dataset=build_dataset(texts, tokenizer, cfg.data.max_length),
         data_collator=SpanMaskingCollator(tokenizer, cfg.data.max_length, cfg.masking, seed=cfg.seed),
         processing_class=tokenizer,
-        callbacks=[EMATargetCallback(model), PretrainFilesCallback(cfg, term_log)],
+        callbacks=[
+            EMATargetCallback(model),
+            RunFilesCallback(
+                cfg.as_train_config(), term_log, lambda ckpt: save_pretrain_config(cfg, ckpt / PRETRAIN_CONFIG_FILE)
+            ),
+        ],
         term_log=term_log,
         head_lr=cfg.train.head_lr,
         balance_lr=cfg.balance.lr,

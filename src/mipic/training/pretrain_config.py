@@ -11,10 +11,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from mipic.training.config import DataSection, ModelSection, TrainConfig, TrainSection, apply_overrides
+from mipic.training.config import (
+    DataSection,
+    ModelSection,
+    TrainConfig,
+    TrainSection,
+    load_yaml_config,
+    save_yaml_config,
+)
 from mipic.training.losses.jepa import BalanceMode, LatentLossKind, PredictorKind
 
 PRETRAIN_CONFIG_FILE = "pretrain_config.yaml"
@@ -113,30 +119,9 @@ class PretrainConfig(_Section):
 
 def load_pretrain_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> PretrainConfig:
     """Read a YAML config (defaults when ``path`` is None) and apply ``section.key=value`` overrides."""
-    data: dict[str, Any] = {}
-    origin = "defaults"
-    if path is not None:
-        origin = str(path)
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"invalid pretraining config ({origin}): the top level must be a mapping")
-        data = loaded or {}
-    if overrides:
-        origin += " + overrides"
-    try:
-        return PretrainConfig.model_validate(apply_overrides(data, overrides))
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ValueError(f"invalid pretraining config ({origin}): {problems}") from exc
+    return load_yaml_config(PretrainConfig, "pretraining", path, overrides)
 
 
 def save_pretrain_config(config: PretrainConfig, path: str | Path) -> Path:
     """Write ``config`` as YAML (into ``path/pretrain_config.yaml`` when ``path`` is a directory)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PRETRAIN_CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None), encoding="utf-8")
-    return path
+    return save_yaml_config(config, path, PRETRAIN_CONFIG_FILE)

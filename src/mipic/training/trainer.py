@@ -22,7 +22,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,11 +153,17 @@ def write_training_log(
 
 
 class RunFilesCallback(TrainerCallback):
-    """Write ``train_config.yaml`` and ``training_log.json`` into each ``checkpoint-N`` the Trainer saves."""
+    """Write the run's config and ``training_log.json`` into each ``checkpoint-N`` the Trainer saves.
 
-    def __init__(self, config: TrainConfig, term_log: TermLog) -> None:
-        self.config = config
+    ``write_config(checkpoint_dir)`` writes the config file (``train_config.yaml`` by default; the
+    pretrainer passes its own writer), so every kind of run shares one callback.
+    """
+
+    def __init__(
+        self, config: TrainConfig, term_log: TermLog, write_config: Callable[[Path], object] | None = None
+    ) -> None:
         self.term_log = term_log
+        self.write_config = write_config or (lambda ckpt: save_config(config, ckpt / CONFIG_FILE))
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -165,7 +171,7 @@ class RunFilesCallback(TrainerCallback):
         if state.is_world_process_zero and args.output_dir:
             ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
             if ckpt.is_dir():
-                save_config(self.config, ckpt / CONFIG_FILE)
+                self.write_config(ckpt)
                 write_training_log(ckpt, self.term_log, state)
         return control
 
