@@ -6,8 +6,9 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
@@ -231,8 +232,31 @@ def versions(repo: RepoOption = DEFAULT_REPO) -> None:
         typer.echo(f"{'*' if v == current else ' '} {v}")
 
 
-def _run_overrides(set_: list[str] | None, init: Path | None, output_dir: Path | None, resume: bool) -> list[str]:
-    """``--set`` values, then the dedicated flags (last, so they win over a --set of the same key)."""
+InitOption = Annotated[
+    Path | None, typer.Option(help="Start from these weights (an encoder dir or a checkpoint-N of an earlier run).")
+]
+OutputDirOption = Annotated[
+    Path | None, typer.Option(help="Where checkpoints and final/ go (overrides train.output_dir).")
+]
+ResumeOption = Annotated[bool, typer.Option(help="Continue from the latest checkpoint-N in the output dir, if any.")]
+LogLevelOption = Annotated[str, typer.Option(help="Log level.")]
+ConfigT = TypeVar("ConfigT")
+
+
+def _load_run_config(
+    loader: Callable[[Path, list[str]], ConfigT],
+    config: Path,
+    set_: list[str] | None,
+    init: Path | None,
+    output_dir: Path | None,
+    resume: bool,
+    log_level: str,
+) -> ConfigT:
+    """Shared start of `train` and `pretrain`: logging, offline env, overrides, config validation (exit 2)."""
+    _setup_logging(log_level)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # ``--set`` values first, then the dedicated flags, so the flags win over a --set of the same key.
     overrides = list(set_ or [])
     if init is not None:
         overrides.append(f"model.init={init}")
@@ -240,41 +264,30 @@ def _run_overrides(set_: list[str] | None, init: Path | None, output_dir: Path |
         overrides.append(f"train.output_dir={output_dir}")
     if resume:
         overrides.append("train.resume=true")
-    return overrides
+    try:
+        return loader(config, overrides)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"bad config: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
 
 
 @app.command()
 def train(
     config: Annotated[Path, typer.Option("--config", help="YAML training config (see configs/).")],
-    init: Annotated[
-        Path | None,
-        typer.Option(help="Start from these weights (an encoder dir or a checkpoint-N of an earlier run)."),
-    ] = None,
+    init: InitOption = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config value, e.g. --set train.max_steps=50 (repeatable)."),
     ] = None,
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Where checkpoints and final/ go (overrides train.output_dir).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue from the latest checkpoint-N in the output dir, if any.")
-    ] = False,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    output_dir: OutputDirOption = None,
+    resume: ResumeOption = False,
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Train an encoder (unsupervised SimCSE + MRL / 2D Matryoshka / MIPIC) and save it under final/."""
     from mipic.training.config import load_config
     from mipic.training.trainer import train as run_training
 
-    _setup_logging(log_level)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    overrides = _run_overrides(set_, init, output_dir, resume)
-    try:
-        cfg = load_config(config, overrides)
-    except (OSError, ValueError) as exc:
-        typer.echo(f"bad config: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+    cfg = _load_run_config(load_config, config, set_, init, output_dir, resume, log_level)
     result = run_training(cfg)
     typer.echo(f"trained {cfg.objective} for {result.global_step} steps; final encoder in {result.final_dir}")
     if result.onnx_dir is not None:
@@ -307,35 +320,20 @@ def retrain(
 @app.command()
 def pretrain(
     config: Annotated[Path, typer.Option("--config", help="YAML pretraining config (configs/jepa_minilm.yaml).")],
-    init: Annotated[
-        Path | None,
-        typer.Option(help="Start from these weights (an encoder dir or a checkpoint-N of an earlier run)."),
-    ] = None,
+    init: InitOption = None,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config value, e.g. --set balance.mode=sigmoid (repeatable)."),
     ] = None,
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Where checkpoints and final/ go (overrides train.output_dir).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue from the latest checkpoint-N in the output dir, if any.")
-    ] = False,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    output_dir: OutputDirOption = None,
+    resume: ResumeOption = False,
+    log_level: LogLevelOption = "info",
 ) -> None:
     """Continued MLM or MLM + JEPA pretraining; final/ is an encoder for `mipic train --init`."""
     from mipic.training.pretrain import pretrain as run_pretraining
     from mipic.training.pretrain_config import load_pretrain_config
 
-    _setup_logging(log_level)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    overrides = _run_overrides(set_, init, output_dir, resume)
-    try:
-        cfg = load_pretrain_config(config, overrides)
-    except (OSError, ValueError) as exc:
-        typer.echo(f"bad config: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+    cfg = _load_run_config(load_pretrain_config, config, set_, init, output_dir, resume, log_level)
     result = run_pretraining(cfg)
     typer.echo(f"pretrained {cfg.objective} for {result.global_step} steps; final encoder in {result.final_dir}")
 
