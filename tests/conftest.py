@@ -71,6 +71,17 @@ def tiny_model_dir(tiny_torch_model, tmp_path_factory: pytest.TempPathFactory) -
     return out
 
 
+@pytest.fixture(scope="module")
+def torch_one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the OpenMP pool
+    waits on a time-sliced peer at every op (10-50x slower): run a module single-threaded, then restore."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
 
 import pytest
 
@@ -22,15 +21,7 @@ from mipic.training.losses.jepa import (  # noqa: E402
     layer_norm_targets,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread
-    hand-offs cost ~10x: run these tests single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_layer_norm_targets_normalise_each_token_and_average_layers() -> None:

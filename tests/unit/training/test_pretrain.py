@@ -40,14 +40,7 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 WORDS = "the a of to and in is it that for on with cat dog fox quick brown lazy jumps over embed layer dim model text short long".split()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread
-    hand-offs cost ~10x: run these tests single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_sentences(n: int, seed: int = 0, lo: int = 3, hi: int = 12) -> list[str]:

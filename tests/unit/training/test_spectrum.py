@@ -24,15 +24,7 @@ from mipic.training.evaluation.spectrum import (  # noqa: E402
 )
 from mipic.training.evaluation.suites import GeometrySuite  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the thread
-    hand-offs cost ~10x: run these tests single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def test_uniformity_of_two_antipodal_points() -> None:

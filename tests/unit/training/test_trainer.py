@@ -42,14 +42,7 @@ WORDS = ["the", "a", "an", "of", "to", "and", "in", "is", "it", "that", "for", "
 STEPS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Any:
-    """Tiny models run ~50x faster on one thread when the 2 cores are shared: the OpenMP pool otherwise
-    waits on a time-sliced peer at every op. Restored afterwards so other modules keep their setting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def make_sentences(n: int, seed: int = 0) -> list[str]:
