@@ -34,7 +34,7 @@ from bench.common import (
     time_calls,
     write_results,
 )
-from mipic.service.engine.model import LoadedModel, Row
+from mipic.modeldir.runner import LoadedModel, Row
 
 SERVER_MAX_BATCH_TOKENS = 16384  # the server's default MIPIC_MAX_BATCH_TOKENS
 

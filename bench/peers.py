@@ -59,7 +59,7 @@ class PeersConfig:
 def _encoder(kind: str, path: str) -> Any:
     """A function texts, dim, layer → (N, dim) unit vectors, for one engine."""
     if kind.startswith("mipic"):
-        from mipic.service.engine.model import LoadedModel, Row
+        from mipic.modeldir.runner import LoadedModel, Row
 
         model = LoadedModel(Path(path), provider="cpu", verify_checksums=False)
 

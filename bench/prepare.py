@@ -64,7 +64,7 @@ def _build_fused(model_dir: Path, out: Path) -> None:
 
     from onnxruntime.transformers.optimizer import optimize_model
 
-    from mipic.manifest import load_manifest, write_manifest
+    from mipic.modeldir.manifest import load_manifest, write_manifest
 
     manifest = load_manifest(model_dir)
     shutil.rmtree(out, ignore_errors=True)

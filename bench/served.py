@@ -59,7 +59,7 @@ def request_batches(cfg: ServedConfig, n_batches: int = 64) -> list[list[str]]:
 def offline_reference(model_dir: Path, cfg: ServedConfig) -> dict[Budget, dict[str, float]]:
     """Best pre-tokenized ``LoadedModel.run`` throughput per budget over ``offline_batches``, same texts."""
     from bench.ort_settings import session_options
-    from mipic.service.engine.model import LoadedModel, Row
+    from mipic.modeldir.runner import LoadedModel, Row
 
     with session_options(no_spin=cfg.no_spin):
         model = LoadedModel(model_dir, provider="cpu", verify_checksums=False)

@@ -44,7 +44,7 @@ echo "docker_build_steps: [3/3] $repo/CURRENT -> $MODEL_VERSION"
 import sys
 from pathlib import Path
 
-from mipic.modelrepo import ModelRepository
+from mipic.modeldir.repository import ModelRepository
 
 repo, version = ModelRepository(Path(sys.argv[1])), sys.argv[2]
 if repo.current() != version:

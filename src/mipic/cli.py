@@ -7,11 +7,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
 
+from mipic.training.heads_config import HeadFitConfig
+
+_HEADS = HeadFitConfig()  # the head-fitting defaults, spelled once there
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 logger = logging.getLogger("mipic")
 
@@ -25,7 +29,7 @@ def _setup_logging(level: str = "info") -> None:
 def ensure_default_model(repo_dir: Path) -> None:
     """Export the packaged MiniLM as version 1 of the repository ``repo_dir`` and promote it, in a child
     process (the server must not import torch)."""
-    from mipic.modelrepo import is_repository
+    from mipic.modeldir.repository import is_repository
 
     if is_repository(repo_dir):
         return
@@ -70,21 +74,112 @@ def bootstrap(
     out: Annotated[Path, typer.Option(help="Where to write the exported default model.")] = Path(
         "models/all-minilm-l6-v2/1"
     ),
+    heads: Annotated[
+        bool, typer.Option(help="Attach the committed exit heads (--no-heads: plain truncation, the untouched model).")
+    ] = True,
 ) -> None:
     """Export the packaged all-MiniLM-L6-v2 to the staged ONNX format (needs the training extras).
 
     The parent directory becomes a model repository: if it has no CURRENT pointer yet, this version
     is promoted."""
-    from mipic.modelrepo import ModelRepository, is_repository
-    from mipic.training.export import bootstrap_default_model
+    from mipic.modeldir.repository import ModelRepository, is_repository
+    from mipic.training.release import bootstrap_default_model
 
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    manifest = bootstrap_default_model(out)
+    manifest = bootstrap_default_model(out, heads=heads)
     if not is_repository(out.parent):
         ModelRepository(out.parent).promote(out.name)
     worst = max(manifest.parity.values())
-    typer.echo(f"exported {manifest.model_id} to {out} (max parity error {worst:.2e})")
+    typer.echo(f"exported {manifest.model_id} to {out} (max parity error {worst:.2e}"
+               f"{', with exit heads' if manifest.heads else ''})")
+
+
+heads_app = typer.Typer(no_args_is_help=True, help="Exit heads: fit them on a model directory.")
+app.add_typer(heads_app, name="heads")
+
+
+class HeadMethod(str, Enum):
+    distill = "distill"
+    pca = "pca"
+
+
+class ExportHeads(str, Enum):
+    distill = "distill"
+    pca = "pca"
+    none = "none"
+
+
+class LastLayerHead(str, Enum):
+    pca = "pca"
+    orthogonal = "orthogonal"
+    affine = "affine"
+    identity = "identity"
+
+
+MethodOption = Annotated[HeadMethod, typer.Option(help="distill (KL to the teacher) | pca (closed-form rotation).")]
+
+
+@heads_app.command("fit")
+def heads_fit(
+    model: Annotated[Path, typer.Argument(help="An exported model directory (has manifest.json).")],
+    out: Annotated[Path, typer.Option("--out", help="Where the model with heads is written (may equal MODEL).")],
+    method: MethodOption = HeadMethod(_HEADS.method),
+    sentences: Annotated[int, typer.Option(min=16, help="Training-split sentences to fit on.")] = _HEADS.sentences,
+    passages: Annotated[
+        int, typer.Option(min=0, help="Training-split passages (lead of news/BBC bodies) added to the sentences.")
+    ] = _HEADS.passages,
+    steps: Annotated[int, typer.Option(min=0, help="Adam steps (distill).")] = _HEADS.steps,
+    batch_size: Annotated[
+        int, typer.Option(min=4, help="Texts per step: the in-batch similarity set.")
+    ] = _HEADS.batch_size,
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine decay).")] = _HEADS.lr,
+    temperature: Annotated[
+        float, typer.Option(help="Softmax temperature of the similarity distributions.")
+    ] = _HEADS.temperature,
+    teacher_layer: Annotated[int | None, typer.Option(help="Teacher layer (default: the last).")] = None,
+    teacher_dim: Annotated[int | None, typer.Option(help="Teacher width (default: full).")] = None,
+    last_layer: Annotated[
+        LastLayerHead,
+        typer.Option(help="The last layer's head: pca or orthogonal keep the full budget's similarities exactly."),
+    ] = LastLayerHead(_HEADS.last_layer),
+    seed: Annotated[int, typer.Option(help="Seed of the text sample and the batches.")] = _HEADS.seed,
+    max_length: Annotated[int, typer.Option(min=2, help="Max tokens per fitting text.")] = _HEADS.max_length,
+    version: Annotated[str | None, typer.Option(help="Version of the written model (default: MODEL's).")] = None,
+    budgets: Annotated[bool, typer.Option(help="Measure quality and cost per budget into the manifest.")] = True,
+    eval_items: Annotated[int, typer.Option(min=2, help="Items per built-in suite for the budget table.")] = 300,
+) -> None:
+    """Fit exit heads (one affine map per exit layer) on the training split and write MODEL + heads to OUT."""
+    from mipic.modeldir.runner import LoadedModel
+    from mipic.training.data.paths import resolve_data_dir
+    from mipic.training.export import attach_heads
+    from mipic.training.heads import fit_heads
+    from mipic.training.release import measure_budgets, write_budgets
+
+    _setup_logging()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = HeadFitConfig(method=method.value, sentences=sentences, passages=passages, steps=steps,
+                        batch_size=batch_size, lr=lr, temperature=temperature, teacher_layer=teacher_layer,
+                        teacher_dim=teacher_dim, last_layer=last_layer.value, max_length=max_length, seed=seed)
+    loaded = LoadedModel(model, provider="cpu", max_seq_length=max_length)
+    result = fit_heads(loaded, cfg, cache_dir=resolve_data_dir() / "features")
+    loaded.close()
+    manifest = attach_heads(model, out, result.heads, result.spec, version=version)
+    if budgets:
+        manifest = write_budgets(out, measure_budgets(out, max_items=eval_items, seed=seed))
+    took = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    typer.echo(f"fitted {method.value} heads for {manifest.model_id} ({took}); wrote {out}")
+
+
+@heads_app.command("save-default")
+def heads_save_default(
+    model: Annotated[Path, typer.Argument(help="A default-model directory with fitted heads and a budget table.")],
+) -> None:
+    """Maintainers: store MODEL's heads and budget quality as the package assets `mipic bootstrap` attaches."""
+    from mipic.training.release import save_default_heads
+
+    _setup_logging()
+    typer.echo(f"wrote {save_default_heads(model)} and its metadata")
 
 
 def _trained_budgets_of(checkpoint: Path) -> tuple[list[tuple[int, int]], dict[str, str]]:
@@ -114,19 +209,30 @@ def export(
     quantize: Annotated[
         str | None, typer.Option(help="Also write OUT-int8 (dynamic int8, CPU) or OUT-fp16 (for CUDA).")
     ] = None,
+    heads: Annotated[
+        ExportHeads, typer.Option(help="Fit exit heads on the exported graphs: distill (~2-3 min), pca, or none.")
+    ] = ExportHeads.distill,
+    budget_items: Annotated[
+        int, typer.Option(min=0, help="Items per built-in suite for the manifest's budget table (0: skip).")
+    ] = 300,
 ) -> None:
-    """Export a checkpoint to the staged ONNX format, refusing it if parity with PyTorch fails."""
-    from mipic.training.export import ExportOptions, convert_precision, export_pretrained
+    """Export a checkpoint to the staged ONNX format (refused if parity with PyTorch fails), fit exit heads,
+    and record quality and cost per budget in the manifest."""
+    from mipic.training.export import ExportOptions, convert_precision
+    from mipic.training.heads import HeadFitConfig
+    from mipic.training.release import export_with_heads
 
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dim_list = [int(d) for d in dims.split(",")] if dims else None
     budgets, source = _trained_budgets_of(checkpoint)
-    manifest = export_pretrained(
+    manifest = export_with_heads(
         checkpoint,
         out,
         ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length,
                       trained_budgets=budgets, source=source),
+        None if heads is ExportHeads.none else HeadFitConfig(method=heads.value),
+        budget_items=budget_items or None,
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
     if quantize:
@@ -149,8 +255,16 @@ def eval_(
     dims: Annotated[str | None, typer.Option(help="Comma-separated dims (default the model's).")] = None,
     max_items: Annotated[int, typer.Option(min=2, help="Items per suite (seeded sample).")] = 300,
     max_length: Annotated[int, typer.Option(min=2, help="Max tokens per text (the model's limit caps it).")] = 128,
+    variants: Annotated[
+        str | None,
+        typer.Option(help="Read-outs to compare: plain,pca,heads (default: all the model allows)."),
+    ] = None,
+    fit_sentences: Annotated[
+        int, typer.Option(min=16, help="Training-split sentences the pca read-out is fitted on.")
+    ] = 4000,
 ) -> None:
-    """Score every (layer, dim) budget: JSON + Markdown table + heatmap PNGs."""
+    """Score every (layer, dim) budget for plain truncation, a PCA rotation and the model's exit heads:
+    compare.md, grid.json/.md (the served read-out), heatmap PNGs."""
     from mipic.training.evaluation.command import eval_command
 
     _setup_logging()
@@ -167,8 +281,10 @@ def eval_(
         dims=[int(x) for x in dims.split(",")] if dims else None,
         max_items=max_items,
         max_length=max_length,
+        variants=[v.strip() for v in variants.split(",")] if variants else None,
+        fit_sentences=fit_sentences,
     )
-    typer.echo(f"scored {len(result.layers)} layers x {len(result.dims)} dims; wrote {out}/grid.md")
+    typer.echo(f"scored {len(result.layers)} layers x {len(result.dims)} dims; wrote {out}/compare.md, {out}/grid.md")
 
 
 RepoOption = Annotated[Path, typer.Option("--repo", help="Model repository: models/<name>.")]
@@ -182,7 +298,7 @@ def register(
     version: Annotated[str | None, typer.Option(help="Version name (default: the manifest's).")] = None,
 ) -> None:
     """Copy an exported model into the repository as a new version (not served until promoted)."""
-    from mipic.modelrepo import ModelRepository
+    from mipic.modeldir.repository import ModelRepository
 
     _setup_logging()
     typer.echo(f"registered version {ModelRepository(repo).register(source, version)} in {repo}")
@@ -194,8 +310,8 @@ def promote(
     repo: RepoOption = DEFAULT_REPO,
 ) -> None:
     """Verify a version (schema, checksums) and point CURRENT at it; servers watching the repo switch."""
-    from mipic.manifest import ManifestError
-    from mipic.modelrepo import ModelRepository, RepositoryError
+    from mipic.modeldir.manifest import ManifestError
+    from mipic.modeldir.repository import ModelRepository, RepositoryError
 
     _setup_logging()
     try:
@@ -209,8 +325,8 @@ def promote(
 @app.command()
 def rollback(repo: RepoOption = DEFAULT_REPO) -> None:
     """Point CURRENT back at the previously promoted version."""
-    from mipic.manifest import ManifestError
-    from mipic.modelrepo import ModelRepository, RepositoryError
+    from mipic.modeldir.manifest import ManifestError
+    from mipic.modeldir.repository import ModelRepository, RepositoryError
 
     _setup_logging()
     try:
@@ -224,7 +340,7 @@ def rollback(repo: RepoOption = DEFAULT_REPO) -> None:
 @app.command()
 def versions(repo: RepoOption = DEFAULT_REPO) -> None:
     """List the repository's versions; the served one is marked with *."""
-    from mipic.modelrepo import ModelRepository
+    from mipic.modeldir.repository import ModelRepository
 
     r = ModelRepository(repo)
     current = r.current()

@@ -16,9 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from mipic.modelrepo import ModelRepository
+from mipic.modeldir.repository import ModelRepository
+from mipic.modeldir.runner import LoadedModel, Row
 from mipic.service.app import create_app
-from mipic.service.engine.model import LoadedModel, Row
 from mipic.service.settings import Settings
 
 TEXTS = ["the quick brown fox", "a cat", "the lazy dog is not a cat", "embed this text"]

@@ -18,9 +18,12 @@ SENTENCES = [
 
 
 def test_full_budget_matches_sentence_transformers(minilm_dir: Path) -> None:
+    """Without heads the read-out is sentence-transformers' own; with the default heads the full budget is a
+    rotation of it (the last layer's head is orthogonal, no bias): the same similarities to 1e-5."""
     from sentence_transformers import SentenceTransformer
 
-    from mipic.service.engine.model import LoadedModel, Row
+    from mipic.modeldir.manifest import load_manifest
+    from mipic.modeldir.runner import LoadedModel, Row
     from mipic.training.export import packaged_minilm_path
 
     st = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
@@ -28,11 +31,16 @@ def test_full_budget_matches_sentence_transformers(minilm_dir: Path) -> None:
     ref64 = st.encode(SENTENCES, normalize_embeddings=True, truncate_dim=64)
     model = LoadedModel(minilm_dir, provider="cpu")
     ids = [e.ids for e in model.tokenizer.encode(SENTENCES)]
-    got = np.stack(model.run([Row(ids=i, dim=384, layer=6) for i in ids]))
-    np.testing.assert_allclose(got, ref, atol=1e-5)
-    got64 = np.stack(model.run([Row(ids=i, dim=64, layer=6) for i in ids]))
+    pooled = model.pool_all_layers(ids)[5]
+    np.testing.assert_allclose(model.embed_pooled(pooled, 6, 384, heads=False), ref, atol=1e-5)
     ref64 = ref64 / np.linalg.norm(ref64, axis=1, keepdims=True)
-    np.testing.assert_allclose(got64, ref64, atol=1e-5)
+    np.testing.assert_allclose(model.embed_pooled(pooled, 6, 64, heads=False), ref64, atol=1e-5)
+    got = np.stack(model.run([Row(ids=i, dim=384, layer=6) for i in ids]))
+    np.testing.assert_allclose(got @ got.T, ref @ ref.T, atol=1e-5)
+    assert np.abs(got - ref).max() > 1e-3  # rotated: not the same coordinates
+    manifest = load_manifest(minilm_dir)
+    assert manifest.heads is not None and manifest.heads.method == "distill"
+    assert manifest.budgets is not None and len(manifest.budgets.rows) == 36
     # semantics survive: the paraphrase pair is closer than the unrelated one, at every layer
     for layer in (1, 3, 6):
         v = np.stack(model.run([Row(ids=i, dim=64, layer=layer) for i in ids]))
@@ -56,3 +64,7 @@ def test_serves_dim64_layer6(minilm_dir: Path, live_server_factory) -> None:  # 
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     info = httpx.get(srv.url + "/info").json()
     assert info["hidden_size"] == 384 and info["num_layers"] == 6 and info["max_seq_length"] == 256
+    assert info["heads"]["method"] == "distill" and info["pareto_budgets"]
+    budgets = httpx.get(srv.url + "/budgets", params={"min_quality": 0.7}).json()
+    assert budgets["available"] and budgets["recommended"]["quality"] >= 0.7
+    assert budgets["recommended"]["relative_cost"] < 0.5  # a shallow exit already reaches 0.7

@@ -11,11 +11,11 @@ from fastapi import FastAPI, HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from mipic.service.api import routes_admin, routes_embed, routes_health, routes_openai
+from mipic.modeldir.runner import LoadedModel
+from mipic.service.api import routes_admin, routes_budgets, routes_embed, routes_health, routes_openai
 from mipic.service.api.errors import error_body, install_error_handlers
 from mipic.service.engine.batcher import BatchStats
 from mipic.service.engine.engine import Engine
-from mipic.service.engine.model import LoadedModel
 from mipic.service.metrics import Metrics
 from mipic.service.settings import Settings
 
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     app.include_router(routes_embed.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_health.router)
+    app.include_router(routes_budgets.router)
     app.include_router(routes_admin.router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],

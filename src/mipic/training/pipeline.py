@@ -18,13 +18,13 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from mipic.manifest import load_manifest, write_manifest
-from mipic.modelrepo import ModelRepository
+from mipic.modeldir.manifest import load_manifest, write_manifest
+from mipic.modeldir.repository import ModelRepository
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ class RetrainConfig(BaseModel):
     work_dir: Path = Path("runs/retrain")
     train_config: Path = Path("configs/mipic_minilm.yaml")
     train_overrides: list[str] = Field(default_factory=list)
+    heads: Literal["distill", "pca", "none"] = Field(
+        "distill", description="Exit heads fitted on the exported candidate before it is evaluated"
+    )
     eval: EvalSection = Field(default_factory=EvalSection)
     gate: GateSection = Field(default_factory=GateSection)
     promote: bool = True
@@ -138,7 +141,9 @@ class Pipeline:
 
     def _export(self) -> dict[str, Any]:
         from mipic.training.config import load_config
-        from mipic.training.export import ExportOptions, export_pretrained
+        from mipic.training.export import ExportOptions
+        from mipic.training.heads import HeadFitConfig
+        from mipic.training.release import export_with_heads
         from mipic.training.trainer import trained_budgets
 
         current = self.repo.current()
@@ -151,12 +156,13 @@ class Pipeline:
         hf = AutoConfig.from_pretrained(str(ckpt))
         budgets = trained_budgets(tcfg.objective, tcfg.loss, int(hf.hidden_size), int(hf.num_hidden_layers))
         out = self.dir / "export"
-        export_pretrained(ckpt, out, ExportOptions(
+        heads = None if self.cfg.heads == "none" else HeadFitConfig(method=self.cfg.heads)
+        export_with_heads(ckpt, out, ExportOptions(
             name=name, version=version, dims=tcfg.export.dims,
             trained_budgets=[(int(d), int(ly)) for d, ly in budgets],
             max_seq_length=tcfg.export.max_seq_length,
             source={"checkpoint": str(ckpt), "objective": tcfg.objective, "retrain_run": self.run_id},
-        ))
+        ), heads, budget_items=None)
         return {"export_dir": str(out), "version": version, "name": name}
 
     def _evaluate(self) -> dict[str, Any]:
@@ -177,10 +183,16 @@ class Pipeline:
         baseline = score(self.repo.version_dir(served), self.dir / "eval_served") if served else None
         # the manifest carries its own scores per budget (the files' checksums do not change)
         from mipic.training.evaluation.result import GridResult
+        from mipic.training.release import measure_budgets
 
         export_dir = Path(self.state["export_dir"])
+        grid = GridResult.from_dict(candidate)
+        suites = dict(grid.main_metrics)
+        scores = {(d, ly): {s: grid.value(s, m, ly, d) for s, m in suites.items()} for ly in grid.layers
+                  for d in grid.dims}
+        table = measure_budgets(export_dir, scores=scores, suites=suites, max_items=e.max_items)
         manifest = load_manifest(export_dir)
-        write_manifest(export_dir, manifest.model_copy(update={"eval": GridResult.from_dict(candidate).by_budget()}))
+        write_manifest(export_dir, manifest.model_copy(update={"eval": grid.by_budget(), "budgets": table}))
         (self.dir / "eval_candidate.json").write_text(json.dumps(candidate))
         if baseline is not None:
             (self.dir / "eval_served.json").write_text(json.dumps(baseline))

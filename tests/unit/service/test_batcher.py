@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mipic.modeldir.runner import LoadedModel, Row
 from mipic.service.engine.batcher import Batcher, BatchStats
 from mipic.service.engine.errors import DeadlineExceeded, InferenceFailed, Overloaded
-from mipic.service.engine.model import LoadedModel, Row
 
 
 class FakeModel:

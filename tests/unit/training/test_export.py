@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tests.conftest import TINY_DIMS, TINY_LAYERS
 
-from mipic.manifest import ManifestError, load_manifest
+from mipic.modeldir.manifest import ManifestError, load_manifest
 
 
 def test_manifest_lists_every_stage_with_checksums(tiny_model_dir: Path) -> None:
@@ -111,8 +111,37 @@ def test_cli_export_reads_trained_budgets_from_train_config(tiny_torch_model, tm
     (run / "train_config.yaml").write_text(yaml.safe_dump(
         {"objective": "mipic", "loss": {"dims": [8, 16, 32], "chain": [[8, 1], [16, 2], [32, 3]]}}))
     out = tmp_path / "exported"
-    result = CliRunner().invoke(app, ["export", str(run), str(out), "--name", "tiny", "--max-seq-length", "32"])
+    result = CliRunner().invoke(app, ["export", str(run), str(out), "--name", "tiny", "--max-seq-length", "32",
+                                      "--heads", "none", "--budget-items", "0"])
     assert result.exit_code == 0, result.output
     m = load_manifest(out)
     assert (8, 1) in {(b.dim, b.layer) for b in m.trained_budgets} and m.max_seq_length == 32
     assert m.source["objective"] == "mipic"
+
+
+def test_cli_heads_fit_writes_a_model_with_heads_and_budgets(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """`mipic heads fit` on real training-split sentences (a few, few steps), then the budget table."""
+    from typer.testing import CliRunner
+
+    from mipic.cli import app
+    from mipic.modeldir.runner import LoadedModel
+
+    out = tmp_path / "with_heads"
+    result = CliRunner().invoke(app, ["heads", "fit", str(tiny_model_dir), "--out", str(out), "--sentences", "64",
+                                      "--passages", "16", "--steps", "3", "--batch-size", "16", "--eval-items", "60"])
+    assert result.exit_code == 0, result.output
+    m = load_manifest(out)
+    assert m.heads is not None and m.heads.method == "distill"
+    assert m.heads.data["split"] == "train" and m.heads.data["texts"] == 80
+    assert m.heads.recipe["steps"] == 3 and m.heads.recipe["last_layer"] == "pca"
+    assert m.budgets is not None and len(m.budgets.rows) == 9 and any(r.pareto for r in m.budgets.rows)
+    assert "news_title_body" in m.budgets.suites and m.budgets.eval_items == 60
+    assert LoadedModel(out, provider="cpu").verify_golden() > 0.9999
+    assert all(v <= 1e-5 for k, v in m.parity.items() if k.startswith("heads_"))
+    pca = CliRunner().invoke(app, ["heads", "fit", str(tiny_model_dir), "--out", str(tmp_path / "pca"),
+                                   "--method", "pca", "--sentences", "64", "--no-budgets"])
+    assert pca.exit_code == 0, pca.output
+    assert load_manifest(tmp_path / "pca").heads.method == "pca"  # type: ignore[union-attr]
+    bad = CliRunner().invoke(app, ["heads", "fit", str(tiny_model_dir), "--out", str(tmp_path / "x"),
+                                   "--method", "svd"])
+    assert bad.exit_code == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mipic.modelrepo import ModelRepository
+from mipic.modeldir.repository import ModelRepository
 from mipic.training.pipeline import GateFailed, GateSection, Pipeline, RetrainConfig, quality_gate
 
 WORDS = ["the", "a", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim", "model", "text", "short", "long"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mipic.manifest import load_manifest
-from mipic.service.engine.model import LoadedModel, Row
+from mipic.modeldir.manifest import load_manifest
+from mipic.modeldir.runner import LoadedModel, Row
 from mipic.training.export import convert_precision
 
 

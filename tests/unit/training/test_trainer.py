@@ -276,7 +276,7 @@ def test_cli_train_exports_with_trained_budgets(tiny_torch_model: Any, tmp_path:
     from typer.testing import CliRunner
 
     from mipic.cli import app
-    from mipic.manifest import load_manifest
+    from mipic.modeldir.manifest import load_manifest
 
     _, _, base = tiny_torch_model
     sentences = tmp_path / "s.txt"

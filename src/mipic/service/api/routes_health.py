@@ -6,7 +6,8 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep
-from mipic.service.api.schemas import BudgetInfo, InfoResponse
+from mipic.service.api.routes_budgets import budget_entries
+from mipic.service.api.schemas import BudgetInfo, HeadsInfo, InfoResponse
 from mipic.service.engine.errors import NotReady
 
 router = APIRouter(tags=["health"])
@@ -45,6 +46,15 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         precision=m.precision,
         provider=model.runtime.provider,
         max_inputs_per_request=settings.max_inputs_per_request,
+        heads=HeadsInfo(
+            method=m.heads.method,
+            fitted_budgets=[BudgetInfo(dim=b.dim, layer=b.layer) for b in m.heads.fitted_budgets],
+            recipe=dict(m.heads.recipe),
+            data=dict(m.heads.data),
+        )
+        if m.heads is not None
+        else None,
+        pareto_budgets=[e for e in budget_entries(m) if e.pareto],
     )
 
 

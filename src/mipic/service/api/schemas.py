@@ -65,6 +65,39 @@ class BudgetInfo(BaseModel):
     layer: int
 
 
+class HeadsInfo(BaseModel):
+    """Exit heads the model carries: how they were fitted and for which budgets."""
+
+    method: str
+    fitted_budgets: list[BudgetInfo]
+    recipe: dict[str, str | int | float | bool]
+    data: dict[str, str | int]
+
+
+class BudgetEntry(BaseModel):
+    dim: int
+    layer: int
+    relative_cost: float = Field(description="compute relative to the full budget (1.0)")
+    quality: float = Field(description="mean of the built-in suites' main metrics, measured at export")
+    scores: dict[str, float] = Field(default_factory=dict)
+    pareto: bool = Field(description="no other budget is at least as good for at most the cost")
+
+
+class BudgetsResponse(BaseModel):
+    """``GET /budgets``: what each (dim, layer) costs and buys, with the Pareto-optimal ones marked."""
+
+    model: str
+    available: bool = Field(description="false when the model's manifest has no budget table")
+    suites: dict[str, str] = Field(default_factory=dict, description="suite → its main metric")
+    budgets: list[BudgetEntry] = Field(default_factory=list)
+    recommended: BudgetEntry | None = Field(
+        None, description="with min_quality: the cheapest budget whose quality reaches it (null if none does)"
+    )
+    stage_ms: list[float] = Field(default_factory=list, description="measured ms: embeddings, layer 1..L")
+    timing_machine: str = ""
+    eval_items: int = 0
+
+
 class InfoResponse(BaseModel):
     model: str
     name: str
@@ -80,6 +113,10 @@ class InfoResponse(BaseModel):
     precision: str
     provider: str
     max_inputs_per_request: int
+    heads: HeadsInfo | None = Field(None, description="exit heads, null when the model serves plain truncation")
+    pareto_budgets: list[BudgetEntry] = Field(
+        default_factory=list, description="the Pareto-optimal budgets of GET /budgets (cheapest first)"
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from mipic.modeldir.runner import LoadedModel, Row
 from mipic.service.engine.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
-from mipic.service.engine.model import LoadedModel, Row
 
 logger = logging.getLogger(__name__)
 

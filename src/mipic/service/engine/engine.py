@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mipic.manifest import ManifestError
-from mipic.modelrepo import ModelRepository, RepositoryError, resolve_model_dir
+from mipic.modeldir.manifest import ManifestError
+from mipic.modeldir.repository import ModelRepository, RepositoryError, resolve_model_dir
+from mipic.modeldir.runner import LoadedModel, Row
 from mipic.service.engine.batcher import Batcher, BatchStats
 from mipic.service.engine.errors import Draining, InvalidRequest, ModelRejected, NotReady
-from mipic.service.engine.model import LoadedModel, Row
 from mipic.service.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -1,29 +1,24 @@
-"""The engine's error vocabulary. The HTTP layer maps each class to a status in one table (api/errors.py)."""
+"""The engine's error vocabulary; request errors come from the model-directory runner.
+
+The HTTP layer maps each class to a status in one table (api/errors.py)."""
 
 from __future__ import annotations
 
+from mipic.modeldir.errors import EngineError, InputTooLong, InvalidBudget, InvalidRequest
 
-class EngineError(Exception):
-    """Base class. ``code`` is stable and reaches clients; ``param`` names the offending field."""
-
-    code = "engine_error"
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-
-
-class InvalidRequest(EngineError):
-    code = "invalid_request"
-
-
-class InvalidBudget(InvalidRequest):
-    code = "invalid_budget"
-
-
-class InputTooLong(InvalidRequest):
-    code = "input_too_long"
+__all__ = [
+    "DeadlineExceeded",
+    "Draining",
+    "EngineError",
+    "InferenceFailed",
+    "InputTooLong",
+    "InvalidBudget",
+    "InvalidRequest",
+    "ModelNotFound",
+    "ModelRejected",
+    "NotReady",
+    "Overloaded",
+]
 
 
 class ModelNotFound(EngineError):

@@ -62,3 +62,36 @@ def load_sentences(
     if n is not None and n > len(pool):
         logger.warning("asked for %d %s sentences, only %d available", n, split, len(pool))
     return pool if n is None else pool[:n]
+
+
+def load_passages(
+    n: int | None = 2000,
+    seed: int = 0,
+    split: Split = "train",
+    *,
+    n_sentences: int = 3,
+    data_dir: str | Path | None = None,
+    sources: Sequence[str] = ("news", "bbc"),
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    eval_fraction: float = EVAL_FRACTION,
+) -> list[str]:
+    """``n`` document-like passages (the first ``n_sentences`` sentences of article bodies) from ``split``,
+    shuffled with ``seed``. In the train split a passage is dropped when it, or any of its sentences,
+    equals an eval-split text."""
+    root = resolve_data_dir(data_dir)
+    banned = eval_text_keys(root, split_seed, eval_fraction) if split == "train" else frozenset()
+    seen: set[str] = set()
+    pool: list[str] = []
+    for source in sources:
+        for doc in split_documents(load_documents(source, root), split, split_seed, eval_fraction):
+            sentences = split_sentences(doc.body)[:n_sentences]
+            passage = " ".join(sentences)
+            key = text_key(passage)
+            if len(passage.split()) < 12 or key in seen or key in banned:
+                continue
+            if any(text_key(s) in banned for s in sentences):
+                continue
+            seen.add(key)
+            pool.append(passage)
+    random.Random(seed).shuffle(pool)
+    return pool if n is None else pool[:n]

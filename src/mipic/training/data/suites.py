@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mipic.training.data import bbc, news, rotten
+from mipic.training.data import bbc, news, rotten, wordnet
 from mipic.training.data.corpus import DEFAULT_SPLIT_SEED, EVAL_FRACTION, load_documents, split_documents
 from mipic.training.data.paths import resolve_data_dir, suites_dir
 from mipic.training.data.records import Document
@@ -26,6 +26,7 @@ from mipic.training.data.text import clean, split_sentences, text_key
 logger = logging.getLogger(__name__)
 
 DEFAULT_SUITE_SIZE = 300
+SUITES_FORMAT = "v2"  # bump when the set of suites or how they are built changes
 _DONE = ".complete"
 
 
@@ -99,15 +100,24 @@ def title_subtitle_rows(docs: Sequence[Document], size: int, seed: int) -> list[
     return rows
 
 
-def title_body_retrieval(
-    docs: Sequence[Document], size: int, seed: int
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+Retrieval = tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]
+
+
+def title_body_retrieval(docs: Sequence[Document], size: int, seed: int, query_field: str = "title",
+                         doc_field: str = "body") -> Retrieval:
     """Queries are ``size`` titles; the corpus is their bodies plus as many distractor bodies."""
-    picked = _shuffled(_unique(docs, "title", "body"), seed)[: 2 * size]
-    queries = [{"id": f"q{d.doc_id}", "text": clean(d.title)} for d in picked[:size]]
-    corpus = [{"id": f"d{d.doc_id}", "text": clean(d.body)} for d in picked]
+    picked = _shuffled(_unique(docs, query_field, doc_field), seed)[: 2 * size]
+    queries = [{"id": f"q{d.doc_id}", "text": clean(getattr(d, query_field))} for d in picked[:size]]
+    corpus = [{"id": f"d{d.doc_id}", "text": clean(getattr(d, doc_field))} for d in picked]
     qrels = [{"query_id": f"q{d.doc_id}", "doc_id": f"d{d.doc_id}", "score": 1} for d in picked[:size]]
     return queries, corpus, qrels
+
+
+def definition_retrieval(docs: Sequence[Document], size: int, seed: int) -> Retrieval:
+    """WordNet nouns: the query is a synset's lemmas ("dress uniform"), the document its definition
+    ("a military uniform worn on formal occasions"); the corpus adds as many distractor definitions."""
+    nouns = [d for d in docs if d.label == "n" and len(d.subtitle.split()) >= 4]
+    return title_body_retrieval(nouns, size, seed, query_field="title", doc_field="subtitle")
 
 
 def write_builtin_suites(
@@ -118,17 +128,23 @@ def write_builtin_suites(
     split_seed: int = DEFAULT_SPLIT_SEED,
     eval_fraction: float = EVAL_FRACTION,
 ) -> BuiltinSuiteFiles:
-    """Write (once) and return the four built-in suites, ``size`` items each, from eval documents."""
+    """Write (once) and return the built-in suites, ``size`` items each, from eval-split documents:
+    BBC topics and RT sentiment (classification), news title↔subtitle (pair classification), news and
+    BBC title→body retrieval, and WordNet lemmas→definition retrieval when ``wordnet-base`` is installed."""
     if size < 2:
         raise ValueError(f"size must be >= 2, got {size}")
     root_data = resolve_data_dir(data_dir)
-    root = suites_dir(root_data) / f"split{split_seed}-f{eval_fraction:g}-seed{seed}-n{size}"
+    wn = "-wordnet" if wordnet.wordnet_available() else ""
+    root = suites_dir(root_data) / f"{SUITES_FORMAT}-split{split_seed}-f{eval_fraction:g}-seed{seed}-n{size}{wn}"
     files = BuiltinSuiteFiles(
         root=root,
         classification={"bbc_topics": root / "bbc_topics.jsonl", "rt_sentiment": root / "rt_sentiment.jsonl"},
         pair_labels={"news_title_subtitle": root / "news_title_subtitle.jsonl"},
-        retrieval={"news_title_body": root / "news_title_body"},
+        retrieval={"news_title_body": root / "news_title_body", "bbc_title_body": root / "bbc_title_body"},
     )
+    with_wordnet = wordnet.wordnet_available()
+    if with_wordnet:
+        files.retrieval["wordnet_definitions"] = root / "wordnet_definitions"
     if (root / _DONE).is_file():
         return files
 
@@ -137,14 +153,19 @@ def write_builtin_suites(
 
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_jsonl(tmp / "bbc_topics.jsonl", bbc_topic_rows(eval_docs(bbc.SOURCE), size, seed))
+    bbc_docs = eval_docs(bbc.SOURCE)
+    write_jsonl(tmp / "bbc_topics.jsonl", bbc_topic_rows(bbc_docs, size, seed))
     write_jsonl(tmp / "rt_sentiment.jsonl", sentiment_rows(eval_docs(rotten.SOURCE), size, seed))
     news_docs = eval_docs(news.SOURCE)
     write_jsonl(tmp / "news_title_subtitle.jsonl", title_subtitle_rows(news_docs, size, seed))
-    queries, corpus, qrels = title_body_retrieval(news_docs, size, seed)
-    write_jsonl(tmp / "news_title_body" / "queries.jsonl", queries)
-    write_jsonl(tmp / "news_title_body" / "corpus.jsonl", corpus)
-    write_jsonl(tmp / "news_title_body" / "qrels.jsonl", qrels)
+    retrievals = {"news_title_body": title_body_retrieval(news_docs, size, seed),
+                  "bbc_title_body": title_body_retrieval(bbc_docs, size, seed)}
+    if with_wordnet:
+        retrievals["wordnet_definitions"] = definition_retrieval(eval_docs(wordnet.SOURCE), size, seed)
+    for name, (queries, corpus, qrels) in retrievals.items():
+        write_jsonl(tmp / name / "queries.jsonl", queries)
+        write_jsonl(tmp / name / "corpus.jsonl", corpus)
+        write_jsonl(tmp / name / "qrels.jsonl", qrels)
     (tmp / _DONE).write_text("ok\n")
     shutil.rmtree(root, ignore_errors=True)
     tmp.replace(root)

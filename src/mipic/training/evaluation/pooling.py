@@ -1,4 +1,5 @@
-"""Pooling token states into sentence vectors, and Matryoshka truncation with re-normalisation."""
+"""Pooling variants for the geometry study (CLS, max, layer averages); mean pooling and the Matryoshka
+cut are the served ones from ``mipic.modeldir.vector``."""
 
 from __future__ import annotations
 
@@ -7,35 +8,19 @@ from typing import Literal
 
 import numpy as np
 
+from mipic.modeldir.vector import l2_normalize, mean_pool, truncate_normalize
+
+__all__ = ["POOLING_VARIANTS", "PoolingVariant", "l2_normalize", "max_pool", "mean_pool", "pool_hidden_states",
+           "truncate_normalize"]
+
 PoolingVariant = Literal["cls", "mean", "max", "last_layers_avg", "first_last_avg"]
 POOLING_VARIANTS: tuple[PoolingVariant, ...] = ("cls", "mean", "max", "last_layers_avg", "first_last_avg")
-_EPS = 1e-12
-
-
-def mean_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(B, T, H) token states, (B, T) 0/1 mask → (B, H) mean over valid tokens (the serving pooling)."""
-    m = mask[..., None].astype(states.dtype)  # (B, T, 1)
-    return (states * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
 
 
 def max_pool(states: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """(B, T, H) → (B, H) element-wise max over valid tokens."""
     masked = np.where(mask[..., None].astype(bool), states, -np.inf)
     return masked.max(axis=1)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), _EPS, None)
-
-
-def truncate_normalize(embeddings: np.ndarray, dim: int) -> np.ndarray:
-    """(N, H) full-width vectors → (N, dim): keep the first ``dim`` coordinates, then L2-normalise.
-
-    Re-normalising after the cut matters: a prefix of a unit vector is not a unit vector.
-    """
-    if not 0 < dim <= embeddings.shape[-1]:
-        raise ValueError(f"dim must be in 1..{embeddings.shape[-1]}, got {dim}")
-    return l2_normalize(embeddings[..., :dim])
 
 
 def pool_hidden_states(

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from mipic.manifest import budget_key
+from mipic.modeldir.manifest import budget_key
 
 
 @dataclass

@@ -249,7 +249,7 @@ def load_retrieval(
 
 
 def builtin_suites(data_dir: str | Path | None = None, size: int = 300, seed: int = 0) -> list[Suite]:
-    """The four built-in suites (BBC topics, RT sentiment, news title↔subtitle, news title→body)."""
+    """The built-in suites (see ``write_builtin_suites``): classification, pair classification, retrieval."""
     from mipic.training.data.suites import write_builtin_suites
 
     files = write_builtin_suites(data_dir, size=size, seed=seed)

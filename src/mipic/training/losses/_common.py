@@ -23,30 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mipic.modeldir.vector import mean_pool, truncate_normalize
 
-def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the real tokens: ``hidden`` (B, T, H), ``mask`` (B, T) → (B, H).
-
-    A row with no real token pools to zeros instead of NaN (the count is clamped to 1).
-    """
-    if hidden.dim() != 3:
-        raise ValueError(f"hidden must be (B, T, H), got shape {tuple(hidden.shape)}")
-    if mask.shape != hidden.shape[:2]:
-        raise ValueError(f"mask must be (B, T) = {tuple(hidden.shape[:2])}, got shape {tuple(mask.shape)}")
-    m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-    summed = (hidden * m).sum(dim=1)  # (B, H)
-    count = m.sum(dim=1).clamp_min(1.0)  # (B, 1)
-    return summed / count
-
-
-def truncate_normalize(x: Tensor, d: int) -> Tensor:
-    """Keep the first ``d`` features and L2-normalise them: (..., D) → (..., d).
-
-    This is the Matryoshka read-out: the served embedding at dimension ``d`` is the renormalised prefix.
-    """
-    if not 0 < d <= x.shape[-1]:
-        raise ValueError(f"d must be in [1, {x.shape[-1]}], got {d}")
-    return F.normalize(x[..., :d], p=2.0, dim=-1)
+__all__ = ["EncoderOutputs", "LossOutput", "cosine_logits", "mean_pool", "truncate_normalize"]
 
 
 def cosine_logits(a: Tensor, b: Tensor, temperature: float) -> Tensor:

@@ -29,7 +29,7 @@ def test_truncate_normalize() -> None:
     x = torch.tensor([[3.0, 4.0, 12.0]])
     out = truncate_normalize(x, 2)
     assert torch.allclose(out, torch.tensor([[0.6, 0.8]]))
-    with pytest.raises(ValueError, match=re.escape("d must be in [1, 3], got 4")):
+    with pytest.raises(ValueError, match=re.escape("dim must be in 1..3, got 4")):
         truncate_normalize(x, 4)
 
 

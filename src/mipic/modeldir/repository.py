@@ -20,7 +20,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mipic.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
+from mipic.modeldir.manifest import MANIFEST_FILE, Manifest, ManifestError, load_manifest
 
 logger = logging.getLogger(__name__)
 

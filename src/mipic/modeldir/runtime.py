@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 import onnxruntime as ort
 
-from mipic.manifest import Manifest
+from mipic.modeldir.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 

@@ -1,21 +1,38 @@
-"""A loaded model version: manifest + tokenizer + staged runtime, and the early-exit batch runner."""
+"""A loaded model version: manifest + tokenizer + staged runtime + exit heads, and the early-exit runner.
+
+The one owner of turning token ids into served vectors: the server's batcher, the evaluation grid and
+the head fitter all call it, and every vector leaves through ``vector.embed``.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
-from mipic.manifest import GOLDEN_FILE, Manifest, ManifestError, load_manifest
-from mipic.service.engine.errors import InvalidBudget
-from mipic.service.engine.pooling import matryoshka, pool
-from mipic.service.engine.runtime import ProviderChoice, StagedRuntime
-from mipic.service.engine.tokenizer import TextTokenizer
+from mipic.modeldir.errors import InvalidBudget
+from mipic.modeldir.heads import ExitHeads, load_heads
+from mipic.modeldir.manifest import GOLDEN_FILE, Manifest, ManifestError, load_manifest
+from mipic.modeldir.runtime import ProviderChoice, StagedRuntime
+from mipic.modeldir.tokenizer import TextTokenizer
+from mipic.modeldir.vector import embed, pool, truncate_normalize
 
 logger = logging.getLogger(__name__)
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _single_thread_blas() -> Any:
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 # A sub-batch is cut when its longest row is this many times longer than its shortest:
 # padding a 16-token row to 256 would cost 16x its compute.
@@ -47,6 +64,10 @@ class LoadedModel:
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify_checksums)
+        m = self.manifest
+        self.heads: ExitHeads | None = (
+            load_heads(self.model_dir / m.heads.path, m.num_layers, m.hidden_size) if m.heads else None
+        )
         max_len = min(max_seq_length or self.manifest.max_seq_length, self.manifest.max_seq_length)
         self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer, max_len, truncate)
         self.runtime = StagedRuntime(
@@ -124,7 +145,26 @@ class LoadedModel:
                     # Right padding only: columns past the longest remaining row are pure padding.
                     keep = int(lengths[alive].max())
                     states, mask = states[:, :keep], mask[:, :keep]
-        return [matryoshka(pooled[i], rows[i].dim) for i in range(n)]
+        out: list[np.ndarray] = [np.empty(0, np.float32)] * n
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(rows):
+            groups.setdefault((r.layer, r.dim), []).append(i)
+        for (layer, dim), idx in groups.items():
+            vectors = self.embed_pooled(pooled[idx], layer, dim)
+            for j, i in enumerate(idx):
+                out[i] = vectors[j]
+        return out
+
+    def embed_pooled(self, pooled: np.ndarray, layer: int, dim: int, heads: bool = True) -> np.ndarray:
+        """(N, H) pooled states of exit layer ``layer`` → (N, dim) served unit vectors (through this
+        model's head for that layer unless ``heads`` is false)."""
+        if not heads or self.heads is None:
+            return np.asarray(embed(pooled, dim), dtype=np.float32)
+        # One BLAS thread for the head's matmul: OpenBLAS's threads spin after a call and starve the
+        # next stage's onnxruntime threads (measured at layer 1, ~16 tokens: heads cost 10-31% of
+        # throughput with the BLAS pool, 1-5% without; bench/heads_cost.py).
+        with _single_thread_blas():
+            return np.asarray(embed(pooled, dim, self.heads.layer(layer)), dtype=np.float32)
 
     def pool_all_layers(self, ids: list[np.ndarray]) -> np.ndarray:
         """(L, N, H) pooled, unnormalised vectors at every layer in one pass (for offline evaluation)."""
@@ -145,19 +185,30 @@ class LoadedModel:
     def verify_golden(self) -> float:
         """Check this version against the PyTorch vectors stored at export (``golden.json``), at every
         (layer, dim), in one mixed-budget batch. Returns the worst cosine; raises :class:`ManifestError`
-        below the manifest's ``golden_min_cosine``."""
+        below the manifest's ``golden_min_cosine``.
+
+        ``golden.json`` = {texts, pooled: {layer: (N, H)}, vectors?: {layer: (N, H)}}: ``vectors`` are the
+        reference outputs of the exit heads (present when the model has heads), so altered heads fail.
+        """
         path = self.model_dir / GOLDEN_FILE
         if not path.is_file():
             raise ManifestError(f"{self.model_dir}: no {GOLDEN_FILE} to verify against")
-        golden = json.loads(path.read_text())
-        ids = [e.ids for e in self.tokenizer.encode(list(golden["texts"]))]
+        try:
+            golden = json.loads(path.read_text())
+            texts = list(golden["texts"])
+            reference = golden["vectors"] if self.heads is not None else golden["pooled"]
+        except (ValueError, KeyError, TypeError) as exc:
+            what = "no head vectors" if isinstance(exc, KeyError) else "unreadable"
+            raise ManifestError(f"{GOLDEN_FILE}: {what} ({type(exc).__name__})") from exc
+        ids = [e.ids for e in self.tokenizer.encode(texts)]
         budgets = [(d, ly) for ly in self.manifest.layers for d in self.manifest.dims]
         got = self.run([Row(ids=i, dim=d, layer=ly) for d, ly in budgets for i in ids])
         worst = 1.0
         for b, (d, ly) in enumerate(budgets):
-            ref = matryoshka(np.asarray(golden["pooled"][str(ly)], dtype=np.float32), d)
+            ref = truncate_normalize(np.asarray(reference[str(ly)], dtype=np.float32), d)
             for t in range(len(ids)):
-                worst = min(worst, float(got[b * len(ids) + t] @ ref[t]))
+                cos = float(got[b * len(ids) + t] @ ref[t])
+                worst = min(worst, cos) if np.isfinite(cos) else -1.0
         if worst < self.manifest.golden_min_cosine:
             raise ManifestError(f"{self.model_id} fails its golden check (worst cosine {worst:.5f})")
         return worst

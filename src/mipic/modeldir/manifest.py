@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_FILE = "manifest.json"
 GOLDEN_FILE = "golden.json"
@@ -48,6 +48,56 @@ class StageSpec(BaseModel):
     path: str
 
 
+class HeadsSpec(BaseModel):
+    """Exit heads carried by the model (see ``heads.py`` for the file format).
+
+    ``method`` says how they were fitted (``distill``: KL self-distillation to a teacher; ``pca``: the
+    closed-form rotation; ``trained``: jointly with the encoder), ``recipe`` every option of the fit,
+    ``data`` where the fitting sentences came from (always the training split), ``fitted_budgets`` the
+    (dim, layer) budgets the objective covered.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str = "heads.npz"
+    method: str = Field(min_length=1)
+    recipe: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    data: dict[str, str | int] = Field(default_factory=dict)
+    fitted_budgets: list[Budget] = Field(default_factory=list)
+
+
+class BudgetRow(BaseModel):
+    """Quality and cost of one (dim, layer) budget, measured at export."""
+
+    model_config = ConfigDict(frozen=True)
+
+    dim: int = Field(gt=0)
+    layer: int = Field(gt=0)
+    relative_cost: float = Field(gt=0, le=1, description="compute relative to the full budget (1.0)")
+    quality: float = Field(description="mean of the suites' main metrics")
+    scores: dict[str, float] = Field(default_factory=dict, description="suite → main metric")
+    pareto: bool = Field(False, description="no other budget is at least as good for at most the cost")
+
+
+class BudgetTable(BaseModel):
+    """What each budget buys: quality on the built-in suites and relative compute, with the Pareto set.
+
+    ``stage_ms`` is the measured time of the embeddings stage and each layer on ``timing_batch`` (on
+    ``timing_machine``); ``relative_cost`` of a budget at layer l is (embeddings + layers 1..l + head
+    rows for its dim) over the full budget's.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    suites: dict[str, str] = Field(default_factory=dict, description="suite → its main metric")
+    rows: list[BudgetRow] = Field(default_factory=list)
+    stage_ms: list[float] = Field(default_factory=list)
+    head_ms: float = 0.0
+    timing_batch: str = ""
+    timing_machine: str = ""
+    eval_items: int = 0
+
+
 class Manifest(BaseModel):
     """What a server needs to know about a model directory, and what training promises."""
 
@@ -74,6 +124,8 @@ class Manifest(BaseModel):
     eval: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="budget key 'd{dim}_l{layer}' → metric → value"
     )
+    heads: HeadsSpec | None = Field(None, description="exit heads, if the model carries them")
+    budgets: BudgetTable | None = Field(None, description="quality and cost per budget, measured at export")
     golden_min_cosine: float = Field(
         0.9999, gt=0, le=1, description="a server refuses the version if golden.json is matched worse"
     )
@@ -94,6 +146,10 @@ class Manifest(BaseModel):
         for b in self.trained_budgets:
             if b.dim not in self.dims or b.layer > self.num_layers:
                 raise ValueError(f"trained budget {b} is outside dims/layers")
+        if self.heads is not None:
+            for b in self.heads.fitted_budgets:
+                if b.dim > self.hidden_size or b.layer > self.num_layers:
+                    raise ValueError(f"heads fitted budget {b} is outside the model")
         return self
 
     @property
@@ -141,10 +197,15 @@ def load_manifest(model_dir: Path, verify: bool = True) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"no {MANIFEST_FILE} in {model_dir}")
     try:
-        manifest = Manifest.model_validate_json(path.read_text())
-    except ValueError as exc:
-        raise ManifestError(f"invalid manifest in {model_dir}: {exc}") from exc
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors()[:5]
+        )
+        raise ManifestError(f"invalid {MANIFEST_FILE} in {model_dir}: {reasons}") from exc
     required = {s.path for s in manifest.stages} | {manifest.tokenizer}
+    if manifest.heads is not None:
+        required.add(manifest.heads.path)
     missing = sorted(required - set(manifest.files))
     if missing:
         raise ManifestError(f"manifest of {model_dir} lists no checksum for {missing}")

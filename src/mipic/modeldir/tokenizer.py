@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from mipic.service.engine.errors import InputTooLong
+from mipic.modeldir.errors import InputTooLong
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,10 @@ class TextTokenizer:
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
         self._tok.enable_truncation(max_length=max_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size())
 
     def encode(self, texts: list[str]) -> list[Encoded]:
         encodings = self._tok.encode_batch(texts, add_special_tokens=True)

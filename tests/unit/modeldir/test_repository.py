@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mipic.manifest import ManifestError
-from mipic.modelrepo import ModelRepository, RepositoryError, resolve_model_dir
+from mipic.modeldir.manifest import ManifestError
+from mipic.modeldir.repository import ModelRepository, RepositoryError, resolve_model_dir
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from tests.conftest import TINY_DIMS, TINY_LAYERS
 
+from mipic.modeldir.runner import LoadedModel, Row
 from mipic.service.engine.errors import InvalidBudget
-from mipic.service.engine.model import LoadedModel, Row
 
 TEXTS = [
     "the quick brown fox jumps over the lazy dog",

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Reproduce the default model's committed exit heads (src/mipic/training/assets/minilm_heads.{npz,json}):
+# export the packaged MiniLM without heads, fit them on the training split (seeded), measure the budget
+# table on the built-in suites, and store heads + measured quality as the assets `mipic bootstrap` attaches.
+# About 4 minutes on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-runs/default-heads}"
+MIPIC="${MIPIC:-.venv/bin/mipic}"
+rm -rf "$OUT"
+"$MIPIC" bootstrap --out "$OUT/plain/1" --no-heads
+"$MIPIC" heads fit "$OUT/plain/1" --out "$OUT/heads/1"
+"$MIPIC" heads save-default "$OUT/heads/1"

@@ -1,0 +1,84 @@
+"""The served vector, defined once: pool → exit head → truncate → L2-normalise.
+
+Every embedding this project produces or trains goes through these functions: the server's runner on
+NumPy arrays, the training losses and the head fitter on torch tensors (differentiably), and the
+evaluation grid. They are written against the array API (``array-api-compat``), so one implementation
+serves both libraries and training optimises exactly the quantity the server returns. Importing this
+module imports neither torch nor onnxruntime.
+
+Order, and why:
+
+1. **pool** the exit layer's token states over real tokens (mean, or CLS);
+2. **head**: the exit layer's affine map ``z = W_l x + b_l`` when the model carries exit heads
+   (``heads.py``); only the first ``dim`` rows of ``W_l`` are needed, so a small budget also pays less
+   for its head;
+3. **truncate** to the first ``dim`` values (Matryoshka prefix);
+4. **L2-normalise** what is kept: a prefix of a unit vector is not a unit vector, so normalising
+   before the cut would be wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+
+EPS = 1e-12
+
+Array = Any  # numpy.ndarray or torch.Tensor (same namespace for every argument of a call)
+
+
+def mean_pool(states: Array, mask: Array) -> Array:
+    """(B, T, H) token states, (B, T) 0/1 mask → (B, H): the mean over real tokens.
+
+    A row without real tokens pools to zeros (its count is clamped), never NaN.
+    """
+    if len(states.shape) != 3 or tuple(mask.shape) != tuple(states.shape[:2]):
+        raise ValueError(
+            f"need states (B, T, H) and mask (B, T); got {tuple(states.shape)} and {tuple(mask.shape)}"
+        )
+    xp = array_namespace(states)
+    m = xp.astype(mask, states.dtype)[..., None]  # (B, T, 1)
+    return xp.sum(states * m, axis=1) / xp.clip(xp.sum(m, axis=1), min=1e-9)  # (B, H)
+
+
+def pool(states: Array, mask: Array, pooling: str) -> Array:
+    """(B, T, H), (B, T) → (B, H) sentence vectors (not normalised): ``mean`` or ``cls``."""
+    if pooling == "cls":
+        return states[:, 0, :]
+    if pooling == "mean":
+        return mean_pool(states, mask)
+    raise ValueError(f"unknown pooling {pooling!r}; expected 'mean' or 'cls'")
+
+
+def apply_head(pooled: Array, weight: Array, bias: Array, dim: int | None = None) -> Array:
+    """(B, H) pooled → (B, dim) = pooled @ W[:dim]ᵀ + b[:dim]; ``weight`` is (H_out, H), ``bias`` (H_out,).
+
+    Only the first ``dim`` output rows are computed: the prefix is all a budget of ``dim`` keeps.
+    """
+    xp = array_namespace(pooled)
+    d = weight.shape[0] if dim is None else dim
+    return xp.matmul(pooled, xp.permute_dims(weight[:d], (1, 0))) + bias[:d]
+
+
+def l2_normalize(x: Array) -> Array:
+    """Rows divided by their L2 norm (norms clamped at 1e-12, so a zero row stays zero)."""
+    xp = array_namespace(x)
+    return x / xp.clip(xp.linalg.vector_norm(x, axis=-1, keepdims=True), min=EPS)
+
+
+def truncate_normalize(x: Array, dim: int) -> Array:
+    """(..., H) full-width vectors → (..., dim): keep the first ``dim`` values, then L2-normalise."""
+    if not 0 < dim <= x.shape[-1]:
+        raise ValueError(f"dim must be in 1..{x.shape[-1]}, got {dim}")
+    return l2_normalize(x[..., :dim])
+
+
+def embed(pooled: Array, dim: int, head: tuple[Array, Array] | None = None) -> Array:
+    """Pooled (B, H) vectors of one exit layer → the served (B, dim) unit vectors.
+
+    ``head`` is that layer's ``(W, b)`` or ``None`` for plain truncation.
+    """
+    if head is not None:
+        return l2_normalize(apply_head(pooled, head[0], head[1], dim))
+    return truncate_normalize(pooled, dim)

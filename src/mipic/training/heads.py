@@ -1,0 +1,334 @@
+"""Fit exit heads on a model directory: closed-form PCA rotations, or KL self-distillation to a teacher.
+
+A head per exit layer l maps the pooled state x of that layer to ``z = W_l x + b_l`` before the
+Matryoshka cut (``mipic.modeldir.vector.embed``). Two methods:
+
+``pca``
+    W_l = the principal axes (rows, by decreasing variance) of the layer's *centred, L2-normalised*
+    pooled states, b_l = 0: an orthogonal rotation, so full-width cosine similarities are untouched
+    and each prefix keeps the most variance it can. No training.
+
+``distill`` (default)
+    Start from the PCA rotation (with b_l = −W_l μ_l centring the layer's raw pooled mean), then
+    minimise, over batches of fitting sentences,
+
+        L = 1/|S| Σ_{(l, d) ∈ S} KL( P_T ‖ P_{l,d} ),
+        P_T[i, :]     = softmax_{j≠i}( cos(t_i, t_j) / τ ),   t = teacher vectors (frozen),
+        P_{l,d}[i, :] = softmax_{j≠i}( cos(z_i[:d], z_j[:d]) / τ ),  z = W_l x + b_l,
+
+    where S is every exit layer l with every served dim d (nested prefixes), τ the temperature (0.05)
+    and the diagonal is masked (a text's similarity with itself carries no information). The teacher
+    is, by default, the model's own last layer at full width without a head (``teacher_layer``,
+    ``teacher_dim`` change it): it is a fixed array of features, so it cannot drift.
+
+    The last layer's head is constrained (``last_layer``), because the teacher *is* that layer at full
+    width and the full budget must not drift: ``pca`` (default) keeps the PCA rotation, untrained;
+    ``orthogonal`` trains it under the KL objective while keeping W_L a rotation and b_L = 0
+    (``torch.nn.utils.parametrizations.orthogonal``); both serve the full budget (L, H) with exactly the
+    similarities it had without heads, while its prefixes improve. ``affine`` fits it like the other
+    layers; ``identity`` leaves the last layer as plain truncation. Measured on MiniLM (README): the
+    trained rotation lost to the plain PCA rotation at layer 6, dims 16–64, so ``pca`` is the default.
+
+Features are the pooled states the server itself computes (the staged ONNX graphs through
+``LoadedModel.pool_all_layers``), for sentences of the project's *training* split only, cached on disk
+per (model files, texts, max length).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations
+from tqdm.auto import tqdm
+
+from mipic.modeldir.heads import ExitHeads, check_heads
+from mipic.modeldir.manifest import Budget, HeadsSpec
+from mipic.modeldir.runner import LoadedModel
+from mipic.training.heads_config import HeadFitConfig, LastLayer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["HeadFitConfig", "HeadFitResult", "extract_features", "fit_distill", "fit_heads", "fit_pca",
+           "fitting_texts", "pca_rotation"]
+
+
+@dataclass
+class HeadFitResult:
+    heads: ExitHeads
+    spec: HeadsSpec
+    seconds: dict[str, float] = field(default_factory=dict)
+    loss_curve: list[float] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _model_digest(model: LoadedModel) -> str:
+    """Changes when any graph or the tokenizer changes (the heads file does not affect pooled states)."""
+    m = model.manifest
+    parts = [m.files.get(s.path, s.path) for s in m.stages] + [m.files.get(m.tokenizer, m.tokenizer), m.pooling]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def extract_features(
+    model: LoadedModel,
+    texts: Sequence[str],
+    *,
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """(L, N, H) pooled states of every layer for ``texts``, computed by the served graphs.
+
+    Texts are sorted by token length so batches pad little; with ``cache_dir`` the array is stored
+    as ``features-<digest>.npy`` and reused.
+    """
+    key = hashlib.sha256(
+        f"{_model_digest(model)}\0{_texts_digest(texts)}\0{model.tokenizer.max_length}".encode()
+    ).hexdigest()[:24]
+    cache = cache_dir / f"features-{key}.npy" if cache_dir is not None else None
+    if cache is not None and cache.is_file():
+        return np.load(cache, allow_pickle=False)
+    ids = [e.ids for e in model.tokenizer.encode(list(texts))]
+    order = sorted(range(len(ids)), key=lambda i: ids[i].shape[0])
+    m = model.manifest
+    out = np.empty((m.num_layers, len(ids), m.hidden_size), dtype=np.float32)
+    bar = tqdm(total=len(ids), desc="pooled states", unit="text", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        out[:, chunk] = model.pool_all_layers([ids[i] for i in chunk])
+        bar.update(len(chunk))
+    bar.close()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npy")
+        np.save(tmp, out)
+        tmp.replace(cache)
+    return out
+
+
+# --------------------------------------------------------------------------- PCA
+
+
+def pca_rotation(pooled: np.ndarray) -> np.ndarray:
+    """(N, H) pooled states → (H, H) orthogonal W whose rows are the principal axes of the centred,
+    L2-normalised states, by decreasing variance (signs fixed so each axis' largest entry is positive)."""
+    x = pooled.astype(np.float64)
+    x /= np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    x -= x.mean(axis=0, keepdims=True)
+    cov = x.T @ x / max(1, x.shape[0] - 1)
+    _, vectors = np.linalg.eigh(cov)  # eigenvalues ascending
+    w = vectors[:, ::-1].T.copy()  # (H, H), rows = axes by decreasing variance
+    signs = np.sign(w[np.arange(w.shape[0]), np.abs(w).argmax(axis=1)])
+    return (w * signs[:, None]).astype(np.float32)
+
+
+def fit_pca(features: np.ndarray) -> ExitHeads:
+    """One PCA rotation per layer, no bias: (L, N, H) features → heads."""
+    weight = np.stack([pca_rotation(f) for f in features])
+    return ExitHeads(weight, np.zeros(weight.shape[:2], np.float32))
+
+
+# --------------------------------------------------------------------------- distillation
+
+
+def _similarity_logits(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, D) → (B, B) cosine logits / τ with the diagonal masked out."""
+    zn = F.normalize(z, dim=-1)
+    logits = zn @ zn.T / temperature
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    return logits.masked_fill(eye, float("-inf"))
+
+
+def distill_kl(student: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(P_T ‖ P_S) averaged over rows, for student vectors (B, d) against teacher log-probs (B, B)."""
+    log_q = F.log_softmax(_similarity_logits(student, temperature), dim=-1)
+    p = teacher_log_probs.exp()
+    eye = torch.eye(p.shape[0], dtype=torch.bool, device=p.device)
+    # masked entries have p = 0: their 0 * (-inf - -inf) would be NaN, so drop them explicitly
+    terms = torch.where(eye, torch.zeros_like(p), p * (teacher_log_probs - log_q))
+    return terms.sum(dim=-1).mean()
+
+
+class _Heads(nn.Module):
+    """Trainable heads: affine for every layer but the last, whose form ``last_layer`` chooses."""
+
+    def __init__(self, init: ExitHeads, last_layer: LastLayer) -> None:
+        super().__init__()
+        n, h = init.num_layers, init.hidden_size
+        self.last_layer = last_layer
+        self.affine = nn.ModuleList()
+        for i in range(n - 1):
+            lin = nn.Linear(h, h)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(init.weight[i]))
+                lin.bias.copy_(torch.from_numpy(init.bias[i]))
+            self.affine.append(lin)
+        self.last = nn.Linear(h, h, bias=last_layer == "affine")
+        with torch.no_grad():
+            self.last.weight.copy_(torch.from_numpy(init.weight[-1]))
+            if self.last.bias is not None:
+                self.last.bias.copy_(torch.from_numpy(init.bias[-1]))
+        if last_layer == "orthogonal":
+            # trivialization: the parameter starts at the PCA rotation and stays orthogonal
+            parametrizations.orthogonal(self.last, "weight", orthogonal_map="matrix_exp")
+        if last_layer in ("identity", "pca"):
+            self.last.weight.requires_grad_(False)
+
+    def forward(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        head: nn.Module = self.last if layer == len(self.affine) + 1 else self.affine[layer - 1]
+        out: torch.Tensor = head(x)
+        return out
+
+    def export(self) -> ExitHeads:
+        with torch.no_grad():
+            linears: list[nn.Linear] = [*self.affine, self.last]
+            ws = [lin.weight.detach().numpy() for lin in linears]
+            bs = [
+                lin.bias.detach().numpy() if lin.bias is not None else np.zeros(lin.out_features, np.float32)
+                for lin in linears
+            ]
+        return ExitHeads(np.stack(ws).astype(np.float32), np.stack(bs).astype(np.float32))
+
+
+def fit_distill(
+    features: np.ndarray, cfg: HeadFitConfig, dims: Sequence[int], progress: bool = True
+) -> tuple[ExitHeads, list[float]]:
+    """Fit heads on (L, N, H) features by KL self-distillation (see the module docstring)."""
+    num_layers, n, hidden = features.shape
+    t_layer = cfg.teacher_layer or num_layers
+    t_dim = cfg.teacher_dim or hidden
+    if not (1 <= t_layer <= num_layers and 1 <= t_dim <= hidden):
+        raise ValueError(f"teacher ({t_dim}, {t_layer}) is outside the model ({hidden}, {num_layers})")
+    dims = sorted({int(d) for d in dims if 0 < d <= hidden})
+    gen = torch.Generator().manual_seed(cfg.seed)
+    init = fit_pca(features)
+    means = features.mean(axis=1)  # (L, H): centre each shallow layer's raw pooled states
+    init_bias = -np.einsum("lij,lj->li", init.weight, means).astype(np.float32)
+    if cfg.last_layer == "affine":
+        init = ExitHeads(init.weight, init_bias)
+    else:
+        init = ExitHeads(init.weight, np.concatenate([init_bias[:-1], np.zeros((1, hidden), np.float32)]))
+    if cfg.last_layer == "identity":
+        init = ExitHeads(
+            np.concatenate([init.weight[:-1], np.eye(hidden, dtype=np.float32)[None]]), init.bias
+        )
+    model = _Heads(init, cfg.last_layer)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / max(1, cfg.steps)))
+    )
+    feats = torch.from_numpy(features)
+    teacher_all = feats[t_layer - 1, :, :t_dim]
+    batch = min(cfg.batch_size, n)
+    fixed_last = cfg.last_layer in ("identity", "pca")
+    layers = [ly for ly in range(1, num_layers + 1) if not (ly == num_layers and fixed_last)]
+    curve: list[float] = []
+    bar = tqdm(range(cfg.steps), desc="fitting heads", unit="step", disable=not progress, leave=False)
+    for _ in bar:
+        idx = torch.randperm(n, generator=gen)[:batch]
+        with torch.no_grad():
+            t_log = F.log_softmax(_similarity_logits(teacher_all[idx], cfg.temperature), dim=-1)
+        total = torch.zeros(())
+        count = 0
+        for ly in layers:
+            z = model(ly, feats[ly - 1, idx])  # (B, H)
+            for d in dims:
+                total = total + distill_kl(z[:, :d], t_log, cfg.temperature)
+                count += 1
+        loss = total / max(1, count)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        curve.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{curve[-1]:.4f}")
+    return model.export(), curve
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def fitting_texts(cfg: HeadFitConfig, data_dir: Path | None = None) -> list[str]:
+    """``cfg.sentences`` training-split sentences plus ``cfg.passages`` document-like passages (the first
+    three sentences of news/BBC bodies, so retrieval's documents are in the fitting distribution too);
+    never an eval-split text, seeded."""
+    from mipic.training.data.sentences import load_passages, load_sentences
+
+    texts = load_sentences(cfg.sentences, seed=cfg.seed, split="train", data_dir=data_dir, sources=cfg.sources)
+    if cfg.passages:
+        sources = tuple(s for s in cfg.sources if s in ("news", "bbc"))
+        texts += load_passages(cfg.passages, seed=cfg.seed, split="train", data_dir=data_dir, sources=sources)
+    return texts
+
+
+def fit_heads(
+    model: LoadedModel,
+    cfg: HeadFitConfig,
+    *,
+    texts: Sequence[str] | None = None,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> HeadFitResult:
+    """Fit heads for ``model`` (its graphs give the features); ``texts`` default to :func:`fitting_texts`."""
+    torch.manual_seed(cfg.seed)
+    m = model.manifest
+    dims = list(cfg.dims or m.dims)
+    seconds: dict[str, float] = {}
+    tick = time.perf_counter()
+    given = texts is not None
+    texts = list(texts) if texts is not None else fitting_texts(cfg, data_dir)
+    seconds["data"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    features = extract_features(model, texts, cache_dir=cache_dir, progress=progress)
+    seconds["features"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    curve: list[float] = []
+    if cfg.method == "pca":
+        heads = fit_pca(features)
+    else:
+        heads, curve = fit_distill(features, cfg, dims, progress=progress)
+    seconds["fit"] = time.perf_counter() - tick
+    check_heads(heads, m.num_layers, m.hidden_size)
+    layers = m.layers if cfg.last_layer != "identity" or cfg.method == "pca" else m.layers[:-1]
+    if cfg.method == "distill" and cfg.last_layer == "pca":
+        spec_note = "last layer: PCA rotation (not trained)"
+    else:
+        spec_note = f"last layer: {cfg.last_layer}"
+    spec = HeadsSpec(
+        method=cfg.method,
+        recipe=cfg.recipe(),
+        data={
+            "texts": len(texts),
+            "split": "given by caller" if given else "train",
+            "sources": ",".join(cfg.sources) if not given else "caller",
+            "texts_sha256": _texts_digest(texts)[:16],
+            "teacher": f"layer {cfg.teacher_layer or m.num_layers}, dim {cfg.teacher_dim or m.hidden_size}"
+            + (" (the base model's own last layer, frozen features)" if cfg.method == "distill" else ""),
+            "note": spec_note,
+        },
+        fitted_budgets=[Budget(dim=d, layer=ly) for ly in layers for d in dims],
+    )
+    logger.info("fitted %s heads on %d texts: %s", cfg.method, len(texts),
+                ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    return HeadFitResult(heads=heads, spec=spec, seconds=seconds, loss_curve=curve)

