@@ -47,6 +47,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_size = 0  # exact size of the URL and the complete header lines parsed so far
         self._head_count = 0
         self._in_head = True
+        self._head_started = False  # the parser has seen the start of a request
         self._rejection: tuple[int, str, str] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._arm_head_timer()
@@ -70,7 +71,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_raw = self._head_size = self._head_count = 0
-        self._in_head = True
+        self._in_head = self._head_started = True
         self._arm_head_timer()
 
     def on_url(self, url: bytes) -> None:
@@ -93,7 +94,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._in_head = self._head_started = False
         self._cancel_head_timer()
         super().on_headers_complete()
 
@@ -121,7 +122,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self.transport.is_closing():
             return
-        if self._head_raw == 0:  # never said anything: nobody to answer
+        if not self._head_started:  # never started a request: nobody to answer
             self.transport.close()
             return
         self._send_error(408, "request_timeout",

@@ -82,8 +82,9 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
-    """The server's uvicorn configuration: one worker, the limited protocol, mipic's log format."""
+def uvicorn_config(app: FastAPI, settings: Settings, configure_logging: bool = True) -> uvicorn.Config:
+    """The server's uvicorn configuration: one worker, the limited protocol, mipic's log format
+    (``configure_logging=False`` leaves the process's logging alone, for servers run inside tests)."""
     metrics: Metrics = app.state.metrics
 
     def count(code: str) -> None:
@@ -93,7 +94,8 @@ def uvicorn_config(app: FastAPI, settings: Settings) -> uvicorn.Config:
                         timeout_s=settings.request_head_timeout_s, on_error=count)
     return uvicorn.Config(
         app, host=settings.host, port=settings.port, workers=1,
-        log_level=settings.log_level, log_config=logging_config(settings.log_level, settings.log_format),
+        log_level=settings.log_level,
+        log_config=logging_config(settings.log_level, settings.log_format) if configure_logging else None,
         http=limited_protocol(limits),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         timeout_graceful_shutdown=UVICORN_GRACE_S,
