@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.config
+import sys
 from datetime import datetime, timezone
 from typing import Any, Literal
 
@@ -35,6 +36,22 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes each record to ``sys.stderr`` as it is at that moment (like ``logging.lastResort``), so a
+    swapped stderr (a test runner's capture) is never written to after it is closed."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
+
+
 def logging_config(level: LogLevel = "info", fmt: LogFormat = "text") -> dict[str, Any]:
     """A ``logging.config.dictConfig`` dict; also handed to uvicorn as its ``log_config``."""
     formatter: dict[str, Any] = {"()": JsonFormatter} if fmt == "json" else {"format": TEXT_FORMAT}
@@ -43,7 +60,7 @@ def logging_config(level: LogLevel = "info", fmt: LogFormat = "text") -> dict[st
         "disable_existing_loggers": False,
         "formatters": {"mipic": formatter},
         "handlers": {
-            "stderr": {"class": "logging.StreamHandler", "formatter": "mipic", "stream": "ext://sys.stderr"}
+            "stderr": {"()": StderrHandler, "formatter": "mipic"}
         },
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {name: {"handlers": [], "propagate": True} for name in UVICORN_LOGGERS},
