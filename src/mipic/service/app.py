@@ -160,11 +160,12 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     app.state.metrics = metrics
     app.state.engine = engine
     install_error_handlers(app, settings.retry_after_seconds)
-    app.include_router(routes_embed.router)
-    app.include_router(routes_openai.router)
-    app.include_router(routes_health.router)
-    app.include_router(routes_budgets.router)
-    app.include_router(routes_admin.router)
+    routers = (routes_embed.router, routes_openai.router, routes_health.router, routes_budgets.router,
+               routes_admin.router)
+    for router in routers:
+        app.include_router(router)
+    # the bounded `endpoint` label values of error metrics (errors.endpoint_label)
+    app.state.endpoints = frozenset(str(r.path) for router in routers for r in router.routes if hasattr(r, "path"))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])

@@ -70,11 +70,9 @@ def endpoint_label(scope: Scope) -> str:
     route = scope.get("route")
     if route is not None and isinstance(getattr(route, "path", None), str):
         return str(route.path)
-    app = scope.get("app")
     path = scope.get("path", "")
-    if app is not None and any(getattr(r, "path", None) == path for r in getattr(app, "routes", ())):
-        return str(path)
-    return OTHER_ENDPOINT
+    known: frozenset[str] = getattr(getattr(scope.get("app"), "state", None), "endpoints", frozenset())
+    return str(path) if path in known else OTHER_ENDPOINT
 
 
 def count_error(scope: Scope, code: str) -> None:
