@@ -103,7 +103,7 @@ WORKDIR /app
 COPY --chown=10001:10001 configs ./configs
 USER 10001:10001
 ENTRYPOINT ["mipic"]
-CMD ["retrain", "--config", "configs/mipic_minilm.yaml"]
+CMD ["retrain", "--config", "configs/retrain_minilm.yaml"]
 
 # ---------------------------------------------------------------------------------------------------
 # runtime (default target): CPU server, no torch, non-root, one uvicorn worker. It serves the model

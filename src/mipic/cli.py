@@ -1,29 +1,168 @@
-"""``mipic``: one command-line entry point. Training imports are lazy so ``serve`` never loads torch."""
+"""``mipic``: one command-line entry point. Training imports are lazy so ``serve`` never loads torch.
+
+A user error (a path that does not exist, a bad value, a config that does not validate, a version the
+repository refuses) is one line on stderr and exit code 2, never a traceback.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
+from typer.core import TyperGroup
 
+from mipic.logs import LogFormat, setup_logging
+from mipic.modeldir.manifest import ManifestError
+from mipic.modeldir.repository import RepositoryError
+from mipic.service.settings import DEFAULT_MODEL_DIR, Settings
 from mipic.training.heads_config import HeadFitConfig
 
 _HEADS = HeadFitConfig()  # the head-fitting defaults, spelled once there
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 logger = logging.getLogger("mipic")
 
 
-def _setup_logging(level: str = "info") -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+class UserError(Exception):
+    """Something the user asked for cannot be done as given: one line on stderr, exit 2."""
+
+
+# Errors that are about the user's input, whichever command raises them.
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, ManifestError, RepositoryError)
+
+
+def one_line(exc: BaseException | str) -> str:
+    """An exception's message on one line (pydantic's validation errors as ``field: message; ...``)."""
+    if isinstance(exc, str):
+        return " ".join(exc.split())
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        items = [f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: {e.get('msg', '')}" for e in errors()]
+        more = f" (and {len(items) - 5} more)" if len(items) > 5 else ""
+        return "; ".join(items[:5]) + more
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+class _OneLineErrors(TyperGroup):
+    """The top-level group: turns click's usage errors and :data:`USER_ERRORS` into one line and exit 2."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
+                              **extra)
+        except typer.TyperException as exc:  # bad values, missing arguments, paths that do not exist
+            ctx = getattr(exc, "ctx", None)
+            where = ctx.command_path if ctx is not None else "mipic"
+            _fail(f"{where}: error: {one_line(exc.format_message())}", 2)
+        except USER_ERRORS as exc:
+            _fail(f"mipic: error: {one_line(exc)}", 2)
+        except typer.Abort:
+            _fail("mipic: aborted", 1)
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(line: str, code: int) -> None:
+    typer.echo(line, err=True)
+    sys.exit(code)
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mipic {importlib.metadata.version('mipic')}")
+        raise typer.Exit()
+
+
+@app.callback(help=__doc__)
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    pass
+
+
+def _setup_logging(level: str = "info", fmt: LogFormat = "text") -> None:
+    setup_logging(level.lower(), fmt)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+READ_OUTS = ("plain", "pca", "heads")
+# The built-in suites sample this many items at least: with fewer (the CLI's seed 0) a BBC topic keeps a
+# single example and the classification probe's stratified folds fail; 30 leaves every topic two.
+BUILTIN_MIN_ITEMS = 30
+
+
+def _builtin_items(items: int, option: str) -> None:
+    if items < BUILTIN_MIN_ITEMS:
+        raise typer.BadParameter(f"{items} is below the built-in suites' minimum of {BUILTIN_MIN_ITEMS} items",
+                                 param_hint=option)
+
+
+def _ints(text: str | None, option: str) -> list[int] | None:
+    """``"16,32"`` → [16, 32]; a bad item is a usage error naming the option."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers", param_hint=option) from None
+
+
+def _output_path(path: Path, what: str = "output") -> None:
+    """``path`` must be a directory or creatable as one."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} exists and is not a directory")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create {what} {path}: {parent} is not a directory")
+            break
+
+
+def _existing_repo(repo: Path) -> Path:
+    if not repo.exists():
+        raise UserError(f"no model repository at {repo} (no such directory)")
+    if not repo.is_dir():
+        raise UserError(f"{repo} is not a directory, so not a model repository")
+    return repo
+
+
+def _servable(path: Path) -> None:
+    """What ``serve`` would load: a model directory, or a repository whose CURRENT can be followed."""
+    from mipic.modeldir.manifest import load_manifest
+    from mipic.modeldir.repository import resolve_model_dir
+
+    if not path.exists():
+        raise UserError(f"model directory {path} does not exist")
+    if not path.is_dir():
+        raise UserError(f"model directory {path} is not a directory")
+    version_dir, _ = resolve_model_dir(path)
+    load_manifest(version_dir, verify=False)
+
+
+def _checkpoint(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a Hugging Face checkpoint directory (no config.json)")
 
 
 def ensure_default_model(repo_dir: Path) -> None:
@@ -40,33 +179,74 @@ def ensure_default_model(repo_dir: Path) -> None:
         raise typer.Exit(code=1)
 
 
+class Provider(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LogLevelChoice(str, Enum):
+    critical = "critical"
+    error = "error"
+    warning = "warning"
+    info = "info"
+    debug = "debug"
+
+
+class LogFormatChoice(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _setting_default(name: str) -> str:
+    """What ``serve --help`` shows as a default: the setting's default and the variable that overrides it."""
+    return f"{Settings.model_fields[name].default} or $MIPIC_{name.upper()}"
+
+
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="Bind address (MIPIC_HOST).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (MIPIC_PORT).")] = None,
-    model: Annotated[Path | None, typer.Option("--model", help="Model directory (MIPIC_MODEL_DIR).")] = None,
-    provider: Annotated[str | None, typer.Option(help="auto | cpu | cuda (MIPIC_PROVIDER).")] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    host: Annotated[
+        str | None, typer.Option(help="Bind address; 0.0.0.0 to listen beyond this machine.",
+                                 show_default=_setting_default("host"))
+    ] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="TCP port.",
+                                             show_default=_setting_default("port"))] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model directory, or a repository (follows its CURRENT pointer).",
+                     show_default=_setting_default("model_dir")),
+    ] = None,
+    provider: Annotated[
+        Provider | None, typer.Option(help="auto: CUDA when onnxruntime-gpu sees a GPU; force cpu to debug.",
+                                      show_default=_setting_default("provider"))
+    ] = None,
+    log_level: Annotated[
+        LogLevelChoice | None, typer.Option(help="Log level.", show_default=_setting_default("log_level"))
+    ] = None,
+    log_format: Annotated[
+        LogFormatChoice | None,
+        typer.Option(help="text, or json lines for a log collector (server, access and mipic lines alike).",
+                     show_default=_setting_default("log_format")),
+    ] = None,
 ) -> None:
-    """Serve a model directory over HTTP (default: the bootstrapped all-MiniLM-L6-v2)."""
+    """Serve a model directory over HTTP (default: the bootstrapped all-MiniLM-L6-v2). Every other knob is
+    a MIPIC_* environment variable (README: Configuration)."""
+    from pydantic import ValidationError
+
     from mipic.service.app import create_app
     from mipic.service.server import run
-    from mipic.service.settings import DEFAULT_MODEL_DIR, Settings
 
-    _setup_logging(log_level)
-    overrides: dict[str, object] = {}
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
-    if model is not None:
-        overrides["model_dir"] = model
-    if provider is not None:
-        overrides["provider"] = provider
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    given = {"host": host, "port": port, "model_dir": model, "provider": provider and provider.value,
+             "log_level": log_level and log_level.value, "log_format": log_format and log_format.value}
+    try:
+        settings = Settings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise UserError(f"bad setting: {one_line(exc)}") from None
+    _setup_logging(settings.log_level, settings.log_format)
     if settings.model_dir == DEFAULT_MODEL_DIR and settings.bootstrap_default:
         ensure_default_model(settings.model_dir)
-    run(create_app(settings), settings, log_level)
+    _servable(settings.model_dir)
+    run(create_app(settings), settings)
 
 
 @app.command()
@@ -85,6 +265,7 @@ def bootstrap(
     from mipic.modeldir.repository import ModelRepository, is_repository
     from mipic.training.release import bootstrap_default_model
 
+    _output_path(out)
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     manifest = bootstrap_default_model(out, heads=heads)
@@ -124,7 +305,8 @@ MethodOption = Annotated[HeadMethod, typer.Option(help="distill (KL to the teach
 
 @heads_app.command("fit")
 def heads_fit(
-    model: Annotated[Path, typer.Argument(help="An exported model directory (has manifest.json).")],
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                          help="An exported model directory (has manifest.json).")],
     out: Annotated[Path, typer.Option("--out", help="Where the model with heads is written (may equal MODEL).")],
     method: MethodOption = HeadMethod(_HEADS.method),
     sentences: Annotated[int, typer.Option(min=16, help="Training-split sentences to fit on.")] = _HEADS.sentences,
@@ -149,7 +331,9 @@ def heads_fit(
     max_length: Annotated[int, typer.Option(min=2, help="Max tokens per fitting text.")] = _HEADS.max_length,
     version: Annotated[str | None, typer.Option(help="Version of the written model (default: MODEL's).")] = None,
     budgets: Annotated[bool, typer.Option(help="Measure quality and cost per budget into the manifest.")] = True,
-    eval_items: Annotated[int, typer.Option(min=2, help="Items per built-in suite for the budget table.")] = 300,
+    eval_items: Annotated[
+        int, typer.Option(min=BUILTIN_MIN_ITEMS, help="Items per built-in suite for the budget table.")
+    ] = 300,
 ) -> None:
     """Fit exit heads (one affine map per exit layer) on the training split and write MODEL + heads to OUT."""
     from mipic.modeldir.runner import LoadedModel
@@ -158,11 +342,15 @@ def heads_fit(
     from mipic.training.heads import fit_heads
     from mipic.training.release import measure_budgets, write_budgets
 
+    _output_path(out)
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    cfg = HeadFitConfig(method=method.value, sentences=sentences, passages=passages, steps=steps,
-                        batch_size=batch_size, lr=lr, temperature=temperature, teacher_layer=teacher_layer,
-                        teacher_dim=teacher_dim, last_layer=last_layer.value, max_length=max_length, seed=seed)
+    try:
+        cfg = HeadFitConfig(method=method.value, sentences=sentences, passages=passages, steps=steps,
+                            batch_size=batch_size, lr=lr, temperature=temperature, teacher_layer=teacher_layer,
+                            teacher_dim=teacher_dim, last_layer=last_layer.value, max_length=max_length, seed=seed)
+    except ValueError as exc:
+        raise UserError(one_line(exc)) from None
     loaded = LoadedModel(model, provider="cpu", max_seq_length=max_length)
     result = fit_heads(loaded, cfg, cache_dir=resolve_data_dir() / "features")
     loaded.close()
@@ -175,25 +363,37 @@ def heads_fit(
 
 @heads_app.command("save-default")
 def heads_save_default(
-    model: Annotated[Path, typer.Argument(help="A default-model directory with fitted heads and a budget table.")],
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                          help="A default-model directory with fitted heads and a budget table.")],
 ) -> None:
     """Maintainers: store MODEL's heads and budget quality as the package assets `mipic bootstrap` attaches."""
+    from mipic.modeldir.manifest import load_manifest
     from mipic.training.release import save_default_heads
 
     _setup_logging()
+    manifest = load_manifest(model)
+    if manifest.heads is None or manifest.budgets is None:
+        raise UserError(f"{model} has no exit heads or no budget table: run `mipic heads fit` on it first")
     typer.echo(f"wrote {save_default_heads(model)} and its metadata")
+
+
+class Quantize(str, Enum):
+    int8 = "int8"
+    fp16 = "fp16"
 
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory.")],
+    checkpoint: Annotated[
+        Path, typer.Argument(exists=True, file_okay=False, help="Hugging Face checkpoint directory.")
+    ],
     out: Annotated[Path, typer.Argument(help="Output model directory.")],
     name: Annotated[str, typer.Option(help="Model name in the manifest.")] = "mipic-model",
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "1",
     dims: Annotated[str | None, typer.Option(help="Comma-separated allowed dims.")] = None,
     max_seq_length: Annotated[int | None, typer.Option(help="Max tokens per input.")] = None,
     quantize: Annotated[
-        str | None, typer.Option(help="Also write OUT-int8 (dynamic int8, CPU) or OUT-fp16 (for CUDA).")
+        Quantize | None, typer.Option(help="Also write OUT-int8 (dynamic int8, CPU) or OUT-fp16 (for CUDA).")
     ] = None,
     heads: Annotated[
         ExportHeads,
@@ -201,7 +401,7 @@ def export(
                      "exported graphs), pca, none; auto = checkpoint if it has heads.npz, else distill."),
     ] = ExportHeads.auto,
     budget_items: Annotated[
-        int, typer.Option(min=0, help="Items per built-in suite for the manifest's budget table (0: skip).")
+        int, typer.Option(min=0, help="Items per built-in suite for the manifest's budget table (0: skip; else >= 30).")
     ] = 300,
 ) -> None:
     """Export a checkpoint to the staged ONNX format (refused if parity with PyTorch fails), fit exit heads,
@@ -209,9 +409,13 @@ def export(
     from mipic.training.export import convert_precision
     from mipic.training.release import export_options_for, export_with_heads
 
+    dim_list = _ints(dims, "--dims")
+    if budget_items:
+        _builtin_items(budget_items, "--budget-items")
+    _checkpoint(checkpoint)
+    _output_path(out)
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    dim_list = [int(d) for d in dims.split(",")] if dims else None
     manifest = export_with_heads(
         checkpoint,
         out,
@@ -220,11 +424,11 @@ def export(
         budget_items=budget_items or None,
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
-    if quantize:
-        low_dir = out.with_name(f"{out.name}-{quantize}")
-        low = convert_precision(out, low_dir, quantize)
+    if quantize is not None:
+        low_dir = out.with_name(f"{out.name}-{quantize.value}")
+        low = convert_precision(out, low_dir, quantize.value)
         worst = min(low.parity.values(), default=float("nan"))
-        typer.echo(f"wrote {quantize} copy to {low_dir} (worst cosine vs fp32 over all budgets: {worst:.4f})")
+        typer.echo(f"wrote {quantize.value} copy to {low_dir} (worst cosine vs fp32 over all budgets: {worst:.4f})")
 
 
 def _export_heads(checkpoint: Path, choice: ExportHeads) -> HeadFitConfig | Literal["checkpoint"] | None:
@@ -239,14 +443,24 @@ def _export_heads(checkpoint: Path, choice: ExportHeads) -> HeadFitConfig | Lite
 def eval_(
     model: Annotated[str, typer.Argument(help="HF checkpoint or staged ONNX model dir.")],
     out: Annotated[Path, typer.Option(help="Where grid.json, grid.md and heatmaps go.")] = Path("runs/eval"),
-    pairs: Annotated[Path | None, typer.Option(help="JSONL {text1, text2, score}.")] = None,
-    pair_labels: Annotated[Path | None, typer.Option(help="JSONL {text1, text2, label}.")] = None,
-    retrieval: Annotated[Path | None, typer.Option(help="Dir with queries/corpus/qrels JSONL.")] = None,
-    classification: Annotated[Path | None, typer.Option(help="JSONL {text, label}.")] = None,
+    pairs: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="JSONL {text1, text2, score}.")
+    ] = None,
+    pair_labels: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="JSONL {text1, text2, label}.")
+    ] = None,
+    retrieval: Annotated[
+        Path | None, typer.Option(exists=True, file_okay=False, help="Dir with queries/corpus/qrels JSONL.")
+    ] = None,
+    classification: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="JSONL {text, label}.")
+    ] = None,
     builtin: Annotated[bool, typer.Option(help="Add the built-in suites from the packaged corpora.")] = False,
     layers: Annotated[str | None, typer.Option(help="Comma-separated layers (default all).")] = None,
     dims: Annotated[str | None, typer.Option(help="Comma-separated dims (default the model's).")] = None,
-    max_items: Annotated[int, typer.Option(min=2, help="Items per suite (seeded sample).")] = 300,
+    max_items: Annotated[
+        int, typer.Option(min=2, help="Items per suite (seeded sample); at least 30 with --builtin.")
+    ] = 300,
     max_length: Annotated[int, typer.Option(min=2, help="Max tokens per text (the model's limit caps it).")] = 128,
     variants: Annotated[
         str | None,
@@ -258,6 +472,20 @@ def eval_(
 ) -> None:
     """Score every (layer, dim) budget for plain truncation, a PCA rotation and the model's exit heads:
     compare.md, grid.json/.md (the served read-out), heatmap PNGs."""
+    layer_list, dim_list = _ints(layers, "--layers"), _ints(dims, "--dims")
+    if builtin:
+        _builtin_items(max_items, "--max-items")
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    unknown = [v for v in names or [] if v not in READ_OUTS]
+    if unknown:
+        raise typer.BadParameter(f"unknown read-out {unknown[0]!r}; choose from {', '.join(READ_OUTS)}",
+                                 param_hint="--variants")
+    if not Path(model).is_dir():
+        raise UserError(f"model {model} is not a directory (give a checkpoint or an exported model directory)")
+    if not (pairs or pair_labels or retrieval or classification or builtin):
+        raise UserError("nothing to evaluate: give --pairs, --pair-labels, --retrieval, --classification or --builtin")
+    _check_eval_model(Path(model), layer_list, dim_list, names)
+    _output_path(out)
     from mipic.training.evaluation.command import eval_command
 
     _setup_logging()
@@ -270,14 +498,42 @@ def eval_(
         retrieval=retrieval,
         classification=classification,
         builtin=builtin,
-        layers=[int(x) for x in layers.split(",")] if layers else None,
-        dims=[int(x) for x in dims.split(",")] if dims else None,
+        layers=layer_list,
+        dims=dim_list,
         max_items=max_items,
         max_length=max_length,
-        variants=[v.strip() for v in variants.split(",")] if variants else None,
+        variants=names,
         fit_sentences=fit_sentences,
     )
     typer.echo(f"scored {len(result.layers)} layers x {len(result.dims)} dims; wrote {out}/compare.md, {out}/grid.md")
+
+
+def _check_eval_model(model: Path, layers: list[int] | None, dims: list[int] | None, names: list[str] | None) -> None:
+    """What can be checked from the model directory's metadata, before minutes of encoding."""
+    import json
+
+    from mipic.modeldir.manifest import load_manifest
+
+    if (model / "manifest.json").is_file():
+        m = load_manifest(model, verify=False)
+        num_layers, hidden, has_heads = m.num_layers, m.hidden_size, m.heads is not None
+    else:
+        _checkpoint(model)
+        try:
+            hf = json.loads((model / "config.json").read_text())
+            num_layers, hidden = int(hf["num_hidden_layers"]), int(hf["hidden_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{model}/config.json has no num_hidden_layers / hidden_size") from None
+        has_heads = False
+    bad = [ly for ly in layers or [] if not 1 <= ly <= num_layers]
+    if bad:
+        raise typer.BadParameter(f"layer {bad[0]} is not within 1..{num_layers}", param_hint="--layers")
+    bad = [d for d in dims or [] if not 1 <= d <= hidden]
+    if bad:
+        raise typer.BadParameter(f"dim {bad[0]} is not within 1..{hidden}", param_hint="--dims")
+    if names and "heads" in names and not has_heads:
+        raise typer.BadParameter("read-out 'heads' needs an exported model directory with exit heads",
+                                 param_hint="--variants")
 
 
 RepoOption = Annotated[Path, typer.Option("--repo", help="Model repository: models/<name>.")]
@@ -286,13 +542,14 @@ DEFAULT_REPO = Path("models/all-minilm-l6-v2")
 
 @app.command()
 def register(
-    source: Annotated[Path, typer.Argument(help="An exported model directory.")],
+    source: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="An exported model directory.")],
     repo: RepoOption = DEFAULT_REPO,
     version: Annotated[str | None, typer.Option(help="Version name (default: the manifest's).")] = None,
 ) -> None:
     """Copy an exported model into the repository as a new version (not served until promoted)."""
     from mipic.modeldir.repository import ModelRepository
 
+    _output_path(repo, "repository")
     _setup_logging()
     typer.echo(f"registered version {ModelRepository(repo).register(source, version)} in {repo}")
 
@@ -303,30 +560,20 @@ def promote(
     repo: RepoOption = DEFAULT_REPO,
 ) -> None:
     """Verify a version (schema, checksums) and point CURRENT at it; servers watching the repo switch."""
-    from mipic.modeldir.manifest import ManifestError
-    from mipic.modeldir.repository import ModelRepository, RepositoryError
+    from mipic.modeldir.repository import ModelRepository
 
     _setup_logging()
-    try:
-        ModelRepository(repo).promote(version)
-    except (ManifestError, RepositoryError) as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+    ModelRepository(_existing_repo(repo)).promote(version)  # refusals: one line, exit 2
     typer.echo(f"{repo}: now serving version {version}")
 
 
 @app.command()
 def rollback(repo: RepoOption = DEFAULT_REPO) -> None:
     """Point CURRENT back at the previously promoted version."""
-    from mipic.modeldir.manifest import ManifestError
-    from mipic.modeldir.repository import ModelRepository, RepositoryError
+    from mipic.modeldir.repository import ModelRepository
 
     _setup_logging()
-    try:
-        version = ModelRepository(repo).rollback()
-    except (ManifestError, RepositoryError) as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
+    version = ModelRepository(_existing_repo(repo)).rollback()  # refusals: one line, exit 2
     typer.echo(f"{repo}: rolled back to version {version}")
 
 
@@ -335,20 +582,25 @@ def versions(repo: RepoOption = DEFAULT_REPO) -> None:
     """List the repository's versions; the served one is marked with *."""
     from mipic.modeldir.repository import ModelRepository
 
-    r = ModelRepository(repo)
+    r = ModelRepository(_existing_repo(repo))
     current = r.current()
-    for v in r.versions():
+    found = r.versions()
+    if not found:
+        raise UserError(f"{repo} holds no model versions")
+    for v in found:
         typer.echo(f"{'*' if v == current else ' '} {v}")
 
 
 InitOption = Annotated[
-    Path | None, typer.Option(help="Start from these weights (an encoder dir or a checkpoint-N of an earlier run).")
+    Path | None,
+    typer.Option(exists=True, file_okay=False,
+                 help="Start from these weights (an encoder dir or a checkpoint-N of an earlier run)."),
 ]
 OutputDirOption = Annotated[
     Path | None, typer.Option(help="Where checkpoints and final/ go (overrides train.output_dir).")
 ]
 ResumeOption = Annotated[bool, typer.Option(help="Continue from the latest checkpoint-N in the output dir, if any.")]
-LogLevelOption = Annotated[str, typer.Option(help="Log level.")]
+LogLevelOption = Annotated[LogLevelChoice, typer.Option(help="Log level.")]
 ConfigT = TypeVar("ConfigT")
 
 
@@ -376,13 +628,13 @@ def _load_run_config(
     try:
         return loader(config, overrides)
     except (OSError, ValueError) as exc:
-        typer.echo(f"bad config: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+        raise UserError(f"bad config {config}: {one_line(exc)}") from None
 
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option("--config", help="YAML training config (see configs/).")],
+    config: Annotated[Path, typer.Option("--config", exists=True, dir_okay=False,
+                                         help="YAML training config (see configs/).")],
     init: InitOption = None,
     set_: Annotated[
         list[str] | None,
@@ -390,7 +642,7 @@ def train(
     ] = None,
     output_dir: OutputDirOption = None,
     resume: ResumeOption = False,
-    log_level: LogLevelOption = "info",
+    log_level: LogLevelOption = LogLevelChoice.info,
 ) -> None:
     """Train an encoder (unsupervised SimCSE + MRL / 2D Matryoshka / MIPIC) and save it under final/."""
     from mipic.training.config import load_config
@@ -405,18 +657,33 @@ def train(
 
 @app.command()
 def retrain(
-    config: Annotated[Path, typer.Option(help="Retrain pipeline YAML (configs/retrain_minilm.yaml).")] = Path(
-        "configs/retrain_minilm.yaml"
-    ),
+    config: Annotated[
+        Path, typer.Option(exists=True, dir_okay=False, help="Retrain pipeline YAML (not a training config).")
+    ] = Path("configs/retrain_minilm.yaml"),
     run_id: Annotated[str | None, typer.Option(help="Resume this run (finished steps are skipped).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.sub=value")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check the config, print the plan, and stop: nothing runs or is written.")
+    ] = False,
 ) -> None:
     """Train → export → evaluate → quality gate → register → promote; a failure changes nothing served."""
-    from mipic.training.pipeline import GateFailed, Pipeline, load_retrain_config
+    import yaml
+
+    from mipic.training.pipeline import GateFailed, Pipeline, load_retrain_config, plan
 
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    pipeline = Pipeline(load_retrain_config(config, set_ or []), run_id=run_id)
+    try:
+        cfg = load_retrain_config(config, set_ or [])
+        steps = plan(cfg) if dry_run else []
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"bad retrain config {config}: {one_line(exc)}") from None
+    if dry_run:
+        typer.echo(f"retrain plan for {config} (dry run: nothing was run or written)")
+        for line in steps:
+            typer.echo(f"  {line}")
+        return
+    pipeline = Pipeline(cfg, run_id=run_id)
     typer.echo(f"retrain run {pipeline.run_id} in {pipeline.dir}")
     try:
         state = pipeline.run()
@@ -428,7 +695,8 @@ def retrain(
 
 @app.command()
 def pretrain(
-    config: Annotated[Path, typer.Option("--config", help="YAML pretraining config (configs/jepa_minilm.yaml).")],
+    config: Annotated[Path, typer.Option("--config", exists=True, dir_okay=False,
+                                         help="YAML pretraining config (configs/jepa_minilm.yaml).")],
     init: InitOption = None,
     set_: Annotated[
         list[str] | None,
@@ -436,7 +704,7 @@ def pretrain(
     ] = None,
     output_dir: OutputDirOption = None,
     resume: ResumeOption = False,
-    log_level: LogLevelOption = "info",
+    log_level: LogLevelOption = LogLevelChoice.info,
 ) -> None:
     """Continued MLM or MLM + JEPA pretraining; final/ is an encoder for `mipic train --init`."""
     from mipic.training.pretrain import pretrain as run_pretraining
@@ -464,6 +732,10 @@ def geometry(
     """Uniformity, alignment, spectrum and effective rank per dim under CLS / mean / max / last-layers pooling."""
     from mipic.training.evaluation.spectrum import geometry_command
 
+    missing = [m for m in models if m != "packaged" and not Path(m).is_dir()]
+    if missing:
+        raise UserError(f"model {missing[0]} is not a directory (give checkpoint directories or 'packaged')")
+    _output_path(out)
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -477,9 +749,8 @@ def geometry(
             max_items=max_items,
             max_texts=max_texts,
         )
-    except ValueError as exc:
-        typer.echo(f"refused: {exc}", err=True)
-        raise typer.Exit(code=2) from exc
+    except ValueError as exc:  # names that do not match the models, a layer the model lacks
+        raise UserError(one_line(exc)) from None
     for r in reports:
         cells = ", ".join(f"{v} {g.uniformity:.4f}" for v, g in r.poolings.items())
         typer.echo(f"{r.name}: uniformity {cells}")

@@ -187,7 +187,7 @@ def test_trainer_stage(stages: dict[str, Stage]) -> None:
     assert trainer.base == "build"  # has /opt/build-venv with torch and the training extras
     assert trainer.args_of("USER")[-1].split(":")[0] not in ("root", "0")
     assert json.loads(trainer.args_of("ENTRYPOINT")[0]) == ["mipic"]
-    assert json.loads(trainer.args_of("CMD")[0]) == ["retrain", "--config", "configs/mipic_minilm.yaml"]
+    assert json.loads(trainer.args_of("CMD")[0]) == ["retrain", "--config", "configs/retrain_minilm.yaml"]
     assert _env(trainer)["PATH"].startswith("/opt/build-venv/bin:")
 
 
@@ -234,7 +234,7 @@ def test_files_the_build_copies_exist(stages: dict[str, Stage]) -> None:
     """README.md (pyproject's readme, needed to build the wheel) and configs/ (the trainer) must be there."""
     for src in sorted(_context_sources(stages)):
         assert (ROOT / src).exists(), f"{src} is COPYed by the Dockerfile but missing from the repository"
-    assert (ROOT / "configs" / "mipic_minilm.yaml").is_file(), "the trainer image's default config"
+    assert (ROOT / "configs" / "retrain_minilm.yaml").is_file(), "the trainer image's default config"
 
 
 @pytest.mark.parametrize("script", ["docker_build_steps.sh", "ci_system_deps.sh"])

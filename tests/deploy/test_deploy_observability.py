@@ -188,10 +188,46 @@ def test_dashboard_promql_parses(dashboard: dict[str, Any], tmp_path: Path) -> N
     promtool = _promtool()
     rules = []
     for i, (_, expr) in enumerate(_exprs(dashboard)):
-        concrete = expr.replace("$__rate_interval", "1m").replace("$instance", ".*").replace("$model_version", ".*")
+        concrete = expr.replace("$__rate_interval", "1m")
+        for var in ("instance", "model_version", "endpoint", "dim", "layer"):
+            concrete = concrete.replace(f"${var}", ".*")
         assert "$" not in concrete, concrete
         rules.append({"record": f"dashboard:panel_query:{i}", "expr": concrete})
     path = tmp_path / "dashboard_rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     res = _run(promtool, "check", "rules", str(path))
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+FILTER_VARIABLES = ("endpoint", "dim", "layer", "model_version")
+
+
+def _label_names() -> dict[str, set[str]]:
+    """Sample name → its label names, from the service's own metric definitions."""
+    suffixes = ("", "_total", "_bucket", "_sum", "_count")
+    out: dict[str, set[str]] = {}
+    for collector in vars(Metrics()).values():
+        names = getattr(collector, "_labelnames", None)
+        if names is not None:
+            for suffix in suffixes:
+                out[collector._name + suffix] = set(names)
+    return out
+
+
+def test_dashboard_filters_by_endpoint_dim_layer_and_model_version(dashboard: dict[str, Any]) -> None:
+    """A variable per bounded label, and every query on a metric that carries the label filters by it."""
+    labels = _label_names()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    for name in FILTER_VARIABLES:
+        var = variables[name]
+        assert var["type"] == "query" and var["multi"] and var["includeAll"] and var["allValue"] == ".*"
+        m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["query"]["query"])
+        assert m and m.group(2) == name and name in labels[m.group(1)], var["query"]
+    checked = 0
+    for title, expr in _exprs(dashboard):
+        for metric, body in re.findall(r"(mipic_\w+)\{([^{}]*)\}", expr):
+            for name in FILTER_VARIABLES:
+                if name in labels.get(metric, set()):
+                    assert f'{name}=~"${name}"' in body, f"panel {title!r}: {metric} not filtered by ${name}"
+                    checked += 1
+    assert checked >= 20

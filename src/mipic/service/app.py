@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mipic.modeldir.runner import LoadedModel
 from mipic.service.api import routes_admin, routes_budgets, routes_embed, routes_health, routes_openai
-from mipic.service.api.errors import error_body, install_error_handlers
+from mipic.service.api.errors import count_error, error_body, install_error_handlers
 from mipic.service.engine.batcher import BatchStats
 from mipic.service.engine.engine import Engine
 from mipic.service.metrics import Metrics
@@ -48,6 +49,7 @@ class GuardMiddleware:
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._reject(send_wrapper)
+            count_error(scope, "request_too_large")
             self._count(path, 413)
             return
         received = 0
@@ -76,6 +78,47 @@ class GuardMiddleware:
     def _count(self, path: str, status: int) -> None:
         if path in EMBED_ENDPOINTS:
             self.metrics.requests.labels(path, str(status)).inc()
+
+
+class DrainGuard:
+    """Pure ASGI: at the drain deadline the server cancels the requests still running; each is answered
+    503 ``draining`` (JSON, ``Retry-After``) here instead of uvicorn's plain-text 500 and a CancelledError
+    traceback. A cancellation outside a drain is left alone."""
+
+    def __init__(self, app: ASGIApp, engine: Engine, retry_after: int) -> None:
+        self.app, self.engine, self.retry_after = app, engine, retry_after
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self.engine.draining or task is None:
+                raise
+            task.uncancel()  # answered on purpose: this request's task ends normally
+            if not started:
+                await self._answer(scope, send)
+
+    async def _answer(self, scope: Scope, send: Send) -> None:
+        body = json.dumps(error_body("server shut down before this request finished; retry on another replica",
+                                     "service_unavailable", "draining", None)).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"retry-after", str(self.retry_after).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+        count_error(scope, "draining")
 
 
 def create_app(settings: Settings | None = None, metrics: Metrics | None = None) -> FastAPI:
@@ -117,13 +160,16 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     app.state.metrics = metrics
     app.state.engine = engine
     install_error_handlers(app, settings.retry_after_seconds)
-    app.include_router(routes_embed.router)
-    app.include_router(routes_openai.router)
-    app.include_router(routes_health.router)
-    app.include_router(routes_budgets.router)
-    app.include_router(routes_admin.router)
+    routers = (routes_embed.router, routes_openai.router, routes_health.router, routes_budgets.router,
+               routes_admin.router)
+    for router in routers:
+        app.include_router(router)
+    # the bounded `endpoint` label values of error metrics (errors.endpoint_label)
+    app.state.endpoints = frozenset(str(r.path) for router in routers for r in router.routes if hasattr(r, "path"))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
+    # Inside GuardMiddleware, so the 503s it sends are counted like any other status.
+    app.add_middleware(DrainGuard, engine=engine, retry_after=settings.retry_after_seconds)
     app.add_middleware(GuardMiddleware, max_bytes=settings.max_request_bytes, metrics=metrics)
     return app

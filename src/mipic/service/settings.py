@@ -75,5 +75,33 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(None, description="If set, embed endpoints need this bearer token.")
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin/*; unset = disabled.")
     cors_origins: list[str] = Field(default_factory=list, description="CORS is off unless origins are set.")
-    drain_timeout_s: float = Field(30.0, ge=0, description="On SIGTERM, how long to finish accepted work.")
-    log_level: str = "info"
+    drain_timeout_s: float = Field(
+        30.0, ge=0,
+        description="On SIGTERM, how long accepted requests may take to finish; those still running then get "
+        "503 draining. The process exits within this plus SHUTDOWN_MARGIN_S (2 s): keep Kubernetes' "
+        "terminationGracePeriodSeconds >= preStop sleep + this + the margin.",
+    )
+    max_header_bytes: int = Field(
+        16384, ge=1024,
+        description="Request line plus headers above this many bytes get 431 (h11 and nginx allow 8-16 KiB). "
+        "Raise it for very large bearer tokens or cookies.",
+    )
+    max_header_count: int = Field(100, ge=8, description="More request header lines than this get 431.")
+    request_head_timeout_s: float = Field(
+        10.0, gt=0,
+        description="A connection must send a complete request line and headers within this many seconds of "
+        "opening (or of starting its next request), else it is closed (408 if it had started). Bounds "
+        "connections that never send a request and slow-loris clients.",
+    )
+    keep_alive_timeout_s: int = Field(
+        5, ge=1,
+        description="Idle keep-alive connections are closed after this many seconds. Behind a load balancer "
+        "that reuses connections, set it above the balancer's own idle timeout.",
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server and access log level."
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one JSON object per line (time, level, logger, message) for "
+        "mipic's and uvicorn's lines alike. Use json when a log collector parses the lines."
+    )

@@ -29,6 +29,7 @@ import torch
 from optimum.exporters.onnx import OnnxConfig, export
 from optimum.utils import DummyInputGenerator, DummyTextInputGenerator, NormalizedTextConfig
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mipic.modeldir.heads import HEADS_FILE, ExitHeads, check_heads, save_heads
@@ -214,7 +215,7 @@ def export_staged(
                 work / "embeddings.onnx",
                 opset=OPSET,
             )
-            for i in range(1, num_layers + 1):
+            for i in tqdm(range(1, num_layers + 1), desc="exporting layers", unit="layer", leave=False):
                 path = f"layer_{i:02d}.onnx"
                 export(
                     LayerStage(model, i),

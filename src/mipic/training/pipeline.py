@@ -82,6 +82,46 @@ def load_retrain_config(path: Path, overrides: Sequence[str] = ()) -> RetrainCon
     return RetrainConfig.model_validate(apply_overrides(data, overrides))
 
 
+def plan(cfg: RetrainConfig) -> list[str]:
+    """What a run of ``cfg`` would do (``mipic retrain --dry-run``), after checking what can be checked without
+    running or writing anything: the training config loads with its overrides, the eval files exist, the
+    repository's CURRENT pointer can be followed. Raises ``ValueError`` (a bad training config or eval
+    section), ``FileNotFoundError`` (an eval file) or ``RepositoryError`` (a bad pointer)."""
+    from mipic.training.config import load_config
+
+    tcfg = load_config(cfg.train_config, cfg.train_overrides)
+    e = cfg.eval
+    files = {"pairs": e.pairs, "pair_labels": e.pair_labels, "retrieval": e.retrieval,
+             "classification": e.classification}
+    missing = [f"eval.{k}={v}" for k, v in files.items() if v is not None and not Path(v).exists()]
+    if missing:
+        raise FileNotFoundError(f"eval data not found: {', '.join(missing)}")
+    suites = (["the built-in suites"] if e.builtin else []) + [f"{k} {v}" for k, v in files.items() if v is not None]
+    if not suites:
+        raise ValueError("eval: nothing to evaluate (builtin is false and no eval files are given)")
+    repo = ModelRepository(cfg.repo)
+    served = repo.current() if repo.path.is_dir() else None
+    version = repo.next_version()
+    overrides = f" with {' '.join(cfg.train_overrides)}" if cfg.train_overrides else ""
+    gate = f"no budget's main metric may drop by more than {cfg.gate.max_drop}"
+    if cfg.gate.must_improve:
+        gate += f"; {', '.join(cfg.gate.must_improve)} must gain more than {cfg.gate.min_gain}"
+    promote = f"6. promote: CURRENT -> {version}" if cfg.promote else "6. promote: off (promote: false)"
+    if cfg.promote and cfg.reload_url:
+        promote += f", then POST {cfg.reload_url.rstrip('/')}/admin/reload"
+    return [
+        f"repository {cfg.repo}: serving {f'version {served}' if served else 'nothing yet'}; "
+        f"the candidate becomes version {version}",
+        f"run directory {cfg.work_dir}/<run id> (state.json; --run-id resumes a run)",
+        f"1. train: {cfg.train_config} (objective {tcfg.objective}){overrides}",
+        f"2. export: staged ONNX with the PyTorch parity check; exit heads: {cfg.heads}",
+        f"3. evaluate candidate and served version on {', '.join(suites)} ({e.max_items} items each)",
+        f"4. gate: {gate}",
+        f"5. register: version {version}",
+        promote,
+    ]
+
+
 class GateFailed(RuntimeError):
     """The candidate is worse than the served version by the gate's rules; nothing was promoted."""
 

@@ -71,6 +71,12 @@ BAD_REQUESTS = [
     ("", {"text": "x"}, "application/json", 400, "invalid_value", "inputs"),
     ("", {"inputs": "x", "unknown": 1}, "application/json", 400, "invalid_value", "unknown"),
     ("?dim=8", {"inputs": "x", "dim": 16}, "application/json", 400, "conflict", "dim"),
+    # strict integers: a boolean would serve layer 1, a string would pass for a number
+    ("", {"inputs": "x", "layer": True}, "application/json", 400, "invalid_value", "layer"),
+    ("", {"inputs": "x", "layer": False}, "application/json", 400, "invalid_value", "layer"),
+    ("", {"inputs": "x", "dim": "16"}, "application/json", 400, "invalid_value", "dim"),
+    ("", {"inputs": "x", "dim": 16.0}, "application/json", 400, "invalid_value", "dim"),
+    ("", {"inputs": "x", "layer": "2"}, "application/json", 400, "invalid_value", "layer"),
     ("", b"{not json", "application/json", 400, "invalid_json", None),
     ("", b"[1, 2]", "application/json", 400, "invalid_value", None),
     ("", b"inputs=x", "application/x-www-form-urlencoded", 415, "unsupported_media_type", None),
@@ -104,6 +110,10 @@ def test_openai_errors_name_openai_fields(client: TestClient) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
     r = client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "encoding_format"
+    for field, value in (("dimensions", True), ("dimensions", "16"), ("layer", True), ("layer", "1")):
+        r = client.post("/v1/embeddings", json={"input": "x", field: value})
+        assert r.status_code == 400, (field, value, r.text)
+        assert r.json()["error"]["param"] == field and r.json()["error"]["code"] == "invalid_value"
 
 
 def test_unknown_route_and_method_are_json_errors(client: TestClient) -> None:

@@ -114,6 +114,7 @@ def test_cli_export_reads_trained_budgets_from_train_config(tiny_torch_model, tm
     result = CliRunner().invoke(app, ["export", str(run), str(out), "--name", "tiny", "--max-seq-length", "32",
                                       "--heads", "none", "--budget-items", "0"])
     assert result.exit_code == 0, result.output
+    assert "exporting layers" in result.stderr  # the progress bar
     m = load_manifest(out)
     assert (8, 1) in {(b.dim, b.layer) for b in m.trained_budgets} and m.max_seq_length == 32
     assert m.source["objective"] == "mipic"
@@ -130,6 +131,7 @@ def test_cli_heads_fit_writes_a_model_with_heads_and_budgets(tiny_model_dir: Pat
     result = CliRunner().invoke(app, ["heads", "fit", str(tiny_model_dir), "--out", str(out), "--sentences", "64",
                                       "--passages", "16", "--steps", "3", "--batch-size", "16", "--eval-items", "60"])
     assert result.exit_code == 0, result.output
+    assert "fitting heads" in result.stderr  # the progress bar (pooled states may come from the cache)
     m = load_manifest(out)
     assert m.heads is not None and m.heads.method == "distill"
     assert m.heads.data["split"] == "train" and m.heads.data["texts"] == 80

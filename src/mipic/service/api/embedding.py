@@ -55,12 +55,15 @@ async def embed_for_request(
     t0 = time.perf_counter()
     work = asyncio.ensure_future(engine.embed(texts, dim, layer, dim_param))
     watcher = asyncio.ensure_future(_disconnected(request))
+    unfinished = False
     try:
         await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
-    if not work.done():
-        work.cancel()
+        if not work.done():  # the client left, or the drain deadline cancelled this request:
+            unfinished = True  # its queued rows are dropped before they cost compute
+            work.cancel()
+    if unfinished:
         raise ClientGone()
     result = work.result()
     total = time.perf_counter() - t0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class EmbedRequest(BaseModel):
@@ -13,8 +13,9 @@ class EmbedRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     inputs: str | list[str]
-    dim: int | None = Field(None, description="Output dimension (Matryoshka prefix); default full width")
-    layer: int | None = Field(None, description="Exit layer, 1..num_layers; default the last layer")
+    # Strict: a JSON integer only, never true/false or "64" (a boolean would silently serve layer 1).
+    dim: StrictInt | None = Field(None, description="Output dimension (Matryoshka prefix); default full width")
+    layer: StrictInt | None = Field(None, description="Exit layer, 1..num_layers; default the last layer")
 
 
 class Usage(BaseModel):
@@ -36,10 +37,10 @@ class OpenAIEmbeddingRequest(BaseModel):
 
     input: str | list[str]
     model: str | None = None
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
     encoding_format: Literal["float", "base64"] = "float"
     user: str | None = None
-    layer: int | None = Field(None, description="Extension: exit layer, 1..num_layers")
+    layer: StrictInt | None = Field(None, description="Extension: exit layer, 1..num_layers")
 
 
 class OpenAIEmbedding(BaseModel):

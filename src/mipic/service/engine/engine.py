@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from mipic.modeldir.manifest import ManifestError
-from mipic.modeldir.repository import ModelRepository, RepositoryError, resolve_model_dir
+from mipic.modeldir.repository import ModelRepository, PointerState, RepositoryError, resolve_model_dir
 from mipic.modeldir.runner import LoadedModel, Row
 from mipic.service.engine.batcher import Batcher, BatchStats
-from mipic.service.engine.errors import Draining, InvalidRequest, ModelRejected, NotReady
+from mipic.service.engine.errors import Draining, InvalidRequest, ModelRejected, NotReady, PointerInvalid
 from mipic.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class Engine:
         self._reload_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
         self._last_rejected: Path | None = None
+        # (raw CURRENT bytes, why it cannot be followed) at the last look: a fault is logged once per change
+        self._pointer_seen: tuple[bytes | None, str | None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,7 +114,7 @@ class Engine:
         self.ready = False
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # it logs its own failures
                 await self._watcher
         await self.batcher.stop()
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
@@ -135,24 +137,30 @@ class Engine:
     async def reload(self, path: Path | None = None) -> tuple[str, bool]:
         """Load the repository's CURRENT version (or ``path``) beside the served one and switch to it.
 
-        Returns (model id now served, whether it changed). Raises :class:`ModelRejected` and keeps
-        serving the old version when the new one fails verification.
+        Returns (model id now served, whether it changed). Raises :class:`PointerInvalid` when CURRENT
+        cannot be followed and :class:`ModelRejected` when the new version fails verification; either way
+        the old version keeps serving.
         """
         async with self._reload_lock:
-            if path is not None:
-                target, repo = resolve_model_dir(path)
-                self.repository = repo
-            elif self.repository is not None:
-                try:
-                    target = self.repository.current_dir()
-                except RepositoryError as exc:
-                    raise ModelRejected(str(exc)) from exc
-            else:
-                target = self.model.model_dir
             # Only names here, never the model object: a traceback kept by a log handler must not
             # keep a swapped-out model alive.
             served_id = self._model.model_id if self._model is not None else "nothing"
+            repo = self.repository
+            if path is not None:
+                try:
+                    target, repo = resolve_model_dir(path)
+                except RepositoryError as exc:
+                    raise PointerInvalid(str(exc)) from None
+            elif repo is not None:
+                state = await asyncio.to_thread(repo.pointer_state)
+                self._note_pointer(state, served_id)
+                if state.target is None:
+                    raise PointerInvalid(f"{state.error}; still serving {served_id}")
+                target = state.target
+            else:
+                target = self.model.model_dir
             if self._model is not None and self._model.model_dir.resolve() == target.resolve():
+                self.repository = repo
                 return served_id, False
             try:
                 new = await self._swap_to(target)
@@ -160,33 +168,57 @@ class Engine:
                 self._last_rejected = target
                 logger.error("refused model at %s (%s); still serving %s", target, exc.message, served_id)
                 raise
+            self.repository = repo
             self._last_rejected = None
             return new.model_id, True
 
+    def _note_pointer(self, state: PointerState, served_id: str) -> bool:
+        """Remember what CURRENT says; log one WARNING when it changed to something that cannot be followed.
+        Returns whether it changed since the last look."""
+        seen = (state.raw, state.error)
+        changed = seen != self._pointer_seen
+        self._pointer_seen = seen
+        if changed and state.error is not None:
+            logger.warning("%s; still serving %s", state.error, served_id)
+        return changed
+
     async def _watch(self) -> None:
-        """Follow the repository pointer; a refused version is not retried until the pointer moves."""
-        assert self.repository is not None
+        """Follow the repository pointer until cancelled. A fault never stops it: a bad CURRENT is one
+        WARNING per change, a refused version is not retried until the pointer moves."""
         while True:
             await asyncio.sleep(self.settings.watch_interval_s)
             try:
-                target = self.repository.current_dir()
-            except RepositoryError:
-                continue
-            if self._model is not None and target.resolve() == self._model.model_dir.resolve():
-                continue
-            if self._last_rejected is not None and target.resolve() == self._last_rejected.resolve():
-                continue
-            with contextlib.suppress(ModelRejected):
-                await self.reload()
+                await self._follow_pointer()
+            except (ModelRejected, PointerInvalid):
+                pass  # already logged; the old version keeps serving
+            except Exception:  # a bug must not silently end hot reload for the life of the process
+                logger.exception("model repository watcher failed; retrying in %.1f s",
+                                 self.settings.watch_interval_s)
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Stop taking requests (503) and wait for accepted ones to finish. True if all finished."""
+    async def _follow_pointer(self) -> None:
+        repo = self.repository
+        if repo is None:  # an explicit /admin/reload switched to a plain model directory
+            return
+        state = await asyncio.to_thread(repo.pointer_state)  # a shared volume may stall: off the loop
+        served_id = self._model.model_id if self._model is not None else "nothing"
+        changed = self._note_pointer(state, served_id)
+        target = state.target
+        if target is None:
+            return
+        if self._model is not None and target.resolve() == self._model.model_dir.resolve():
+            return
+        if not changed and self._last_rejected is not None and target.resolve() == self._last_rejected.resolve():
+            return
+        await self.reload()
+
+    async def drain(self, timeout_s: float, others_done: Callable[[], bool] = lambda: True) -> bool:
+        """Stop taking requests (503 ``draining``) and wait up to ``timeout_s`` for accepted ones (and
+        ``others_done``, e.g. the HTTP server's requests still reading their bodies). True if all finished."""
         self.draining = True
         self.ready = False
         deadline = time.monotonic() + timeout_s
-        while self.active_requests > 0 or self.batcher.busy:
-            if time.monotonic() > deadline:
-                logger.warning("drain timed out with %d requests in flight", self.active_requests)
+        while self.active_requests > 0 or self.batcher.busy or not others_done():
+            if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.02)
         return True

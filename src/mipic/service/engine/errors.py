@@ -18,6 +18,7 @@ __all__ = [
     "ModelRejected",
     "NotReady",
     "Overloaded",
+    "PointerInvalid",
 ]
 
 
@@ -29,6 +30,13 @@ class ModelRejected(EngineError):
     """A model version failed verification (schema, checksums, golden parity); the served one stays."""
 
     code = "model_rejected"
+
+
+class PointerInvalid(EngineError):
+    """The repository's CURRENT pointer cannot be followed (missing, empty, not UTF-8, invalid or unknown
+    version, too large); the served version stays."""
+
+    code = "invalid_pointer"
 
 
 class Overloaded(EngineError):

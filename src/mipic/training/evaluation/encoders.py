@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mipic.training.evaluation.pooling import truncate_normalize
@@ -107,6 +108,7 @@ class TorchBudgetEncoder:
         was_training = self.model.training
         self.model.eval()
         device = next(self.model.parameters()).device
+        bar = tqdm(total=len(texts), desc="embedding", unit="text", leave=False)
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), self.batch_size):
@@ -124,7 +126,9 @@ class TorchBudgetEncoder:
                     for layer in range(1, self.num_layers + 1):
                         pooled = (hidden[layer] * mask).sum(1) / denom  # (B, H)
                         out[layer - 1, idx] = pooled.float().cpu().numpy()
+                    bar.update(len(idx))
         finally:
+            bar.close()
             self.model.train(was_training)
         logger.debug("encoded %d texts at %d layers", len(texts), self.num_layers)
         return out

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder
 from mipic.training.evaluation.pooling import truncate_normalize
@@ -74,6 +75,7 @@ def run_grid(
     encode_seconds = time.perf_counter() - start
 
     scores: dict[str, dict[str, list[list[float]]]] = {s.name: {} for s in all_suites}
+    bar = tqdm(total=len(layers) * len(dims), desc="scoring budgets", unit="budget", leave=False)
     for i, layer in enumerate(layers):
         for j, dim in enumerate(dims):
             if all_layers is not None:
@@ -91,6 +93,8 @@ def run_grid(
                     table = scores[suite.name].setdefault(metric, [[math.nan] * len(dims) for _ in layers])
                     table[i][j] = v
             logger.debug("grid: layer %d dim %d done", layer, dim)
+            bar.update()
+    bar.close()
 
     result = GridResult(
         model=model_name,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mipic.modeldir.heads import ExitHeads
 from mipic.modeldir.runner import LoadedModel
@@ -41,8 +42,10 @@ class OnnxBudgetEncoder:
         # sort by length so each batch pads little; restore the order afterwards
         order = sorted(range(len(ids)), key=lambda i: ids[i].shape[0])
         out = np.empty((self.num_layers, len(ids), self.hidden_size), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            out[:, chunk] = self.model.pool_all_layers([ids[i] for i in chunk])
+        with tqdm(total=len(ids), desc="embedding", unit="text", leave=False) as bar:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                out[:, chunk] = self.model.pool_all_layers([ids[i] for i in chunk])
+                bar.update(len(chunk))
         self._key, self._value = key, out
         return out
