@@ -46,12 +46,20 @@ class EvalSection(BaseModel):
 
 
 class GateSection(BaseModel):
-    """No budget's main metric may drop by more than ``max_drop`` (absolute); every budget in
-    ``must_improve`` (e.g. ``d64_l3``) must gain on the mean of the suites' main metrics."""
+    """The candidate may not be worse than the served version, judged where the scores are not noise.
+
+    One suite at one budget is a noisy cell (300 items: one sentiment item is 0.0033, and an unchanged
+    model moves a few items between seeds), so the tight bounds apply to means: ``max_drop`` bounds the
+    drop of each budget's mean over the suites' main metrics, ``max_suite_drop`` the drop of each suite's
+    mean over the budgets; ``max_cell_drop`` is the looser bound for any single suite at any budget. Every
+    budget in ``must_improve`` (e.g. ``d64_l3``) must gain more than ``min_gain`` on the mean of the suites.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    max_drop: float = Field(0.02, ge=0)
+    max_drop: float = Field(0.01, ge=0, description="per budget, mean of the suites' main metrics")
+    max_suite_drop: float = Field(0.01, ge=0, description="per suite, mean over the budgets")
+    max_cell_drop: float = Field(0.04, ge=0, description="any one suite at any one budget")
     must_improve: list[str] = Field(default_factory=list)
     min_gain: float = Field(0.0, ge=0, description="how much a must_improve budget has to gain")
 
@@ -273,23 +281,39 @@ def _mean_main(grid: Any, layer: int, dim: int) -> float:
 
 
 def quality_gate(candidate: Any, served: Any, gate: GateSection) -> dict[str, Any]:
-    """Compare two budget grids on the budgets and main metrics both have."""
+    """Compare two budget grids on the budgets and main metrics both have (see :class:`GateSection`)."""
     failures: list[str] = []
-    drops: dict[str, float] = {}
     layers = [ly for ly in candidate.layers if ly in served.layers]
     dims = [d for d in candidate.dims if d in served.dims]
-    for suite, metric in candidate.main_metrics.items():
-        if suite not in served.scores:
-            continue
+    suites = [(s, m) for s, m in candidate.main_metrics.items() if s in served.scores]
+    cells: dict[tuple[str, int, int], float] = {}  # (suite, layer, dim) → served - candidate
+    for suite, metric in suites:
         for layer in layers:
             for dim in dims:
-                new = candidate.value(suite, metric, layer, dim)
-                old = served.value(suite, metric, layer, dim)
-                if math.isnan(new) or math.isnan(old):
-                    continue
-                drops[f"{suite}/{metric}@d{dim}_l{layer}"] = round(old - new, 5)
-                if old - new > gate.max_drop:
-                    failures.append(f"{suite}/{metric} at dim {dim} layer {layer}: {old:.4f} → {new:.4f}")
+                new, old = candidate.value(suite, metric, layer, dim), served.value(suite, metric, layer, dim)
+                if not (math.isnan(new) or math.isnan(old)):
+                    cells[(suite, layer, dim)] = old - new
+    drops = {f"{s}@d{d}_l{ly}": round(v, 5) for (s, ly, d), v in cells.items()}
+    for (suite, layer, dim), drop in cells.items():
+        if drop > gate.max_cell_drop:
+            failures.append(f"{suite} at dim {dim} layer {layer} dropped {drop:.4f} (> {gate.max_cell_drop})")
+    budget_drops: dict[str, float] = {}
+    for layer in layers:
+        for dim in dims:
+            values = [v for (_, ly, d), v in cells.items() if (ly, d) == (layer, dim)]
+            if values:
+                budget_drops[f"d{dim}_l{layer}"] = round(sum(values) / len(values), 5)
+    for key, drop in budget_drops.items():
+        if drop > gate.max_drop:
+            failures.append(f"{key}: mean over suites dropped {drop:.4f} (> {gate.max_drop})")
+    suite_drops: dict[str, float] = {}
+    for suite, _ in suites:
+        values = [v for (s, _, _), v in cells.items() if s == suite]
+        if values:
+            suite_drops[suite] = round(sum(values) / len(values), 5)
+    for suite, drop in suite_drops.items():
+        if drop > gate.max_suite_drop:
+            failures.append(f"{suite}: mean over budgets dropped {drop:.4f} (> {gate.max_suite_drop})")
     gains: dict[str, float] = {}
     for key in gate.must_improve:
         dim_s, layer_s = key.removeprefix("d").split("_l")
@@ -298,7 +322,9 @@ def quality_gate(candidate: Any, served: Any, gate: GateSection) -> dict[str, An
         gains[key] = round(gain, 5)
         if not gain > gate.min_gain:
             failures.append(f"{key} must improve by more than {gate.min_gain}: gained {gain:+.4f}")
-    return {"failures": failures, "max_drop": max(drops.values(), default=0.0), "gains": gains, "drops": drops}
+    return {"failures": failures, "max_drop": max(budget_drops.values(), default=0.0),
+            "max_cell_drop": max(cells.values(), default=0.0), "budget_drops": budget_drops,
+            "suite_drops": suite_drops, "gains": gains, "drops": drops}
 
 
 def cleanup(run_dir: Path) -> None:

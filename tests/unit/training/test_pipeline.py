@@ -74,7 +74,26 @@ def test_quality_gate_rules() -> None:
                           scores={"s": {"acc": [[v, v], [v, v + 0.1]]}}, main_metrics={"s": "acc"})
 
     assert quality_gate(grid(0.5), grid(0.5), GateSection(max_drop=0.0))["failures"] == []
-    report = quality_gate(grid(0.47), grid(0.5), GateSection(max_drop=0.02))
-    assert len(report["failures"]) == 4 and report["max_drop"] == pytest.approx(0.03)
+    report = quality_gate(grid(0.47), grid(0.5), GateSection(max_drop=0.02, max_suite_drop=0.05))
+    assert len(report["failures"]) == 4 and report["max_drop"] == pytest.approx(0.03)  # every budget's mean
+    report = quality_gate(grid(0.47), grid(0.5), GateSection(max_drop=0.05, max_suite_drop=0.02))
+    assert report["failures"] == ["s: mean over budgets dropped 0.0300 (> 0.02)"]
     report = quality_gate(grid(0.6), grid(0.5), GateSection(max_drop=0.02, must_improve=["d16_l2"]))
     assert report["failures"] == [] and report["gains"]["d16_l2"] == pytest.approx(0.1)
+
+
+def test_quality_gate_tolerates_one_noisy_cell_but_not_a_real_drop() -> None:
+    from mipic.training.evaluation.result import GridResult
+
+    def grid(a: float, b: float) -> GridResult:  # two suites; suite a has one noisy cell
+        return GridResult(model="m", layers=[1, 2], dims=[8, 16], main_metrics={"a": "acc", "b": "ndcg@10"},
+                          scores={"a": {"acc": [[a, 0.5], [0.5, 0.5]]}, "b": {"ndcg@10": [[b, b], [b, b]]}})
+
+    served = grid(0.5, 0.5)
+    gate = GateSection(max_drop=0.02, max_suite_drop=0.01, max_cell_drop=0.04)
+    # one sentiment-like cell 0.03 down, everything else level: within the cell bound; budget mean 0.015 down
+    assert quality_gate(grid(0.47, 0.5), served, gate)["failures"] == []
+    # a retrieval suite 0.015 down everywhere: each budget's mean drops 0.0075, the suite's mean 0.015 → refused
+    report = quality_gate(grid(0.5, 0.485), served, gate)
+    assert report["failures"] == ["b: mean over budgets dropped 0.0150 (> 0.01)"]
+    assert quality_gate(grid(0.45, 0.5), served, gate)["failures"][0].startswith("a at dim 8 layer 1 dropped 0.05")
