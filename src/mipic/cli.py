@@ -154,6 +154,7 @@ def heads_fit(
     from mipic.training.data.paths import resolve_data_dir
     from mipic.training.export import attach_heads
     from mipic.training.heads import fit_heads
+    from mipic.training.release import calibrate as calibrate_model
     from mipic.training.release import measure_budgets, write_budgets
 
     _setup_logging()
@@ -165,6 +166,7 @@ def heads_fit(
     result = fit_heads(loaded, cfg, cache_dir=resolve_data_dir() / "features")
     loaded.close()
     manifest = attach_heads(model, out, result.heads, result.spec, version=version)
+    manifest = calibrate_model(out, cfg)  # same texts: the pooled states are cached, only the read-out runs
     if budgets:
         manifest = write_budgets(out, measure_budgets(out, max_items=eval_items, seed=seed))
     took = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
@@ -180,6 +182,27 @@ def heads_save_default(
 
     _setup_logging()
     typer.echo(f"wrote {save_default_heads(model)} and its metadata")
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="An exported model directory (has manifest.json).")],
+    sentences: Annotated[int, typer.Option(min=16, help="Training-split sentences.")] = _HEADS.sentences,
+    passages: Annotated[int, typer.Option(min=0, help="Training-split passages.")] = _HEADS.passages,
+    max_length: Annotated[int, typer.Option(min=2, help="Max tokens per calibration text.")] = _HEADS.max_length,
+    seed: Annotated[int, typer.Option(help="Seed of the text sample.")] = _HEADS.seed,
+) -> None:
+    """Measure MODEL's int8/uint8 ranges per (layer, dim) on the head-fitting texts and store them in its manifest
+    (export and `heads fit` already do; for a model exported before, ~1 min for MiniLM)."""
+    from mipic.training.release import calibrate as calibrate_model
+
+    _setup_logging()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = HeadFitConfig(sentences=sentences, passages=passages, max_length=max_length, seed=seed)
+    manifest = calibrate_model(model, cfg)
+    assert manifest.calibration is not None
+    typer.echo(f"calibrated {manifest.model_id}: {len(manifest.calibration.ranges)} budgets on "
+               f"{manifest.calibration.texts} texts")
 
 
 def _trained_budgets_of(checkpoint: Path) -> tuple[list[tuple[int, int]], dict[str, str]]:
