@@ -12,8 +12,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mipic.modeldir.runner import LoadedModel
-from mipic.service.api import routes_admin, routes_budgets, routes_embed, routes_health, routes_openai
-from mipic.service.api.errors import error_body, install_error_handlers
+from mipic.service.api import (
+    routes_admin,
+    routes_budgets,
+    routes_embed,
+    routes_health,
+    routes_openai,
+    routes_tei,
+)
+from mipic.service.api.errors import body_for_path, install_error_handlers
 from mipic.service.engine.batcher import BatchStats
 from mipic.service.engine.engine import Engine
 from mipic.service.metrics import Metrics
@@ -21,7 +28,7 @@ from mipic.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EMBED_ENDPOINTS = frozenset({"/embed", "/v1/embeddings"})
+EMBED_ENDPOINTS = frozenset({"/embed", "/v1/embeddings", "/tei", "/tei/embed"})
 
 
 class GuardMiddleware:
@@ -47,7 +54,7 @@ class GuardMiddleware:
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send_wrapper)
+            await self._reject(send_wrapper, path)
             self._count(path, 413)
             return
         received = 0
@@ -65,9 +72,9 @@ class GuardMiddleware:
         await self.app(scope, receive_wrapper, send_wrapper)
         self._count(path, status_holder["status"] or 499)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(error_body(f"request body exceeds {self.max_bytes} bytes",
-                                     "invalid_request_error", "request_too_large", None)).encode()
+    async def _reject(self, send: Send, path: str) -> None:
+        body = json.dumps(body_for_path(path, 413, f"request body exceeds {self.max_bytes} bytes",
+                                        "invalid_request_error", "request_too_large", None)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -119,6 +126,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     install_error_handlers(app, settings.retry_after_seconds)
     app.include_router(routes_embed.router)
     app.include_router(routes_openai.router)
+    app.include_router(routes_tei.router)
     app.include_router(routes_health.router)
     app.include_router(routes_budgets.router)
     app.include_router(routes_admin.router)
