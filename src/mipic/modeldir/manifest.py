@@ -100,26 +100,26 @@ class BudgetTable(BaseModel):
 
 
 class CalibrationRange(BaseModel):
-    """Per-coordinate range of one (layer, dim)'s served vectors: ``low[i] <= high[i]``, ``len == dim``."""
+    """The int8/uint8 range of one (layer, dim)'s served vectors: every value maps into [low, high]."""
 
     model_config = ConfigDict(frozen=True)
 
-    low: list[float]
-    high: list[float]
+    low: float
+    high: float
 
 
 class Calibration(BaseModel):
     """Ranges that map the served unit vectors to int8/uint8 (``vector.quantize``), fixed at export.
 
-    ``ranges`` maps the budget key ``d{dim}_l{layer}`` of every served (layer, dim) to the per-coordinate
-    minimum and maximum (``method = "minmax"``) of that budget's served vectors (pool → head → truncate →
-    normalise) over the ``texts`` calibration texts described by ``data`` (the training-split fitting
-    sentences and passages, never an eval-split text).
+    ``ranges`` maps the budget key ``d{dim}_l{layer}`` of every served (layer, dim) to (−m, m), m = the
+    largest |value| of that budget's served vectors (pool → head → truncate → normalise) over the ``texts``
+    calibration texts described by ``data`` (the training-split fitting sentences and passages, never an
+    eval-split text): ``method = "maxabs"`` (``vector.calibration_range``).
     """
 
     model_config = ConfigDict(frozen=True)
 
-    method: Literal["minmax"] = "minmax"
+    method: Literal["maxabs"] = "maxabs"
     texts: int = Field(gt=1)
     max_length: int = Field(gt=1, description="tokens per calibration text")
     data: dict[str, str | int] = Field(default_factory=dict)
@@ -192,12 +192,8 @@ class Manifest(BaseModel):
             extra = sorted(set(cal.ranges) - expected)[:3]
             raise ValueError(f"calibration must cover every (layer, dim) exactly; missing {missing}, extra {extra}")
         for key, r in cal.ranges.items():
-            dim = int(key[1:].split("_")[0])
-            if len(r.low) != dim or len(r.high) != dim:
-                raise ValueError(f"calibration {key}: low/high must have {dim} values")
-            pairs = zip(r.low, r.high, strict=True)
-            if not all(math.isfinite(lo) and math.isfinite(hi) and lo <= hi for lo, hi in pairs):
-                raise ValueError(f"calibration {key}: values must be finite with low <= high")
+            if not (math.isfinite(r.low) and math.isfinite(r.high) and r.low < r.high):
+                raise ValueError(f"calibration {key}: low and high must be finite with low < high")
 
     @property
     def layers(self) -> list[int]:

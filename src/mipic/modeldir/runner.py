@@ -83,10 +83,8 @@ class LoadedModel:
         )
         self._dims = frozenset(self.manifest.dims)
         cal = self.manifest.calibration
-        self._ranges: dict[str, tuple[np.ndarray, np.ndarray]] = (
-            {k: (np.asarray(r.low, np.float32), np.asarray(r.high, np.float32)) for k, r in cal.ranges.items()}
-            if cal is not None
-            else {}
+        self._ranges: dict[str, tuple[float, float]] = (
+            {k: (r.low, r.high) for k, r in cal.ranges.items()} if cal is not None else {}
         )
 
     @property

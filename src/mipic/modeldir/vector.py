@@ -16,9 +16,9 @@ Order, and why:
 4. **L2-normalise** what is kept: a prefix of a unit vector is not a unit vector, so normalising
    before the cut would be wrong;
 5. **quantise** (optional, serving only) the unit vector to a compact output type
-   (:func:`quantize`): int8/uint8 with fixed per-coordinate ranges calibrated at export for that
-   (layer, dim) (:func:`calibration_range`), never from the batch, so a vector does not depend on its
-   batch-mates; binary/ubinary by the sign of each value.
+   (:func:`quantize`): int8/uint8 with a fixed range calibrated at export for that (layer, dim)
+   (:func:`calibration_range`), never from the batch, so a vector does not depend on its batch-mates;
+   binary/ubinary by the sign of each value.
 
 Steps 1-4 are written against the array API; step 5 only runs on the NumPy vectors a server returns
 (bit packing has no array-API equivalent), so it is NumPy.
@@ -100,26 +100,32 @@ CALIBRATED_TYPES = frozenset({"int8", "uint8"})  # need the (layer, dim) ranges 
 PACKED_TYPES = frozenset({"binary", "ubinary"})  # one bit per value: dim must be a multiple of 8
 
 
-def calibration_range(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, dim) served unit vectors of one (layer, dim) → per-coordinate (low, high) = (min, max) over
-    the N calibration vectors, as float32 (dim,) arrays."""
+def calibration_range(vectors: np.ndarray) -> tuple[float, float]:
+    """(N, dim) served unit vectors of one (layer, dim) → its range (low, high) = (−m, m), m = the largest
+    |value| over all N calibration vectors and coordinates.
+
+    One range for the whole vector, not one per coordinate: a per-coordinate range rescales each coordinate
+    differently, which distorts the cosine and distance a client computes on the codes (measured on the
+    default model: up to −0.06 nDCG@10 against ≤ 0.002 with one range; ``bench/output_types.py``). Symmetric,
+    so that 0 maps to the int8 code 0 and int8 codes are the float vector times one scale.
+    """
     if vectors.ndim != 2 or vectors.shape[0] < 2:
         raise ValueError(f"need (N >= 2, dim) vectors to calibrate; got {vectors.shape}")
-    v = np.asarray(vectors, dtype=np.float64)
-    return v.min(axis=0).astype(np.float32), v.max(axis=0).astype(np.float32)
+    m = float(np.max(np.abs(np.asarray(vectors, dtype=np.float64))))
+    return -m, m
 
 
 def quantize(
     vectors: np.ndarray,
     output: str,
-    low: np.ndarray | None = None,
-    high: np.ndarray | None = None,
+    low: float | None = None,
+    high: float | None = None,
 ) -> np.ndarray:
     """(N, dim) served unit vectors → the output type (``float`` returns them unchanged, float32).
 
-    * ``uint8``: ``q = clip(round((x - low) / (high - low) * 255), 0, 255)`` per coordinate, with the
-      calibrated ``low``/``high`` of this (layer, dim); a value outside the calibrated range saturates.
-    * ``int8``: the same level minus 128, in -128..127.
+    * ``uint8``: ``q = clip(round((x - low) / (high - low) * 255), 0, 255)`` for every value, with the
+      calibrated range (low, high) of this (layer, dim); a value outside it saturates.
+    * ``int8``: the same level minus 128, in -128..127 (with the symmetric range, 0 → 0).
     * ``ubinary``: bit = x > 0, packed eight coordinates per byte, the first coordinate in the most
       significant bit (``numpy.packbits``), as uint8 (dim / 8 values).
     * ``binary``: the ubinary byte minus 128, as int8 (the convention of Cohere and
@@ -135,8 +141,8 @@ def quantize(
         return packed if output == "ubinary" else (packed.astype(np.int16) - 128).astype(np.int8)
     if output in CALIBRATED_TYPES:
         if low is None or high is None:
-            raise ValueError(f"{output} needs the calibrated (low, high) ranges of this (layer, dim)")
-        width = np.maximum(high - low, np.float32(EPS))
-        levels = np.clip(np.rint((x - low) / width * 255.0), 0, 255)  # (N, dim) in 0..255
+            raise ValueError(f"{output} needs the calibrated (low, high) range of this (layer, dim)")
+        width = max(high - low, EPS)
+        levels = np.clip(np.rint((x.astype(np.float64) - low) / width * 255.0), 0, 255)  # (N, dim) in 0..255
         return levels.astype(np.uint8) if output == "uint8" else (levels - 128).astype(np.int8)
     raise ValueError(f"unknown output type {output!r}; expected one of {list(OUTPUT_TYPES)}")

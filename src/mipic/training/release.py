@@ -74,13 +74,13 @@ def write_budgets(model_dir: Path, table: BudgetTable) -> Manifest:
 
 
 # Ranges are stored to 1e-6 (values are unit-vector coordinates), rounded outwards so they still cover
-# every calibration vector; finer digits would only grow the manifest.
+# every calibration vector.
 RANGE_DECIMALS = 6
 
 
 def compute_calibration(model_dir: Path, texts: Sequence[str], *, max_length: int = 128,
                         data: dict[str, str | int] | None = None, cache_dir: Path | None = None) -> Calibration:
-    """The int8/uint8 ranges of every (layer, dim): per-coordinate min and max of the served vectors (pool →
+    """The int8/uint8 range of every (layer, dim) (``vector.calibration_range``) over the served vectors (pool →
     head → truncate → normalise, ``LoadedModel.embed_pooled``) of ``texts``, each cut to ``max_length``
     tokens. Pooled states come from :func:`~mipic.training.heads.extract_features` (cached per model and
     texts, so after a head fit on the same texts this costs only the read-out)."""
@@ -95,10 +95,8 @@ def compute_calibration(model_dir: Path, texts: Sequence[str], *, max_length: in
         for layer in loaded.manifest.layers:
             for dim in loaded.manifest.dims:
                 low, high = calibration_range(loaded.embed_pooled(features[layer - 1], layer, dim))
-                ranges[budget_key(dim, layer)] = CalibrationRange(
-                    low=[math.floor(float(v) * scale) / scale for v in low],
-                    high=[math.ceil(float(v) * scale) / scale for v in high],
-                )
+                ranges[budget_key(dim, layer)] = CalibrationRange(low=math.floor(low * scale) / scale,
+                                                                  high=math.ceil(high * scale) / scale)
     finally:
         loaded.close()
     return Calibration(texts=len(texts), max_length=max_length, data=dict(data or {}), ranges=ranges)

@@ -17,14 +17,12 @@ from mipic.modeldir.runner import LoadedModel, Row
 from mipic.modeldir.vector import calibration_range, quantize
 
 
-def test_int8_and_uint8_use_the_given_ranges_per_coordinate() -> None:
-    low = np.array([-1.0, 0.0], np.float32)
-    high = np.array([1.0, 0.5], np.float32)
-    x = np.array([[-1.0, 0.0], [0.0, 0.25], [1.0, 0.5], [2.0, -3.0]], np.float32)  # last row: outside → saturates
-    # level = round((x - low) / (high - low) * 255): coordinate 0 → 0, 127.5→128 (half to even), 255; coord 1 → 0, 127.5→128, 255
-    np.testing.assert_array_equal(quantize(x, "uint8", low, high), [[0, 0], [128, 128], [255, 255], [255, 0]])
-    np.testing.assert_array_equal(quantize(x, "int8", low, high), [[-128, -128], [0, 0], [127, 127], [127, -128]])
-    assert quantize(x, "uint8", low, high).dtype == np.uint8 and quantize(x, "int8", low, high).dtype == np.int8
+def test_int8_and_uint8_use_the_calibrated_range() -> None:
+    x = np.array([[-0.5, 0.0, 0.5, 0.25], [0.7, -0.9, 0.1, -0.1]], np.float32)  # row 2: 0.7/-0.9 saturate
+    # level = round((x + 0.5) / 1.0 * 255): -0.5 → 0, 0 → 127.5 → 128 (half to even), 0.5 → 255, 0.25 → 191.25 → 191
+    np.testing.assert_array_equal(quantize(x, "uint8", -0.5, 0.5), [[0, 128, 255, 191], [255, 0, 153, 102]])
+    np.testing.assert_array_equal(quantize(x, "int8", -0.5, 0.5), [[-128, 0, 127, 63], [127, -128, 25, -26]])
+    assert quantize(x, "uint8", -0.5, 0.5).dtype == np.uint8 and quantize(x, "int8", -0.5, 0.5).dtype == np.int8
 
 
 def test_binary_packs_signs_first_coordinate_in_the_high_bit() -> None:
@@ -46,14 +44,14 @@ def test_float_is_unchanged_and_unknown_types_or_missing_ranges_are_refused() ->
         quantize(x, "int8")
 
 
-def test_calibration_range_is_the_per_coordinate_min_and_max() -> None:
+def test_calibration_range_is_symmetric_around_the_largest_value() -> None:
     v = np.array([[0.1, -0.5], [0.3, 0.2], [-0.2, 0.0]], np.float32)
     low, high = calibration_range(v)
-    np.testing.assert_allclose(low, [-0.2, -0.5])
-    np.testing.assert_allclose(high, [0.3, 0.2])
-    # the calibration vectors themselves span 0..255 exactly in each coordinate
-    q = quantize(v, "uint8", low, high)
-    assert q.min(axis=0).tolist() == [0, 0] and q.max(axis=0).tolist() == [255, 255]
+    assert (low, high) == pytest.approx((-0.5, 0.5))
+    q = quantize(v, "int8", low, high)
+    assert q.min() == -128 and q.max() == 76  # 0.3 → round(0.8 * 255) - 128; one scale for every coordinate
+    # int8 codes are the float vector times one scale (no per-coordinate distortion, 0 → 0)
+    np.testing.assert_allclose(q / 127.5, v / 0.5, atol=1 / 127.5)
 
 
 def test_manifest_refuses_calibration_that_does_not_cover_every_budget(tiny_model_dir: Path) -> None:
@@ -67,7 +65,7 @@ def test_manifest_refuses_calibration_that_does_not_cover_every_budget(tiny_mode
     bad = {**m.calibration.model_dump()}
     bad["ranges"] = {k: {"low": r.high, "high": r.low} if k == "d8_l1" else r.model_dump()
                      for k, r in m.calibration.ranges.items()}
-    with pytest.raises(ValidationError, match="low <= high"):
+    with pytest.raises(ValidationError, match="low < high"):
         type(m).model_validate({**m.model_dump(), "calibration": bad})
     assert Calibration.model_validate(m.calibration.model_dump()) == m.calibration
 
@@ -81,10 +79,9 @@ def test_calibration_covers_its_own_texts_through_the_served_read_out(tiny_model
         for dim in TINY_DIMS:
             v = np.stack(model.run([Row(ids=i, dim=dim, layer=layer) for i in ids]))
             r = model.manifest.calibration.ranges[budget_key(dim, layer)]  # type: ignore[union-attr]
-            assert (v >= np.array(r.low) - 1e-6).all() and (v <= np.array(r.high) + 1e-6).all()
-            # min and max are reached (to the stored 1e-6), so no level is wasted
-            np.testing.assert_allclose(v.min(axis=0), r.low, atol=2e-6)
-            np.testing.assert_allclose(v.max(axis=0), r.high, atol=2e-6)
+            assert r.low == -r.high and (v >= r.low).all() and (v <= r.high).all()
+            # the largest |value| is reached (to the stored 1e-6), so no level is wasted
+            assert abs(np.abs(v).max() - r.high) < 2e-6
 
 
 def test_runner_checks_output_types_before_any_compute(tiny_model_dir: Path, tmp_path: Path) -> None:
