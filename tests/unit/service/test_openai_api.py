@@ -129,3 +129,26 @@ def test_limits_default_to_openai_and_stay_consistent(tiny_model_dir: Path) -> N
         assert r.status_code == 422 and r.json()["error_type"] == "Validation"
     with pytest.raises(ValidationError, match=r"max_queue_size \(1024\) must be >= max_inputs_per_request \(2048\)"):
         make_settings(tiny_model_dir, max_queue_size=1024)
+
+
+def test_bits_need_a_dim_that_is_a_multiple_of_8_on_every_surface(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from mipic.modeldir.manifest import load_manifest, write_manifest
+
+    d = tmp_path / "odd" / "1"
+    shutil.copytree(tiny_model_dir, d)
+    write_manifest(d, load_manifest(d).model_copy(update={"dims": [8, 12, 16, 32], "calibration": None}))
+    with TestClient(create_app(make_settings(d))) as c:
+        r = c.post("/embed?dim=12", json={"inputs": "the cat", "embedding_types": ["float", "binary"]})
+        assert r.status_code == 400
+        assert r.json()["error"]["param"] == "embedding_types"
+        assert "dim must be a multiple of 8; got 12" in r.json()["error"]["message"]
+        r = c.post("/v1/embeddings", json={"input": "the cat", "dimensions": 12, "encoding_format": "ubinary"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "encoding_format"
+        assert c.post("/v1/embeddings", json={"input": "x", "dimensions": 16, "encoding_format": "ubinary"}
+                      ).status_code == 200
+        # no calibration in this copy: int8 says how to get it
+        r = c.post("/v1/embeddings", json={"input": "x", "dimensions": 16, "encoding_format": "int8"})
+        assert r.status_code == 400 and "mipic calibrate" in r.json()["error"]["message"]
+        assert c.post("/embed?dim=12", json={"inputs": "the cat"}).status_code == 200

@@ -119,6 +119,8 @@ TEI_BAD = [
     ("/tei/embed", {"inputs": "x", "prompt_name": "query"}, 422, "Validation", "the served model has no prompts"),
     ("/tei/embed", {"inputs": "x", "dimensions": 12}, 422, "Validation", "dimensions=12 is not served"),
     ("/tei/embed", {"inputs": "x", "layer": 9}, 422, "Validation", "layer=9 must be between 1 and 3"),
+    ("/tei/embed", {"inputs": "x", "layer": "2"}, 422, "Validation", "layer: Input should be a valid integer"),
+    ("/tei/embed", {"inputs": "x", "dimensions": True}, 422, "Validation", "dimensions: Input should be a valid"),
     ("/tei/embed?dim=8", {"inputs": "x", "dimensions": 16}, 400, "Validation", "dim given with different values"),
     ("/tei/embed", {"text": "x"}, 422, "Validation", "inputs: Field required"),
     ("/tei/embed", b"{not json", 400, "Validation", "request body is not valid JSON"),

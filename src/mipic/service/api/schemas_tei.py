@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from mipic.service.api.schemas import TokenId
 
@@ -30,9 +30,9 @@ class TeiEmbedRequest(BaseModel):
     )
     prompt_name: str | None = Field(None, description="Must be null: the served model has no prompts")
     normalize: bool = Field(True, description="Must be true: vectors are always L2-normalised")
-    dimensions: int | None = Field(None, description="Output dimension (Matryoshka prefix); same as `dim`")
-    dim: int | None = Field(None, description="Extension: output dimension (Matryoshka prefix)")
-    layer: int | None = Field(None, description="Extension: exit layer, 1..num_layers")
+    dimensions: StrictInt | None = Field(None, description="Output dimension (Matryoshka prefix); same as `dim`")
+    dim: StrictInt | None = Field(None, description="Extension: output dimension (Matryoshka prefix)")
+    layer: StrictInt | None = Field(None, description="Extension: exit layer, 1..num_layers")
 
 
 class TeiTokenizeRequest(BaseModel):
