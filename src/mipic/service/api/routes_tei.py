@@ -12,6 +12,7 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
 from mipic.service.api.embedding import check_inputs, embed_for_request
@@ -107,7 +108,11 @@ async def tokenize(body: TeiTokenizeRequest, engine: EngineDep, settings: Settin
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     check_inputs(texts, "inputs", settings)
     tokenizer = engine.model.tokenizer
-    return [[TeiToken(**vars(t)) for t in tokenizer.tokens(text, body.add_special_tokens)] for text in texts]
+
+    def tokens() -> list[list[TeiToken]]:
+        return [[TeiToken(**vars(t)) for t in tokenizer.tokens(text, body.add_special_tokens)] for text in texts]
+
+    return await run_in_threadpool(tokens)  # off the event loop, like the embed routes' tokenization
 
 
 @router.post("/decode", response_model=list[str], responses=ERRORS, dependencies=JSON_IN)
@@ -117,12 +122,18 @@ async def decode(body: TeiDecodeRequest, engine: EngineDep, settings: SettingsDe
         raise EmptyInput("`ids` cannot be empty", param="ids")
     tokenizer = engine.model.tokenizer
     if isinstance(body.ids[0], int):  # one list of ids
-        return [tokenizer.decode(cast("list[int]", body.ids), body.skip_special_tokens, "ids")]
-    batch = cast("list[list[int]]", body.ids)
+        batch, params = [cast("list[int]", body.ids)], ["ids"]
+    else:
+        batch = cast("list[list[int]]", body.ids)
+        params = [f"ids[{i}]" for i in range(len(batch))]
     if len(batch) > settings.max_inputs_per_request:
         raise InvalidRequest(f"batch size {len(batch)} > maximum allowed batch size "
                              f"{settings.max_inputs_per_request}", param="ids")
-    return [tokenizer.decode(ids, body.skip_special_tokens, f"ids[{i}]") for i, ids in enumerate(batch)]
+
+    def texts() -> list[str]:
+        return [tokenizer.decode(ids, body.skip_special_tokens, p) for ids, p in zip(batch, params, strict=True)]
+
+    return await run_in_threadpool(texts)
 
 
 @router.get("/info", response_model=TeiInfo)
