@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import typer
 
@@ -105,6 +105,8 @@ class HeadMethod(str, Enum):
 
 
 class ExportHeads(str, Enum):
+    auto = "auto"
+    checkpoint = "checkpoint"
     distill = "distill"
     pca = "pca"
     none = "none"
@@ -205,22 +207,6 @@ def calibrate(
                f"{manifest.calibration.texts} texts")
 
 
-def _trained_budgets_of(checkpoint: Path) -> tuple[list[tuple[int, int]], dict[str, str]]:
-    """Budgets and provenance from the ``train_config.yaml`` that `mipic train` saves with its output."""
-    from mipic.training.config import CONFIG_FILE, load_config
-
-    if not (checkpoint / CONFIG_FILE).is_file():
-        return [], {"checkpoint": str(checkpoint)}
-    from transformers import AutoConfig
-
-    from mipic.training.model import trained_budgets
-
-    cfg = load_config(checkpoint / CONFIG_FILE)
-    hf = AutoConfig.from_pretrained(str(checkpoint))
-    budgets = trained_budgets(cfg.objective, cfg.loss, int(hf.hidden_size), int(hf.num_hidden_layers))
-    return [(int(d), int(ly)) for d, ly in budgets], {"checkpoint": str(checkpoint), "objective": cfg.objective}
-
-
 @app.command()
 def export(
     checkpoint: Annotated[Path, typer.Argument(help="Hugging Face checkpoint directory.")],
@@ -233,28 +219,27 @@ def export(
         str | None, typer.Option(help="Also write OUT-int8 (dynamic int8, CPU) or OUT-fp16 (for CUDA).")
     ] = None,
     heads: Annotated[
-        ExportHeads, typer.Option(help="Fit exit heads on the exported graphs: distill (~2-3 min), pca, or none.")
-    ] = ExportHeads.distill,
+        ExportHeads,
+        typer.Option(help="Exit heads: the checkpoint's own (trained with it), distill (~2 min fit on the "
+                     "exported graphs), pca, none; auto = checkpoint if it has heads.npz, else distill."),
+    ] = ExportHeads.auto,
     budget_items: Annotated[
         int, typer.Option(min=0, help="Items per built-in suite for the manifest's budget table (0: skip).")
     ] = 300,
 ) -> None:
     """Export a checkpoint to the staged ONNX format (refused if parity with PyTorch fails), fit exit heads,
     and record quality and cost per budget in the manifest."""
-    from mipic.training.export import ExportOptions, convert_precision
-    from mipic.training.heads import HeadFitConfig
-    from mipic.training.release import export_with_heads
+    from mipic.training.export import convert_precision
+    from mipic.training.release import export_options_for, export_with_heads
 
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dim_list = [int(d) for d in dims.split(",")] if dims else None
-    budgets, source = _trained_budgets_of(checkpoint)
     manifest = export_with_heads(
         checkpoint,
         out,
-        ExportOptions(name=name, version=version, dims=dim_list, max_seq_length=max_seq_length,
-                      trained_budgets=budgets, source=source),
-        None if heads is ExportHeads.none else HeadFitConfig(method=heads.value),
+        export_options_for(checkpoint, name=name, version=version, dims=dim_list, max_seq_length=max_seq_length),
+        _export_heads(checkpoint, heads),
         budget_items=budget_items or None,
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
@@ -263,6 +248,14 @@ def export(
         low = convert_precision(out, low_dir, quantize)
         worst = min(low.parity.values(), default=float("nan"))
         typer.echo(f"wrote {quantize} copy to {low_dir} (worst cosine vs fp32 over all budgets: {worst:.4f})")
+
+
+def _export_heads(checkpoint: Path, choice: ExportHeads) -> HeadFitConfig | Literal["checkpoint"] | None:
+    if choice is ExportHeads.none:
+        return None
+    if choice is ExportHeads.checkpoint or (choice is ExportHeads.auto and (checkpoint / "heads.npz").is_file()):
+        return "checkpoint"
+    return HeadFitConfig(method="pca" if choice is ExportHeads.pca else "distill")
 
 
 @app.command("eval")

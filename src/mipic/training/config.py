@@ -21,12 +21,30 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.yaml"
 
-Objective = Literal["none", "infonce", "mrl", "adaptive_layer", "mipic"]
+Objective = Literal["none", "infonce", "mrl", "adaptive_layer", "mipic", "distill"]
 
 
 class _Section(BaseModel):
     # forbid: a typo in a YAML key or a --set path must fail loudly, not train with a silent default.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSection(_Section):
+    """Train the encoder as a low-rank adapter (PEFT LoRA) instead of every weight; merged at export.
+
+    Why: an adapter of a few MB can be committed and shipped (weights cannot come from a model hub here),
+    and a low rank limits how far the encoder can drift from the base model.
+    """
+
+    enabled: bool = False
+    r: int = Field(default=16, ge=1, description="Rank of each adapter.")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "key", "value", "attention.output.dense", "intermediate.dense",
+                                 "output.dense"],
+        description="Module-name suffixes that get an adapter (BERT names; the pooler is left out).",
+    )
 
 
 class ModelSection(_Section):
@@ -48,6 +66,18 @@ class ModelSection(_Section):
         lt=1.0,
         description="Override hidden and attention dropout. The two SimCSE views differ only by dropout, "
         "so 0 makes them identical; None keeps the checkpoint's value (0.1 for MiniLM).",
+    )
+    lora: LoraSection = Field(default_factory=LoraSection)
+    heads_init: Path | Literal["default"] | None = Field(
+        default=None,
+        description="Train exit heads jointly, starting from these (a model directory with heads.npz, or "
+        "the file itself, as `mipic heads fit` writes; 'default' = the default model's committed heads). "
+        "None = no heads during training (plain read-out; export can fit them afterwards).",
+    )
+    train_last_head: bool = Field(
+        default=False,
+        description="Also train the last layer's head (kept orthogonal). False keeps it fixed, so the full "
+        "budget's read-out stays a rotation of the encoder's last layer.",
     )
 
 
@@ -95,6 +125,12 @@ class LossSection(_Section):
     sir_t: float = Field(default=2.0, gt=0)
     normalize_terms: bool = False
     ema_decay: float = Field(default=0.99, ge=0.0, lt=1.0)
+    # Self-distillation from a frozen teacher (losses/distill.py), added to any objective
+    distill_weight: float = Field(default=0.0, ge=0, description="Weight of SelfDistillLoss; 0 = off.")
+    distill_temperature: float = Field(default=0.05, gt=0)
+    distill_layers: list[int] | None = Field(default=None, description="Student layers; None = all.")
+    distill_dims: list[int] | None = Field(default=None, description="Prefixes per layer; None = dims.")
+    anchor_weight: float = Field(default=0.0, ge=0, description="Last layer, full width: 1 - cos to the teacher.")
 
 
 class DataSection(_Section):
@@ -105,6 +141,13 @@ class DataSection(_Section):
     seed: int = Field(default=0, description="Which sentences are drawn, and their order before shuffling.")
     sources: list[str] | None = Field(default=None, description="Corpus names; None = every available one.")
     data_dir: Path | None = Field(default=None, description="Corpus cache; None = $MIPIC_DATA_DIR or ~/.cache.")
+    pair_kinds: list[str] = Field(
+        default_factory=list,
+        description="Weak positive pairs mixed into the batches (see data/pairs.py: title_body, "
+        "title_subtitle, title_first_sentence, lemmas_gloss, gloss_example); empty = sentences only (SimCSE).",
+    )
+    n_pairs: int | None = Field(default=10_000, ge=1, description="Pairs drawn (None = all); sentences are "
+                                "their own positive (two dropout views).")
     train_file: Path | None = Field(
         default=None,
         description="One sentence per line, used instead of the packaged corpora. Not filtered against "
@@ -147,6 +190,11 @@ class TrainSection(_Section):
     )
     dataloader_num_workers: int = Field(default=0, ge=0)
     disable_tqdm: bool = False
+    report_to: list[str] = Field(
+        default_factory=list,
+        description="Experiment trackers of the Hugging Face Trainer, e.g. [tensorboard] (logs in "
+        "output_dir/logs); empty = none.",
+    )
 
     @model_validator(mode="after")
     def _one_precision(self) -> TrainSection:

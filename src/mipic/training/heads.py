@@ -55,6 +55,7 @@ from mipic.modeldir.heads import ExitHeads, check_heads
 from mipic.modeldir.manifest import Budget, HeadsSpec
 from mipic.modeldir.runner import LoadedModel
 from mipic.training.heads_config import HeadFitConfig, LastLayer
+from mipic.training.losses.distill import distill_kl, similarity_logits
 
 logger = logging.getLogger(__name__)
 
@@ -150,24 +151,6 @@ def fit_pca(features: np.ndarray) -> ExitHeads:
 # --------------------------------------------------------------------------- distillation
 
 
-def _similarity_logits(z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, D) → (B, B) cosine logits / τ with the diagonal masked out."""
-    zn = F.normalize(z, dim=-1)
-    logits = zn @ zn.T / temperature
-    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
-    return logits.masked_fill(eye, float("-inf"))
-
-
-def distill_kl(student: torch.Tensor, teacher_log_probs: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(P_T ‖ P_S) averaged over rows, for student vectors (B, d) against teacher log-probs (B, B)."""
-    log_q = F.log_softmax(_similarity_logits(student, temperature), dim=-1)
-    p = teacher_log_probs.exp()
-    eye = torch.eye(p.shape[0], dtype=torch.bool, device=p.device)
-    # masked entries have p = 0: their 0 * (-inf - -inf) would be NaN, so drop them explicitly
-    terms = torch.where(eye, torch.zeros_like(p), p * (teacher_log_probs - log_q))
-    return terms.sum(dim=-1).mean()
-
-
 class _Heads(nn.Module):
     """Trainable heads: affine for every layer but the last, whose form ``last_layer`` chooses."""
 
@@ -247,7 +230,7 @@ def fit_distill(
     for _ in bar:
         idx = torch.randperm(n, generator=gen)[:batch]
         with torch.no_grad():
-            t_log = F.log_softmax(_similarity_logits(teacher_all[idx], cfg.temperature), dim=-1)
+            t_log = F.log_softmax(similarity_logits(teacher_all[idx], cfg.temperature), dim=-1)
         total = torch.zeros(())
         count = 0
         for ly in layers:

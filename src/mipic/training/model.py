@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrizations
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mipic.training.config import LossSection, ModelSection, Objective
+from mipic.modeldir.heads import ExitHeads
+from mipic.training.config import LoraSection, LossSection, ModelSection, Objective
 from mipic.training.losses import (
     AdaptiveLayerMatryoshkaLoss,
     EncoderOutputs,
@@ -25,6 +28,8 @@ from mipic.training.losses import (
     LossOutput,
     MatryoshkaInfoNCELoss,
     MIPICLoss,
+    SelfDistillLoss,
+    mean_pool,
 )
 
 logger = logging.getLogger(__name__)
@@ -89,13 +94,20 @@ class AdaptiveLayerObjective(nn.Module):
         return LossOutput(loss=value, terms={"adaptive_layer": v, "total": v})
 
 
-def build_objective(objective: Objective, cfg: LossSection, hidden_size: int, num_layers: int) -> nn.Module:
-    """The loss module for ``objective``: ``forward(view_a, view_b) -> LossOutput``.
+def build_objective(
+    objective: Objective, cfg: LossSection, hidden_size: int, num_layers: int
+) -> nn.Module | None:
+    """The loss module for ``objective``: ``forward(view_a, view_b) -> LossOutput`` (``None`` for
+    ``distill``, which trains by self-distillation alone).
 
     The loss constructors validate their arguments (with the messages their tests pin); this only
     fills the defaults that depend on the model (dims, layers).
     """
     dims = cfg.dims or default_dims(hidden_size)
+    if objective == "distill":
+        if cfg.distill_weight <= 0:
+            raise ValueError("objective 'distill' needs loss.distill_weight > 0")
+        return None
     if objective == "infonce":
         return InfoNCEObjective(cfg.temperature, cfg.symmetric)
     if objective == "mrl":
@@ -162,41 +174,226 @@ def trained_budgets(objective: Objective, cfg: LossSection, hidden_size: int, nu
         # MRL trains every dim at the last layer; PIC trains each chain checkpoint.
         budgets.update((d, num_layers) for d in dims)
         budgets.update((d, layer) for d, layer in cfg.chain or ())
+    if objective != "none":
+        budgets.update(distill_budgets(cfg, hidden_size, num_layers))
     return sorted(budgets, key=lambda b: (b[1], b[0]))
+
+
+def distill_budgets(cfg: LossSection, hidden_size: int, num_layers: int) -> list[tuple[int, int]]:
+    """Every (dim, layer) the self-distillation term trains (none when it is off)."""
+    if cfg.distill_weight <= 0:
+        return []
+    dims = cfg.distill_dims or cfg.dims or default_dims(hidden_size)
+    layers = cfg.distill_layers or list(range(1, num_layers + 1))
+    return [(int(d), int(layer)) for layer in layers for d in dims]
+
+
+def build_model(
+    cfg_objective: Objective, loss: LossSection, model_cfg: ModelSection, encoder: PreTrainedModel
+) -> SimCSEModel:
+    """Encoder (LoRA-wrapped if configured) + objective + exit heads + frozen teacher, from the config."""
+    import copy
+
+    hidden, num_layers = encoder_shape(encoder)
+    distill = None
+    teacher = None
+    if loss.distill_weight > 0:
+        # the teacher is the base encoder as loaded, copied before any adapter touches it: it cannot drift
+        teacher = copy.deepcopy(encoder)
+        distill = SelfDistillLoss(
+            [(d, ly) for d, ly in distill_budgets(loss, hidden, num_layers)],
+            temperature=loss.distill_temperature,
+            anchor_weight=loss.anchor_weight,
+        )
+    heads = None
+    if model_cfg.heads_init is not None:
+        heads = ExitHeadsModule(load_heads_init(model_cfg.heads_init, num_layers, hidden),
+                                train_last=model_cfg.train_last_head)
+    objective = build_objective(cfg_objective, loss, hidden, num_layers)
+    if model_cfg.lora.enabled:
+        encoder = wrap_lora(encoder, model_cfg.lora)
+    return SimCSEModel(encoder, objective, heads=heads, teacher=teacher, distill=distill,
+                       distill_weight=loss.distill_weight if loss.distill_weight > 0 else 1.0)
+
+
+def wrap_lora(encoder: PreTrainedModel, cfg: LoraSection) -> PreTrainedModel:
+    """PEFT LoRA adapters on ``cfg.target_modules``; only the adapters are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                        target_modules=list(cfg.target_modules), bias="none")
+    wrapped: PreTrainedModel = get_peft_model(encoder, config)  # type: ignore[assignment]
+    return wrapped
+
+
+def merged_encoder(encoder: nn.Module) -> nn.Module:
+    """The plain encoder to save and export: a LoRA-wrapped one has its adapters merged into the weights."""
+    from peft import PeftModel
+
+    if isinstance(encoder, PeftModel):
+        merged: nn.Module = encoder.merge_and_unload()
+        return merged
+    return encoder
+
+
+# --------------------------------------------------------------------------- exit heads
+
+
+class ExitHeadsModule(nn.Module):
+    """Trainable exit heads (see ``mipic.modeldir.heads``): an affine map per layer 1..L-1, and the last
+    layer's head fixed (``train_last=False``, so the full budget stays a rotation of the encoder's last
+    layer) or trained as an orthogonal map. ``readout(layer, pooled)`` is the served pre-truncation vector."""
+
+    def __init__(self, init: ExitHeads, train_last: bool = False) -> None:
+        super().__init__()
+        n, h = init.num_layers, init.hidden_size
+        self.affine = nn.ModuleList()
+        for i in range(n - 1):
+            lin = nn.Linear(h, h)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(init.weight[i]))
+                lin.bias.copy_(torch.from_numpy(init.bias[i]))
+            self.affine.append(lin)
+        self.last = nn.Linear(h, h)
+        with torch.no_grad():
+            self.last.weight.copy_(torch.from_numpy(init.weight[-1]))
+            self.last.bias.copy_(torch.from_numpy(init.bias[-1]))
+        self.last.bias.requires_grad_(False)
+        if train_last:
+            parametrizations.orthogonal(self.last, "weight", orthogonal_map="matrix_exp")
+        else:
+            self.last.weight.requires_grad_(False)
+
+    def readout(self, layer: int, pooled: Tensor) -> Tensor:
+        head: nn.Module = self.last if layer == len(self.affine) + 1 else self.affine[layer - 1]
+        out: Tensor = head(pooled)
+        return out
+
+    def export(self) -> ExitHeads:
+        linears: list[nn.Linear] = [*self.affine, self.last]
+        with torch.no_grad():
+            weight = np.stack([lin.weight.detach().cpu().float().numpy() for lin in linears])
+            bias = np.stack([lin.bias.detach().cpu().float().numpy() for lin in linears])
+        return ExitHeads(weight.astype(np.float32), bias.astype(np.float32))
+
+
+def load_heads_init(spec: Path | str, num_layers: int, hidden_size: int) -> ExitHeads:
+    """``heads_init``: 'default' (the committed heads of the default model), a model directory with
+    ``heads.npz``, or the file itself."""
+    from mipic.modeldir.heads import HEADS_FILE, load_heads
+
+    if str(spec) == "default":
+        from mipic.training.release import DEFAULT_HEADS_ASSET
+
+        path = DEFAULT_HEADS_ASSET
+    else:
+        path = Path(spec)
+        path = path / HEADS_FILE if path.is_dir() else path
+    return load_heads(path, num_layers, hidden_size)
 
 
 # --------------------------------------------------------------------------- wrapper
 
 
 class SimCSEModel(nn.Module):
-    """Encoder + objective; ``forward`` returns ``{"loss": Tensor, "terms": dict[str, float]}``.
+    """Encoder + objective (+ exit heads, + a frozen teacher); ``forward`` returns
+    ``{"loss": Tensor, "terms": dict[str, float]}``.
 
-    Unsupervised SimCSE: the batch is encoded twice with dropout on, and row i of the two passes is a
-    positive pair. Both views go through the encoder as one batch of 2B rows (as the SimCSE reference
-    code does): each row still gets its own dropout mask, and one big pass is faster than two small ones.
+    Without positives (``pos_input_ids``) this is unsupervised SimCSE: the batch is encoded twice with
+    dropout on and row i of the two passes is a positive pair; both views go through the encoder as one
+    batch of 2B rows (as the SimCSE reference code does). With positives (weak pairs such as title → lead,
+    or a sentence paired with itself), view b is the positives' pass.
+
+    With ``heads`` every loss sees the served read-out (pooled states through the exit heads). With a
+    ``distill`` loss, a frozen ``teacher`` (a copy of the base encoder, never trained, not a submodule so it
+    is neither optimised nor checkpointed) gives the target similarities of all 2B texts at its last layer.
     """
 
-    def __init__(self, encoder: PreTrainedModel, objective: nn.Module) -> None:
+    def __init__(
+        self,
+        encoder: PreTrainedModel,
+        objective: nn.Module | None,
+        *,
+        heads: ExitHeadsModule | None = None,
+        teacher: PreTrainedModel | None = None,
+        distill: SelfDistillLoss | None = None,
+        distill_weight: float = 1.0,
+    ) -> None:
         super().__init__()
+        if (teacher is None) != (distill is None):
+            raise ValueError("distillation needs both a teacher and a distill loss")
+        if objective is None and distill is None:
+            raise ValueError("nothing to train: no objective and no distillation")
         self.encoder = encoder
         self.objective = objective
+        self.heads = heads
+        self.distill = distill
+        self.distill_weight = distill_weight
+        self._teacher: tuple[PreTrainedModel, ...] = ()
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+            self._teacher = (teacher,)
+
+    @property
+    def teacher(self) -> PreTrainedModel | None:
+        return self._teacher[0] if self._teacher else None
+
+    def _encode(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None) -> tuple[Tensor, ...]:
+        kwargs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return tuple(self.encoder(**kwargs, output_hidden_states=True).hidden_states)
 
     def forward(
-        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        pos_input_ids: Tensor | None = None,
+        pos_attention_mask: Tensor | None = None,
+        pos_token_type_ids: Tensor | None = None,
     ) -> dict[str, Any]:
         batch = input_ids.shape[0]
-        kwargs: dict[str, Tensor] = {
-            "input_ids": torch.cat([input_ids, input_ids]),  # (2B, T)
-            "attention_mask": torch.cat([attention_mask, attention_mask]),  # (2B, T)
-        }
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = torch.cat([token_type_ids, token_type_ids])
-        out = self.encoder(**kwargs, output_hidden_states=True)
-        hidden = out.hidden_states  # L + 1 × (2B, T, H)
-        view_a = EncoderOutputs(tuple(h[:batch] for h in hidden), attention_mask)
-        view_b = EncoderOutputs(tuple(h[batch:] for h in hidden), attention_mask)
-        result: LossOutput = self.objective(view_a, view_b)
-        return {"loss": result.loss, "terms": result.terms}
+        readout = self.heads.readout if self.heads is not None else None
+        if pos_input_ids is None:
+            tt = torch.cat([token_type_ids, token_type_ids]) if token_type_ids is not None else None
+            hidden = self._encode(torch.cat([input_ids, input_ids]), torch.cat([attention_mask, attention_mask]), tt)
+            view_a = EncoderOutputs(tuple(h[:batch] for h in hidden), attention_mask, readout)  # L + 1 × (B, T, H)
+            view_b = EncoderOutputs(tuple(h[batch:] for h in hidden), attention_mask, readout)
+            pos_input_ids, pos_attention_mask, pos_token_type_ids = input_ids, attention_mask, token_type_ids
+        else:
+            if pos_attention_mask is None:
+                raise ValueError("pos_input_ids needs pos_attention_mask")
+            view_a = EncoderOutputs(self._encode(input_ids, attention_mask, token_type_ids), attention_mask, readout)
+            view_b = EncoderOutputs(self._encode(pos_input_ids, pos_attention_mask, pos_token_type_ids),
+                                    pos_attention_mask, readout)
+        total = torch.zeros((), device=input_ids.device)
+        terms: dict[str, float] = {}
+        if self.objective is not None:
+            result: LossOutput = self.objective(view_a, view_b)
+            total = total + result.loss
+            terms.update({k: v for k, v in result.terms.items() if k != "total"})
+        teacher = self.teacher
+        if self.distill is not None and teacher is not None:
+            if next(teacher.parameters()).device != input_ids.device:
+                nn.Module.to(teacher, input_ids.device)
+            assert pos_attention_mask is not None
+            with torch.no_grad():
+                t_a = teacher(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                t_b = teacher(input_ids=pos_input_ids, attention_mask=pos_attention_mask).last_hidden_state
+                target = torch.cat([mean_pool(t_a, attention_mask), mean_pool(t_b, pos_attention_mask)])  # (2B, H)
+                if readout is not None:
+                    # the teacher in the student's last-layer coordinates: the KL does not care (the last head
+                    # is a rotation), the text-by-text anchor does
+                    target = readout(view_a.num_layers, target)
+            readouts = [torch.cat([view_a.pooled(ly), view_b.pooled(ly)]) for ly in range(1, view_a.num_layers + 1)]
+            value = self.distill(readouts, target)
+            total = total + self.distill_weight * value
+            terms["distill_kl"] = float(self.distill.last_kl)
+            if self.distill.anchor_weight > 0:
+                terms["distill_anchor"] = float(self.distill.last_anchor)
+        terms["total"] = float(total.detach())
+        return {"loss": total, "terms": terms}
 
     def set_progress(self, fraction: float) -> None:
         """Forward the fraction of training done to objectives with a schedule (progressive PIC)."""
@@ -266,10 +463,12 @@ def encoder_shape(encoder: PreTrainedModel) -> tuple[int, int]:
     return int(encoder.config.hidden_size), int(encoder.config.num_hidden_layers)
 
 
-def describe_parameters(model: nn.Module, names: Sequence[str] = ("encoder", "objective")) -> dict[str, int]:
+def describe_parameters(
+    model: nn.Module, names: Sequence[str] = ("encoder", "objective", "heads")
+) -> dict[str, int]:
     """Trainable parameter counts per top-level child, for the run log."""
     return {
         name: sum(p.numel() for p in getattr(model, name).parameters() if p.requires_grad)
         for name in names
-        if hasattr(model, name)
+        if getattr(model, name, None) is not None
     }

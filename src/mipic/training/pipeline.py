@@ -63,8 +63,9 @@ class RetrainConfig(BaseModel):
     work_dir: Path = Path("runs/retrain")
     train_config: Path = Path("configs/mipic_minilm.yaml")
     train_overrides: list[str] = Field(default_factory=list)
-    heads: Literal["distill", "pca", "none"] = Field(
-        "distill", description="Exit heads fitted on the exported candidate before it is evaluated"
+    heads: Literal["auto", "distill", "pca", "none"] = Field(
+        "auto", description="Exit heads of the candidate: auto = the ones trained with it (model.heads_init), "
+        "else fitted on its exported graphs (distill); pca; none"
     )
     eval: EvalSection = Field(default_factory=EvalSection)
     gate: GateSection = Field(default_factory=GateSection)
@@ -140,29 +141,23 @@ class Pipeline:
         return {"checkpoint": str(result.final_dir)}
 
     def _export(self) -> dict[str, Any]:
-        from mipic.training.config import load_config
-        from mipic.training.export import ExportOptions
         from mipic.training.heads import HeadFitConfig
-        from mipic.training.release import export_with_heads
-        from mipic.training.trainer import trained_budgets
+        from mipic.training.release import export_options_for, export_with_heads
 
         current = self.repo.current()
         name = load_manifest(self.repo.version_dir(current), verify=False).name if current else self.repo.path.name
         version = self.repo.next_version()
-        tcfg = load_config(self.cfg.train_config, self.cfg.train_overrides)
         ckpt = Path(self.state["checkpoint"])
-        from transformers import AutoConfig
-
-        hf = AutoConfig.from_pretrained(str(ckpt))
-        budgets = trained_budgets(tcfg.objective, tcfg.loss, int(hf.hidden_size), int(hf.num_hidden_layers))
         out = self.dir / "export"
-        heads = None if self.cfg.heads == "none" else HeadFitConfig(method=self.cfg.heads)
-        export_with_heads(ckpt, out, ExportOptions(
-            name=name, version=version, dims=tcfg.export.dims,
-            trained_budgets=[(int(d), int(ly)) for d, ly in budgets],
-            max_seq_length=tcfg.export.max_seq_length,
-            source={"checkpoint": str(ckpt), "objective": tcfg.objective, "retrain_run": self.run_id},
-        ), heads, budget_items=None)
+        options = export_options_for(ckpt, name=name, version=version, source={"retrain_run": self.run_id})
+        heads: HeadFitConfig | Literal["checkpoint"] | None
+        if self.cfg.heads == "none":
+            heads = None
+        elif self.cfg.heads == "auto":
+            heads = "checkpoint" if (ckpt / "heads.npz").is_file() else HeadFitConfig()
+        else:
+            heads = HeadFitConfig(method=self.cfg.heads)
+        export_with_heads(ckpt, out, options, heads, budget_items=None)
         return {"export_dir": str(out), "version": version, "name": name}
 
     def _evaluate(self) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import copy
 import json
 import logging
 import math
-import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ from transformers import (
     BertForMaskedLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    Trainer,
     TrainerCallback,
     TrainerControl,
     TrainerState,
@@ -61,14 +61,12 @@ from mipic.training.pretrain_config import (
     load_pretrain_config,
     save_pretrain_config,
 )
+from mipic.training.run import RunSpec, TrainResult, run
 from mipic.training.trainer import (
-    FINAL_DIR,
     TEXT_COLUMN,
     MipicTrainer,
     RunFilesCallback,
     TermLog,
-    TrainResult,
-    _resume_checkpoint,
     build_dataset,
     load_training_sentences,
     training_arguments,
@@ -441,26 +439,9 @@ class PretrainTrainer(MipicTrainer):
 # --------------------------------------------------------------------------- entry point
 
 
-def _warn_if_config_changed(cfg: PretrainConfig, checkpoint: Path) -> None:
-    path = checkpoint / PRETRAIN_CONFIG_FILE
-    if not path.is_file():
-        return
-
-    def flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
-
-    before, now = flat(load_pretrain_config(path).to_dict()), flat(cfg.to_dict())
-    ignored = {"train.resume", "train.output_dir"}
-    changed = sorted(k for k in before.keys() | now.keys() if k not in ignored and before.get(k) != now.get(k))
-    if changed:
-        logger.warning("resuming %s with a changed config: %s", checkpoint, ", ".join(changed))
-
-
 def pretrain(cfg: PretrainConfig, *, sentences: Sequence[str] | None = None) -> TrainResult:
-    """Run ``cfg`` and return where the final encoder went (``output_dir/final``).
+    """Run ``cfg`` (the shared skeleton of :func:`mipic.training.run.run`) and return where the final encoder
+    went (``output_dir/final``).
 
     Args:
         cfg: the run; saved as ``output_dir/pretrain_config.yaml``, in every checkpoint and in ``final/``.
@@ -468,64 +449,43 @@ def pretrain(cfg: PretrainConfig, *, sentences: Sequence[str] | None = None) -> 
     """
     set_seed(cfg.seed)
     train_cfg = cfg.as_train_config()
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_pretrain_config(cfg, out / PRETRAIN_CONFIG_FILE)
     encoder, tokenizer = load_encoder(cfg.model)
     model = build_pretrain_model(cfg, encoder)
     texts = list(sentences) if sentences is not None else load_training_sentences(train_cfg)
-    needed = cfg.train.batch_size * cfg.train.grad_accum
-    if len(texts) < needed:
-        raise ValueError(f"{len(texts)} training sentences, fewer than one step needs ({needed})")
-    logger.info(
-        "pretraining objective %s: %d sentences (%.2f epochs in %d steps), parameters %s",
-        cfg.objective,
-        len(texts),
-        cfg.train.max_steps * needed / len(texts),
-        cfg.train.max_steps,
-        describe_parameters(model),
-    )
     term_log = TermLog()
-    trainer = PretrainTrainer(
-        model=model,
-        args=training_arguments(train_cfg),
-        train_dataset=build_dataset(texts, tokenizer, cfg.data.max_length),
-        data_collator=SpanMaskingCollator(tokenizer, cfg.data.max_length, cfg.masking, seed=cfg.seed),
-        processing_class=tokenizer,
-        callbacks=[
-            EMATargetCallback(model),
-            RunFilesCallback(
-                cfg.as_train_config(), term_log, lambda ckpt: save_pretrain_config(cfg, ckpt / PRETRAIN_CONFIG_FILE)
-            ),
-        ],
-        term_log=term_log,
-        head_lr=cfg.train.head_lr,
-        balance_lr=cfg.balance.lr,
-    )
-    if trainer.args.n_gpu > 1:
-        raise RuntimeError(
-            f"{trainer.args.n_gpu} GPUs visible to one process: launch with torchrun (one process per GPU), "
-            "or restrict CUDA_VISIBLE_DEVICES to one GPU"
+
+    def build_trainer() -> PretrainTrainer:
+        return PretrainTrainer(
+            model=model,
+            args=training_arguments(train_cfg),
+            train_dataset=build_dataset(texts, tokenizer, cfg.data.max_length),
+            data_collator=SpanMaskingCollator(tokenizer, cfg.data.max_length, cfg.masking, seed=cfg.seed),
+            processing_class=tokenizer,
+            callbacks=[
+                EMATargetCallback(model),
+                RunFilesCallback(
+                    train_cfg, term_log, lambda ckpt: save_pretrain_config(cfg, ckpt / PRETRAIN_CONFIG_FILE)
+                ),
+            ],
+            term_log=term_log,
+            head_lr=cfg.train.head_lr,
+            balance_lr=cfg.balance.lr,
         )
-    resume = _resume_checkpoint(train_cfg)
-    if resume is not None:
-        _warn_if_config_changed(cfg, resume)
-        term_log.restore(resume)
-        logger.info("resuming from %s", resume)
-    start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)}
-    metrics["wall_seconds"] = seconds
-    final_dir = out / FINAL_DIR
-    if trainer.is_world_process_zero():
+
+    def finish(trainer: Trainer, final_dir: Path, metrics: dict[str, float]) -> None:
         save_final(final_dir, model, tokenizer, cfg, term_log, trainer.state, metrics)
         if cfg.save_mlm and getattr(encoder.config, "model_type", "") == "bert":
-            mlm_dir = out / FINAL_MLM_DIR
+            mlm_dir = Path(cfg.train.output_dir) / FINAL_MLM_DIR
             model.to_masked_lm().save_pretrained(mlm_dir, safe_serialization=True)
             tokenizer.save_pretrained(mlm_dir)
-    logger.info("final encoder in %s after %d steps (%.1f s)", final_dir, trainer.state.global_step, seconds)
-    return TrainResult(out, final_dir, None, trainer.state.global_step, metrics)
+
+    return run(RunSpec(
+        config=cfg, seed=cfg.seed, train=cfg.train, config_file=PRETRAIN_CONFIG_FILE,
+        save_config=lambda d: save_pretrain_config(cfg, d / PRETRAIN_CONFIG_FILE),
+        load_config=lambda p: load_pretrain_config(p), build_trainer=build_trainer, n_examples=len(texts),
+        save_final=finish, on_resume=term_log.restore,
+        describe=f"pretraining objective {cfg.objective} (parameters {describe_parameters(model)})",
+    ))
 
 
 def save_final(

@@ -13,8 +13,9 @@ import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
+from mipic.modeldir.heads import ExitHeads
 from mipic.modeldir.manifest import (
     BudgetTable,
     Calibration,
@@ -27,6 +28,7 @@ from mipic.modeldir.manifest import (
 )
 from mipic.modeldir.runner import LoadedModel
 from mipic.training.export import ExportOptions, attach_heads, export_pretrained, packaged_minilm_path
+from mipic.training.heads_config import HeadFitConfig
 
 logger = logging.getLogger(__name__)
 
@@ -102,12 +104,12 @@ def compute_calibration(model_dir: Path, texts: Sequence[str], *, max_length: in
     return Calibration(texts=len(texts), max_length=max_length, data=dict(data or {}), ranges=ranges)
 
 
-def calibrate(model_dir: Path, cfg: Any | None = None, *, data_dir: Path | None = None) -> Manifest:
+def calibrate(model_dir: Path, cfg: HeadFitConfig | None = None, *, data_dir: Path | None = None) -> Manifest:
     """Store the calibration of ``model_dir`` computed on the head-fitting texts of ``cfg`` (a
     :class:`~mipic.training.heads_config.HeadFitConfig`; default: the default recipe's 6,000 training-split
     sentences and 2,000 passages, 128 tokens) in its manifest."""
     from mipic.training.data.paths import resolve_data_dir
-    from mipic.training.heads import HeadFitConfig, fitting_texts, texts_digest
+    from mipic.training.heads import fitting_texts, texts_digest
 
     cfg = cfg or HeadFitConfig()
     texts = fitting_texts(cfg, data_dir)
@@ -118,20 +120,91 @@ def calibrate(model_dir: Path, cfg: Any | None = None, *, data_dir: Path | None 
     return write_manifest(model_dir, load_manifest(model_dir).model_copy(update={"calibration": cal}))
 
 
+def export_options_for(
+    checkpoint: Path,
+    *,
+    name: str,
+    version: str = "1",
+    dims: list[int] | None = None,
+    max_seq_length: int | None = None,
+    source: dict[str, str] | None = None,
+) -> ExportOptions:
+    """Export options for a `mipic train` checkpoint: the one place that turns the run's saved config
+    (``train_config.yaml``) into the manifest's trained budgets, served dims and provenance. ``dims`` and
+    ``max_seq_length`` given here win over the config's ``export`` section; a directory without the config
+    (e.g. a plain Hugging Face encoder) gets no trained budgets."""
+    from mipic.training.config import CONFIG_FILE, load_config
+    from mipic.training.model import resolve_base, trained_budgets
+
+    info: dict[str, str] = {"checkpoint": str(checkpoint)}
+    path = Path(checkpoint) / CONFIG_FILE
+    if not path.is_file():
+        return ExportOptions(name=name, version=version, dims=dims, max_seq_length=max_seq_length,
+                             source={**info, **(source or {})})
+    cfg = load_config(path)
+    hf = json.loads((Path(checkpoint) / "config.json").read_text())
+    hidden = int(hf["hidden_size"])
+    budgets = ([(int(d), int(ly)) for d, ly in cfg.export.trained_budgets] if cfg.export.trained_budgets is not None
+               else trained_budgets(cfg.objective, cfg.loss, hidden, int(hf["num_hidden_layers"])))
+    dims = dims or cfg.export.dims
+    if dims:
+        served = set(dims) | {hidden}
+        dropped = [b for b in budgets if b[0] not in served]
+        if dropped:
+            logger.warning("trained budgets %s are not in the served dims: left out of the manifest", dropped)
+        budgets = [b for b in budgets if b[0] in served]
+    info.update({
+        "base_model": str(resolve_base(cfg.model)),
+        "init": str(cfg.model.init or ""),
+        "objective": cfg.objective,
+        "lora": f"r={cfg.model.lora.r}, alpha={cfg.model.lora.alpha}" if cfg.model.lora.enabled else "none",
+        "training": f"{cfg.train.max_steps} steps × {cfg.train.batch_size} examples, seed {cfg.seed}",
+    })
+    return ExportOptions(name=name, version=version, dims=dims, trained_budgets=budgets,
+                         max_seq_length=max_seq_length or cfg.export.max_seq_length, source={**info, **(source or {})})
+
+
+def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
+    """The exit heads `mipic train` saved with a checkpoint (``heads.npz``, trained jointly), with a spec
+    naming the run's config as their recipe; ``None`` when the checkpoint has none."""
+    from mipic.modeldir.heads import HEADS_FILE, load_heads
+    from mipic.training.config import CONFIG_FILE, load_config
+
+    path = Path(checkpoint) / HEADS_FILE
+    if not path.is_file():
+        return None
+    hf = json.loads((Path(checkpoint) / "config.json").read_text())
+    heads = load_heads(path, int(hf["num_hidden_layers"]), int(hf["hidden_size"]))
+    recipe: dict[str, str | int | float | bool] = {"checkpoint": str(checkpoint)}
+    if (Path(checkpoint) / CONFIG_FILE).is_file():
+        cfg = load_config(Path(checkpoint) / CONFIG_FILE)
+        recipe.update({"objective": cfg.objective, "steps": cfg.train.max_steps, "seed": cfg.seed,
+                       "distill_weight": cfg.loss.distill_weight, "heads_init": str(cfg.model.heads_init)})
+    spec = HeadsSpec(method="trained", recipe=recipe,
+                     data={"split": "train", "note": "trained jointly with the encoder by `mipic train`"})
+    return heads, spec
+
+
 def export_with_heads(
     checkpoint: str | Path,
     out_dir: Path,
     options: ExportOptions,
-    heads: Any | None = None,
+    heads: HeadFitConfig | Literal["checkpoint"] | None = None,
     *,
     budget_items: int | None = 300,
     data_dir: Path | None = None,
 ) -> Manifest:
-    """Export a checkpoint, then (``heads``: a :class:`~mipic.training.heads.HeadFitConfig`) fit exit heads on
-    the exported graphs and attach them, then calibrate int8/uint8 on the same fitting texts (default recipe's
-    without heads), then (``budget_items``) measure the budget table into the manifest."""
+    """Export a checkpoint, then attach exit heads — ``"checkpoint"``: the ones trained with it
+    (``heads.npz`` beside its weights); a :class:`HeadFitConfig`: fitted on the exported graphs — then
+    calibrate int8/uint8 on the head-fitting texts (the default recipe's unless ``heads`` is a config),
+    then (``budget_items``) measure the budget table into the manifest."""
     manifest = export_pretrained(checkpoint, out_dir, options)
-    if heads is not None:
+    if heads == "checkpoint":
+        found = checkpoint_heads(Path(checkpoint))
+        if found is None:
+            raise ValueError(f"{checkpoint} has no heads.npz: train with model.heads_init, or fit heads")
+        manifest = attach_heads(out_dir, out_dir, found[0], found[1])
+    elif heads is not None:
         from mipic.training.data.paths import resolve_data_dir
         from mipic.training.heads import fit_heads
 
@@ -141,7 +214,7 @@ def export_with_heads(
         finally:
             loaded.close()
         manifest = attach_heads(out_dir, out_dir, result.heads, result.spec)
-    manifest = calibrate(out_dir, heads, data_dir=data_dir)
+    manifest = calibrate(out_dir, heads if isinstance(heads, HeadFitConfig) else None, data_dir=data_dir)
     if budget_items:
         manifest = write_budgets(out_dir, measure_budgets(out_dir, max_items=budget_items, data_dir=data_dir))
     return manifest

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,26 +39,28 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from mipic.training.config import CONFIG_FILE, TrainConfig, load_config, save_config
 from mipic.training.model import (
     OBJECTIVE_PREFIX,
     SimCSEModel,
-    build_objective,
+    build_model,
     describe_parameters,
-    encoder_shape,
     load_encoder,
-    resolve_base,
-    trained_budgets,
+    merged_encoder,
 )
+from mipic.training.run import FINAL_DIR, RunSpec, TrainResult, run
 
 logger = logging.getLogger(__name__)
 
+#: Parameters that start fresh or small (the loss's projectors, the exit heads) and get ``train.head_lr``.
+HEAD_PREFIXES = (OBJECTIVE_PREFIX, "heads.")
 LOG_FILE = "training_log.json"
 TEXT_COLUMN = "text"
+POS_COLUMN = "pos"
 LENGTH_COLUMN = "length"
-FINAL_DIR = "final"
+ADAPTER_DIR = "adapter"
 ONNX_DIR = "onnx"
 
 
@@ -66,26 +68,43 @@ ONNX_DIR = "onnx"
 
 
 class SentenceCollator:
-    """``[{"text": str}, ...]`` → padded ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``) tensors.
+    """``[{"text": str, "pos"?: str}, ...]`` → padded ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``)
+    tensors, plus ``pos_*`` tensors for the positives when the dataset has them.
 
-    Pads to the longest sentence of the batch, not to ``max_length``: on CPU, padding is wasted compute.
+    Pads to the longest text of the batch, not to ``max_length``: on CPU, padding is wasted compute.
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
-    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        texts = [str(f[TEXT_COLUMN]) for f in features]
+    def _tokenize(self, texts: list[str]) -> dict[str, Tensor]:
         return dict(
             self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
         )
 
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
+        out = self._tokenize([str(f[TEXT_COLUMN]) for f in features])
+        if features and POS_COLUMN in features[0]:
+            out.update({f"pos_{k}": v for k, v in self._tokenize([str(f[POS_COLUMN]) for f in features]).items()})
+        return out
 
-def build_dataset(texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int) -> Dataset:
-    """``text`` plus its token count ``length`` (read by the Trainer's length-grouped sampler)."""
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    return Dataset.from_dict({TEXT_COLUMN: list(texts), LENGTH_COLUMN: [len(x) for x in ids]})
+
+def build_dataset(
+    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int, positives: Sequence[str] | None = None
+) -> Dataset:
+    """``text`` (and ``pos``, its positive) plus the token count ``length`` of the longer of the two (read by
+    the Trainer's length-grouped sampler)."""
+    lengths = [len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+    columns: dict[str, list[Any]] = {TEXT_COLUMN: list(texts)}
+    if positives is not None:
+        if len(positives) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(positives)} positives")
+        pos_ids = tokenizer(list(positives), truncation=True, max_length=max_length)["input_ids"]
+        lengths = [max(a, len(b)) for a, b in zip(lengths, pos_ids, strict=True)]
+        columns[POS_COLUMN] = list(positives)
+    columns[LENGTH_COLUMN] = lengths
+    return Dataset.from_dict(columns)
 
 
 def load_training_sentences(cfg: TrainConfig) -> list[str]:
@@ -101,6 +120,26 @@ def load_training_sentences(cfg: TrainConfig) -> list[str]:
     from mipic.training.data import load_sentences
 
     return load_sentences(data.n_sentences, seed=data.seed, split="train", data_dir=data.data_dir, sources=data.sources)
+
+
+def load_training_examples(cfg: TrainConfig) -> tuple[list[str], list[str] | None]:
+    """(anchors, positives): with ``data.pair_kinds``, the weak pairs plus every sentence paired with itself
+    (two dropout views), shuffled together with ``data.seed``; without, the sentences and ``None`` (SimCSE).
+
+    Both loaders drop any text of the eval split, so the built-in suites stay held out.
+    """
+    sentences = load_training_sentences(cfg)
+    if not cfg.data.pair_kinds:
+        return sentences, None
+    import random
+
+    from mipic.training.data import load_pairs
+
+    pairs = load_pairs(cfg.data.n_pairs, seed=cfg.data.seed, split="train", kinds=cfg.data.pair_kinds,  # type: ignore[arg-type]
+                       data_dir=cfg.data.data_dir)
+    examples = pairs + [(s, s) for s in sentences]
+    random.Random(cfg.data.seed).shuffle(examples)
+    return [a for a, _ in examples], [b for _, b in examples]
 
 
 # --------------------------------------------------------------------------- term logging
@@ -222,7 +261,7 @@ class MipicTrainer(Trainer):
                 params = [
                     p
                     for n, p in model.named_parameters()
-                    if p.requires_grad and n.startswith(OBJECTIVE_PREFIX) == is_head and (n in decay) == is_decay
+                    if p.requires_grad and n.startswith(HEAD_PREFIXES) == is_head and (n in decay) == is_decay
                 ]
                 if params:
                     group: dict[str, Any] = {
@@ -242,20 +281,16 @@ class MipicTrainer(Trainer):
 # --------------------------------------------------------------------------- entry point
 
 
-@dataclass
-class TrainResult:
-    """Where a run's outputs went, and how fast it ran."""
-
-    output_dir: Path
-    final_dir: Path
-    onnx_dir: Path | None
-    global_step: int
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 def training_arguments(cfg: TrainConfig) -> TrainingArguments:
+    """``TrainingArguments`` from the run's config. Under ``torchrun`` without CUDA the run is real DDP over
+    gloo: the Trainer only treats several CPU processes as distributed when told to use the CPU."""
     t = cfg.train
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     return TrainingArguments(
+        use_cpu=cpu_ddp,
+        ddp_backend="gloo" if cpu_ddp else None,
+        report_to=list(t.report_to) or "none",
+        logging_dir=str(Path(t.output_dir) / "logs"),
         output_dir=str(t.output_dir),
         per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
@@ -286,158 +321,110 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         label_names=[],
         # The pooler, and PIC steps not yet switched on, get no gradient.
         ddp_find_unused_parameters=True,
-        report_to="none",
         disable_tqdm=t.disable_tqdm,
     )
 
 
-def _resume_checkpoint(cfg: TrainConfig) -> Path | None:
-    resume = cfg.train.resume
-    if resume is None or resume is False:
-        return None
-    if resume is True:
-        out = Path(cfg.train.output_dir)
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
-        if last is None:
-            logger.info("resume requested but %s has no checkpoint: starting from scratch", out)
-            return None
-        return Path(last)
-    path = Path(resume)
-    if not path.is_dir():
-        raise ValueError(f"train.resume: {path} is not a checkpoint directory")
-    return path
-
-
-def _export(cfg: TrainConfig, final_dir: Path, hidden: int, num_layers: int, seconds: float) -> Path:
-    from mipic.training.export import ExportOptions, export_pretrained
+def _export(cfg: TrainConfig, final_dir: Path, seconds: float) -> Path:
+    from mipic.training.release import export_options_for, export_with_heads
 
     out_dir = Path(cfg.train.output_dir) / ONNX_DIR
-    budgets = (
-        [tuple(b) for b in cfg.export.trained_budgets]
-        if cfg.export.trained_budgets is not None
-        else trained_budgets(cfg.objective, cfg.loss, hidden, num_layers)
-    )
-    if cfg.export.dims:
-        served = set(cfg.export.dims) | {hidden}
-        dropped = [b for b in budgets if b[0] not in served]
-        if dropped:
-            logger.warning("trained budgets %s are not in export.dims: left out of the manifest", dropped)
-        budgets = [b for b in budgets if b[0] in served]
-    options = ExportOptions(
-        name=cfg.export.name or Path(cfg.train.output_dir).name,
-        version=cfg.export.version,
-        dims=cfg.export.dims,
-        trained_budgets=[(int(d), int(layer)) for d, layer in budgets],
-        max_seq_length=cfg.export.max_seq_length,
-        source={
-            "base_model": str(resolve_base(cfg.model)),
-            "init": str(cfg.model.init or ""),
-            "objective": cfg.objective,
-            "training": f"{cfg.train.max_steps} steps × {cfg.train.batch_size} sentences, seed {cfg.seed}",
-            "train_seconds": f"{seconds:.0f}",
-        },
-    )
-    manifest = export_pretrained(final_dir, out_dir, options)
+    options = export_options_for(final_dir, name=cfg.export.name or Path(cfg.train.output_dir).name,
+                                 version=cfg.export.version, source={"train_seconds": f"{seconds:.0f}"})
+    # the heads trained with the encoder, when there are any (`mipic export --heads distill` fits new ones)
+    has_heads = (final_dir / "heads.npz").is_file()
+    manifest = export_with_heads(final_dir, out_dir, options, "checkpoint" if has_heads else None, budget_items=None)
     logger.info("exported %s to %s", manifest.model_id, out_dir)
     return out_dir
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _warn_if_config_changed(cfg: TrainConfig, checkpoint: Path) -> None:
-    """Resuming under a different config is allowed (e.g. more steps) but should not go unnoticed."""
-    path = checkpoint / CONFIG_FILE
-    if not path.is_file():
-        return
-    before, now = _flatten(load_config(path).to_dict()), _flatten(cfg.to_dict())
-    ignored = {"train.resume", "train.output_dir"}  # where the run lives and how it was restarted may differ
-    changed = sorted(k for k in before.keys() | now.keys() if k not in ignored and before.get(k) != now.get(k))
-    if changed:
-        logger.warning("resuming %s with a changed config: %s", checkpoint, ", ".join(changed))
-
-
-def train(cfg: TrainConfig, *, sentences: Sequence[str] | None = None) -> TrainResult:
-    """Run ``cfg`` end to end and return where the final encoder went.
+def train(
+    cfg: TrainConfig, *, sentences: Sequence[str] | None = None, positives: Sequence[str] | None = None
+) -> TrainResult:
+    """Run ``cfg`` end to end (the shared skeleton of :func:`mipic.training.run.run`) and return where the
+    final encoder went.
 
     Args:
         cfg: the run; saved as ``output_dir/train_config.yaml``, in every checkpoint and in ``final/``.
         sentences: training texts to use instead of ``cfg.data`` (tests, notebooks).
+        positives: with ``sentences``, each text's positive (a weak pair, or the text itself).
     """
     set_seed(cfg.seed)  # before building the objective: its heads' init must be reproducible too
-    out = Path(cfg.train.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
-    final_dir = out / FINAL_DIR
     encoder, tokenizer = load_encoder(cfg.model)
-    hidden, num_layers = encoder_shape(encoder)
     term_log = TermLog()
-
     if cfg.objective == "none":
         # The untrained reference, saved in the same layout as a trained run so evaluation treats it alike.
-        _save_final(final_dir, encoder, tokenizer, cfg, term_log, None, {})
-        onnx_dir = _export(cfg, final_dir, hidden, num_layers, 0.0) if cfg.export.enabled else None
-        return TrainResult(out, final_dir, onnx_dir, 0)
+        out = Path(cfg.train.output_dir)
+        save_config(cfg, out / CONFIG_FILE)
+        _save_encoder(out / FINAL_DIR, encoder, tokenizer, cfg, term_log, None, {})
+        onnx_dir = _export(cfg, out / FINAL_DIR, 0.0) if cfg.export.enabled else None
+        return TrainResult(out, out / FINAL_DIR, onnx_dir, 0)
 
-    objective = build_objective(cfg.objective, cfg.loss, hidden, num_layers)
-    model = SimCSEModel(encoder, objective)
-    texts = list(sentences) if sentences is not None else load_training_sentences(cfg)
-    needed = cfg.train.batch_size * cfg.train.grad_accum
-    if len(texts) < needed:
-        raise ValueError(f"{len(texts)} training sentences, fewer than one step needs ({needed})")
-    logger.info(
-        "objective %s: %d sentences (%.2f epochs in %d steps), parameters %s",
-        cfg.objective,
-        len(texts),
-        cfg.train.max_steps * needed / len(texts),
-        cfg.train.max_steps,
-        describe_parameters(model),
-    )
+    model = build_model(cfg.objective, cfg.loss, cfg.model, encoder)
+    if sentences is not None:
+        texts, pos = list(sentences), (list(positives) if positives is not None else None)
+    else:
+        texts, pos = load_training_examples(cfg)
+    pairs = "sentences" if pos is None else f"{sum(a != b for a, b in zip(texts, pos, strict=True))} pairs"
 
-    trainer = MipicTrainer(
-        model=model,
-        args=training_arguments(cfg),
-        train_dataset=build_dataset(texts, tokenizer, cfg.data.max_length),
-        data_collator=SentenceCollator(tokenizer, cfg.data.max_length),
-        processing_class=tokenizer,
-        callbacks=[RunFilesCallback(cfg, term_log)],
-        term_log=term_log,
-        head_lr=cfg.train.head_lr,
-    )
-    if trainer.args.n_gpu > 1:
-        # Several GPUs in one process means nn.DataParallel: it would split each batch (and its in-batch
-        # negatives) across devices and cannot gather the per-term floats. DDP has neither problem.
-        raise RuntimeError(
-            f"{trainer.args.n_gpu} GPUs visible to one process: launch with torchrun or accelerate launch "
-            "(one process per GPU), or restrict CUDA_VISIBLE_DEVICES to one GPU"
+    def build_trainer() -> MipicTrainer:
+        return MipicTrainer(
+            model=model,
+            args=training_arguments(cfg),
+            train_dataset=build_dataset(texts, tokenizer, cfg.data.max_length, pos),
+            data_collator=SentenceCollator(tokenizer, cfg.data.max_length),
+            processing_class=tokenizer,
+            callbacks=[RunFilesCallback(cfg, term_log)],
+            term_log=term_log,
+            head_lr=cfg.train.head_lr,
         )
-    resume = _resume_checkpoint(cfg)
-    if resume is not None:
-        _warn_if_config_changed(cfg, resume)
-        term_log.restore(resume)
-        logger.info("resuming from %s", resume)
-    start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
-    seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)}
-    metrics["wall_seconds"] = seconds
-    if trainer.is_world_process_zero():
-        _save_final(final_dir, model.encoder, tokenizer, cfg, term_log, trainer.state, metrics)
-    onnx_dir = None
-    if cfg.export.enabled and trainer.is_world_process_zero():
-        onnx_dir = _export(cfg, final_dir, hidden, num_layers, seconds)
-    logger.info("final encoder in %s after %d steps (%.1f s)", final_dir, trainer.state.global_step, seconds)
-    return TrainResult(out, final_dir, onnx_dir, trainer.state.global_step, metrics)
+
+    def save_final(trainer: Trainer, final_dir: Path, metrics: dict[str, float]) -> None:
+        _save_final(final_dir, model, tokenizer, cfg, term_log, trainer.state, metrics)
+
+    result = run(RunSpec(
+        config=cfg, seed=cfg.seed, train=cfg.train, config_file=CONFIG_FILE,
+        save_config=lambda d: save_config(cfg, d / CONFIG_FILE), load_config=lambda p: load_config(p),
+        build_trainer=build_trainer, n_examples=len(texts), save_final=save_final,
+        on_resume=term_log.restore,
+        describe=f"objective {cfg.objective} ({pairs}; trainable parameters {describe_parameters(model)})",
+    ))
+    if cfg.export.enabled and result.final_dir.is_dir() and _is_main_process():
+        result.onnx_dir = _export(cfg, result.final_dir, result.metrics.get("wall_seconds", 0))
+    return result
+
+
+def _is_main_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _save_final(
+    final_dir: Path,
+    model: SimCSEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TrainConfig,
+    term_log: TermLog,
+    state: TrainerState | None,
+    metrics: dict[str, float],
+) -> None:
+    """``final/``: the encoder (adapters merged), the LoRA adapter alone in ``final/adapter/`` (small enough
+    to ship), and the jointly trained exit heads as ``heads.npz``."""
+    from peft import PeftModel
+
+    from mipic.modeldir.heads import HEADS_FILE, save_heads
+
+    encoder = model.encoder
+    if isinstance(encoder, PeftModel):
+        encoder.save_pretrained(str(final_dir / ADAPTER_DIR))  # adapter_model.safetensors + adapter_config.json
+    if model.heads is not None:
+        final_dir.mkdir(parents=True, exist_ok=True)
+        save_heads(final_dir / HEADS_FILE, model.heads.export())
+    _save_encoder(final_dir, merged_encoder(encoder), tokenizer, cfg, term_log, state, metrics)
+
+
+def _save_encoder(
     final_dir: Path,
     encoder: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -446,7 +433,7 @@ def _save_final(
     state: TrainerState | None,
     metrics: dict[str, float],
 ) -> None:
-    """``final/``: a plain Hugging Face encoder dir (what eval and export load) plus the run's files."""
+    """A plain Hugging Face encoder dir (what eval and export load) plus the run's files."""
     final_dir.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(final_dir, safe_serialization=True)  # type: ignore[operator]
     tokenizer.save_pretrained(final_dir)

@@ -13,14 +13,13 @@ from mipic.modeldir.runner import LoadedModel  # noqa: E402
 from mipic.modeldir.vector import embed  # noqa: E402
 from mipic.training.heads import (  # noqa: E402
     HeadFitConfig,
-    _similarity_logits,
-    distill_kl,
     extract_features,
     fit_distill,
     fit_heads,
     fit_pca,
     pca_rotation,
 )
+from mipic.training.losses.distill import distill_kl, similarity_logits  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -56,7 +55,7 @@ def test_pca_heads_keep_full_width_similarities() -> None:
 
 def test_distillation_term_is_zero_when_student_is_the_teacher() -> None:
     t = torch.randn(8, 5)
-    t_log = torch.log_softmax(_similarity_logits(t, 0.05), dim=-1)
+    t_log = torch.log_softmax(similarity_logits(t, 0.05), dim=-1)
     assert float(distill_kl(t, t_log, 0.05)) == pytest.approx(0.0, abs=1e-6)
     assert float(distill_kl(torch.randn(8, 5), t_log, 0.05)) > 0.1
 

@@ -25,13 +25,12 @@ from mipic.training.model import (  # noqa: E402
     load_encoder,
     trained_budgets,
 )
+from mipic.training.run import resume_checkpoint, warn_if_config_changed  # noqa: E402
 from mipic.training.trainer import (  # noqa: E402
     LOG_FILE,
     MipicTrainer,
     SentenceCollator,
     TermLog,
-    _resume_checkpoint,
-    _warn_if_config_changed,
     build_dataset,
     train,
     training_arguments,
@@ -146,13 +145,13 @@ def test_resume_reproduces_the_uninterrupted_run(
 def test_resume_true_finds_the_latest_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = load_config(None, [f"train.output_dir={out}", "train.resume=true"])
-    assert _resume_checkpoint(cfg) is None  # nothing yet: start from scratch
+    assert resume_checkpoint(cfg.train) is None  # nothing yet: start from scratch
     for step in (5, 10):
         (out / f"checkpoint-{step}").mkdir(parents=True)
-    assert _resume_checkpoint(cfg) == out / "checkpoint-10"
+    assert resume_checkpoint(cfg.train) == out / "checkpoint-10"
     explicit = load_config(None, [f"train.resume={tmp_path / 'missing'}"])
     with pytest.raises(ValueError, match="is not a checkpoint directory"):
-        _resume_checkpoint(explicit)
+        resume_checkpoint(explicit.train)
 
 
 def test_resume_warns_about_a_changed_config(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -160,11 +159,12 @@ def test_resume_warns_about_a_changed_config(tmp_path: Path, caplog: pytest.LogC
 
     saved = load_config(None, [f"train.output_dir={tmp_path}"])
     save_config(saved, tmp_path)
-    with caplog.at_level("WARNING", logger="mipic.training.trainer"):
-        _warn_if_config_changed(saved.model_copy(update={"train": saved.train.model_copy(
-            update={"resume": True, "output_dir": tmp_path / "elsewhere"})}), tmp_path)
+    with caplog.at_level("WARNING", logger="mipic.training.run"):
+        warn_if_config_changed(saved.model_copy(update={"train": saved.train.model_copy(
+            update={"resume": True, "output_dir": tmp_path / "elsewhere"})}), tmp_path, CONFIG_FILE, load_config)
         assert not caplog.records  # where the run lives and the resume flag may change silently
-        _warn_if_config_changed(load_config(None, ["train.lr=1e-3", "loss.alpha=0.2"]), tmp_path)
+        warn_if_config_changed(load_config(None, ["train.lr=1e-3", "loss.alpha=0.2"]), tmp_path, CONFIG_FILE,
+                               load_config)
     assert "changed config: loss.alpha, train.lr" in caplog.text
 
 
@@ -247,8 +247,10 @@ def test_head_lr_gives_the_objective_its_own_group(tiny_torch_model: Any, tmp_pa
 
 
 def test_trained_budgets_per_objective() -> None:
-    cfg = load_config(CONFIGS / "mipic_minilm.yaml").loss
-    assert trained_budgets("none", cfg, 384, 6) == []
+    with_distill = load_config(CONFIGS / "mipic_minilm.yaml").loss
+    assert len(trained_budgets("mipic", with_distill, 384, 6)) == 36  # distillation trains every (layer, dim)
+    assert trained_budgets("none", with_distill, 384, 6) == []
+    cfg = with_distill.model_copy(update={"distill_weight": 0.0})
     assert trained_budgets("infonce", cfg, 384, 6) == [(384, 6)]
     assert trained_budgets("mrl", cfg, 384, 6) == [(d, 6) for d in (16, 32, 64, 128, 256, 384)]
     two_d = trained_budgets("adaptive_layer", cfg, 384, 6)

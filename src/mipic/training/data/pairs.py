@@ -1,4 +1,4 @@
-"""Weakly supervised positive pairs (title↔subtitle, title↔first body sentence, WordNet glosses)."""
+"""Weakly supervised positive pairs (title↔subtitle, title→first sentence or lead, WordNet glosses)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,12 @@ from mipic.training.data.text import clean, is_good_sentence, split_sentences, t
 
 logger = logging.getLogger(__name__)
 
-PairKind = Literal["title_subtitle", "title_first_sentence", "gloss_example", "lemmas_gloss"]
+PairKind = Literal["title_subtitle", "title_first_sentence", "title_body", "gloss_example", "lemmas_gloss"]
 DEFAULT_PAIR_KINDS: tuple[PairKind, ...] = ("title_subtitle", "title_first_sentence")
 _SOURCES_OF: dict[str, tuple[str, ...]] = {
     "title_subtitle": (news.SOURCE,),
     "title_first_sentence": (news.SOURCE, bbc.SOURCE),
+    "title_body": (news.SOURCE, bbc.SOURCE),
     "gloss_example": (wordnet.SOURCE,),
     "lemmas_gloss": (wordnet.SOURCE,),
 }
@@ -44,6 +45,8 @@ def document_pairs(doc: Document, kind: PairKind) -> Iterator[tuple[str, str]]:
         yield clean(doc.title), clean(doc.subtitle)
     elif kind == "title_first_sentence":
         yield clean(doc.title), first_sentence(doc.body)
+    elif kind == "title_body":  # a query-like title → its article's lead (three sentences), document-like
+        yield clean(doc.title), " ".join(split_sentences(doc.body)[:3])
     elif kind == "gloss_example":  # WordNet: subtitle = definition, body = examples
         for example in doc.body.splitlines():
             yield clean(doc.subtitle), clean(example)
@@ -85,6 +88,8 @@ def load_pairs(
                         continue
                     if key[0] in banned or key[1] in banned:
                         continue
+                    if banned and any(text_key(x) in banned for x in split_sentences(b)):
+                        continue  # a lead passage must not carry an eval-split sentence either
                     seen.add(key)
                     pairs.append((a, b))
     random.Random(seed).shuffle(pairs)

@@ -12,6 +12,7 @@ from mipic.training.losses._common import (
     truncate_normalize,
 )
 from mipic.training.losses.adaptive_layer import AdaptiveLayerMatryoshkaLoss
+from mipic.training.losses.distill import SelfDistillLoss, distill_kl, similarity_logits
 from mipic.training.losses.infonce import InfoNCELoss, info_nce
 from mipic.training.losses.mic import SoftCollapseRegularizer, SpectralIsotropyRegularizer
 from mipic.training.losses.mipic import TERM_NAMES, MIPICLoss
@@ -29,12 +30,15 @@ __all__ = [
     "MatryoshkaInfoNCELoss",
     "PICLoss",
     "SIALoss",
+    "SelfDistillLoss",
     "SoftCollapseRegularizer",
     "SpectralIsotropyRegularizer",
     "cosine_logits",
+    "distill_kl",
     "info_nce",
     "linear_cka",
     "masked_kl",
     "mean_pool",
+    "similarity_logits",
     "truncate_normalize",
 ]

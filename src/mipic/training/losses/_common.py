@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -109,6 +109,10 @@ class EncoderOutputs:
 
     hidden_states: tuple[Tensor, ...]
     attention_mask: Tensor
+    #: Optional exit-head read-out ``(layer, pooled (B, H)) → (B, H)``: when set, :meth:`pooled` and
+    #: :meth:`pooled_all` return what the server serves at that layer (pooled states through the head), so
+    #: every loss built on them trains the served vectors. Layer 0 (the embedding block) is never mapped.
+    readout: Callable[[int, Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if len(self.hidden_states) < 2:
@@ -150,12 +154,13 @@ class EncoderOutputs:
         return int(self.hidden_states[0].shape[0])
 
     def pooled(self, layer: int) -> Tensor:
-        """Mean-pooled (untruncated, unnormalised) embedding at ``layer``: (B, H)."""
-        return mean_pool(self.hidden_states[layer], self.attention_mask)
+        """Mean-pooled (untruncated, unnormalised) embedding at ``layer`` through its read-out: (B, H)."""
+        pooled = mean_pool(self.hidden_states[layer], self.attention_mask)
+        return self.readout(layer, pooled) if self.readout is not None and layer > 0 else pooled
 
     def pooled_all(self) -> list[Tensor]:
-        """Mean-pooled embeddings of every entry of ``hidden_states`` (L + 1 tensors of shape (B, H))."""
-        return [mean_pool(h, self.attention_mask) for h in self.hidden_states]
+        """:meth:`pooled` of every entry of ``hidden_states`` (L + 1 tensors of shape (B, H))."""
+        return [self.pooled(layer) for layer in range(len(self.hidden_states))]
 
 
 @dataclass

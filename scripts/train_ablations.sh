@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The issue-12 comparison, on the same data, steps and seeds for every variant:
+#   heads-only (the untouched encoder + fitted exit heads) vs MRL / 2D Matryoshka / distillation alone /
+#   MIPIC without SIA / without PIC / full MIPIC / MIPIC + MIC (all as a LoRA adapter, heads trained jointly)
+#   and full MIPIC as full fine-tuning.
+# Each run: mipic train → mipic export (the run's own heads) → mipic eval --builtin → runs/ablations/<name>/.
+# Then `python -m mipic.training.evaluation.ablations runs/ablations` writes the table (README).
+# Usage: STEPS=150 SEEDS="42 43 44" VARIANTS="mipic heads_only" scripts/train_ablations.sh
+# Resumable: a variant whose eval/compare.json exists is skipped; training resumes from its checkpoints.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MIPIC="${MIPIC:-.venv/bin/mipic}"
+OUT="${OUT:-runs/ablations}"
+STEPS="${STEPS:-150}"
+SEEDS="${SEEDS:-42}"
+ITEMS="${ITEMS:-300}"
+VARIANTS="${VARIANTS:-heads_only mrl adaptive_layer distill mipic_no_sia mipic_no_pic mipic mipic_mic mipic_full_ft}"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+overrides() {  # the only thing that differs between variants
+  case "$1" in
+    mrl)            echo "objective=mrl loss.distill_weight=0" ;;
+    adaptive_layer) echo "objective=adaptive_layer loss.distill_weight=0" ;;
+    distill)        echo "objective=distill" ;;
+    mipic_no_sia)   echo "loss.w_sia=0" ;;
+    mipic_no_pic)   echo "loss.w_pic=0" ;;
+    mipic)          echo "" ;;
+    mipic_mic)      echo "loss.w_scr=0.1 loss.w_sir=0.1" ;;
+    mipic_full_ft)  echo "model.lora.enabled=false train.lr=5e-5" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+
+for seed in $SEEDS; do
+  for v in $VARIANTS; do
+    run="$OUT/${v}_s${seed}"
+    [ -f "$run/eval/compare.json" ] && { echo "== $run: done"; continue; }
+    echo "== $run ($(date +%H:%M:%S))"
+    if [ "$v" = heads_only ]; then
+      # the untouched encoder; heads fitted with this seed (sentence sample and batches)
+      [ -f "$run/base/1/manifest.json" ] || "$MIPIC" bootstrap --out "$run/base/1" --no-heads
+      "$MIPIC" heads fit "$run/base/1" --out "$run/model" --seed "$seed" --no-budgets
+    else
+      sets=(--set "seed=$seed" --set "train.max_steps=$STEPS" --set "train.output_dir=$run/train" --set train.resume=true)
+      for o in $(overrides "$v"); do sets+=(--set "$o"); done
+      "$MIPIC" train --config configs/mipic_minilm.yaml "${sets[@]}"
+      "$MIPIC" export "$run/train/final" "$run/model" --name "$v" --heads checkpoint --budget-items 0
+    fi
+    "$MIPIC" eval "$run/model" --builtin --max-items "$ITEMS" --variants heads --out "$run/eval"
+  done
+done

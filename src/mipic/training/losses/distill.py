@@ -1,0 +1,91 @@
+"""SelfDistillLoss: every (layer, dim) read-out matches a frozen teacher's in-batch similarity distribution."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mipic.training.losses._common import check_non_negative, check_positive
+
+
+def similarity_logits(z: Tensor, temperature: float) -> Tensor:
+    """(B, D) → (B, B) cosine similarities / τ with the diagonal masked to −∞ (computed in float32 at least)."""
+    zn = F.normalize(z.float(), dim=-1)
+    logits = zn @ zn.T / temperature
+    eye = torch.eye(z.shape[0], dtype=torch.bool, device=z.device)
+    return logits.masked_fill(eye, float("-inf"))
+
+
+def distill_kl(student: Tensor, teacher_log_probs: Tensor, temperature: float) -> Tensor:
+    """KL(P_T ‖ P_S) averaged over rows: student vectors (B, d) against teacher log-probabilities (B, B)."""
+    log_q = F.log_softmax(similarity_logits(student, temperature), dim=-1)
+    p = teacher_log_probs.exp()
+    eye = torch.eye(p.shape[0], dtype=torch.bool, device=p.device)
+    # masked entries have p = 0 and both logs −∞: their 0·(−∞ − −∞) would be NaN, so drop them explicitly
+    terms = torch.where(eye, torch.zeros_like(p), p * (teacher_log_probs - log_q))
+    return terms.sum(dim=-1).mean()
+
+
+class SelfDistillLoss(nn.Module):
+    r"""Self-distillation of every trained budget from a frozen teacher.
+
+    .. math::
+
+        \mathcal{L}_{distill} = \frac{1}{|S|}\sum_{(l, d) \in S} \mathrm{KL}\big(P_T \,\|\, P_{l,d}\big)
+            + w_{anchor}\,\frac{1}{B}\sum_i \big(1 - \cos(z^{(L)}_i, t_i)\big)
+
+    with :math:`P_T[i, :] = \mathrm{softmax}_{j \ne i}(\cos(t_i, t_j)/\tau)` from the teacher vectors
+    :math:`t` (the frozen base model's last layer at full width, no gradient) and
+    :math:`P_{l,d}[i, :] = \mathrm{softmax}_{j \ne i}(\cos(z^{(l)}_i[{:}d], z^{(l)}_j[{:}d])/\tau)` from the
+    student's read-out at layer l (pooled states through that layer's exit head), truncated to d. The
+    batch is every text of the step (anchors and their positives), so the teacher's cross similarities
+    — a title's to its own article body and to the others' — are what a shallow layer learns to reproduce.
+
+    The anchor term (optional, ``anchor_weight``) ties the student's last layer at full width to the
+    teacher text by text; with the KL term at (L, H) it keeps the full budget where the base model had it.
+    Both terms are zero when the student is the teacher (same network, last layer, full width, an
+    orthogonal or identity head).
+
+    Inputs: ``readouts`` — the student's read-out per layer (index l − 1 for layer l), each (B, H);
+    ``teacher`` — (B, H_t). Returns a scalar; :meth:`terms` gives the parts from the last call.
+    Paper: this project's issue 12; the KL over in-batch similarities follows the relational
+    distillation of Park et al. 2019 / SimCSE-style temperature-scaled cosine softmax.
+    """
+
+    def __init__(
+        self,
+        budgets: Sequence[tuple[int, int]],
+        temperature: float = 0.05,
+        anchor_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not budgets:
+            raise ValueError("budgets must not be empty")
+        for d, layer in budgets:
+            if isinstance(d, bool) or isinstance(layer, bool) or int(d) <= 0 or int(layer) <= 0:
+                raise ValueError(f"budgets must be positive (dim, layer) pairs, got {list(budgets)}")
+        self.budgets = tuple((int(d), int(layer)) for d, layer in budgets)
+        self.temperature = check_positive("temperature", temperature)
+        self.anchor_weight = check_non_negative("anchor_weight", anchor_weight)
+        self.last_kl = torch.zeros(())
+        self.last_anchor = torch.zeros(())
+
+    def forward(self, readouts: Sequence[Tensor], teacher: Tensor) -> Tensor:
+        with torch.no_grad():
+            t_log = F.log_softmax(similarity_logits(teacher.detach(), self.temperature), dim=-1)
+        kl = torch.stack([distill_kl(readouts[layer - 1][:, :d], t_log, self.temperature)
+                          for d, layer in self.budgets]).mean()
+        total = kl
+        self.last_kl = kl.detach()
+        if self.anchor_weight > 0:
+            last = readouts[-1]
+            anchor = (1 - F.cosine_similarity(last.float(), teacher.detach().float(), dim=-1)).mean()
+            self.last_anchor = anchor.detach()
+            total = total + self.anchor_weight * anchor
+        return total
+
+    def extra_repr(self) -> str:
+        return f"budgets={len(self.budgets)}, temperature={self.temperature}, anchor_weight={self.anchor_weight}"

@@ -1,0 +1,163 @@
+"""Issue 12's training signal on tiny models: a frozen teacher, self-distillation through trainable exit heads,
+LoRA adapters that merge exactly, weak pairs, and exact resume."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from safetensors.torch import load_file  # noqa: E402
+from tests.conftest import TINY_HIDDEN, TINY_LAYERS, random_heads  # noqa: E402
+
+from mipic.modeldir.heads import HEADS_FILE, load_heads, save_heads  # noqa: E402
+from mipic.training.config import TrainConfig, load_config  # noqa: E402
+from mipic.training.losses import EncoderOutputs, SelfDistillLoss  # noqa: E402
+from mipic.training.model import build_model, load_encoder, merged_encoder, trained_budgets, wrap_lora  # noqa: E402
+from mipic.training.trainer import SentenceCollator, train  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs"
+WORDS = ["the", "a", "of", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim",
+         "model", "text", "short", "long", "is", "not"]
+STEPS = 6
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def heads_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("heads") / HEADS_FILE
+    save_heads(path, random_heads())
+    return path
+
+
+def distill_config(base: Path, out: Path, heads: Path, *overrides: str) -> TrainConfig:
+    return load_config(CONFIGS / "tiny_smoke.yaml", [
+        f"model.base={base}", f"train.output_dir={out}", f"train.max_steps={STEPS}", "train.save_steps=3",
+        f"model.heads_init={heads}", "model.lora.enabled=true", "model.lora.r=4", "loss.distill_weight=1.0",
+        "loss.anchor_weight=1.0", *overrides])
+
+
+def test_distillation_is_zero_when_the_student_is_the_teacher_at_full_budget() -> None:
+    torch.manual_seed(0)
+    teacher = torch.randn(16, 32)
+    rotation, _ = torch.linalg.qr(torch.randn(32, 32))  # an orthogonal last-layer head
+    loss = SelfDistillLoss([(32, 3)], temperature=0.05, anchor_weight=1.0)
+    readouts = [torch.randn(16, 32), torch.randn(16, 32), teacher @ rotation.T]
+    assert float(loss(readouts, teacher @ rotation.T)) == pytest.approx(0.0, abs=1e-6)
+    assert float(SelfDistillLoss([(32, 3)])([readouts[0]] * 3, teacher)) > 0.1
+    with pytest.raises(ValueError, match="budgets must not be empty"):
+        SelfDistillLoss([])
+
+
+def test_teacher_gets_no_gradient_and_does_not_change(tiny_torch_model: Any, heads_file: Path, tmp_path: Path) -> None:
+    _, _, ckpt = tiny_torch_model
+    cfg = distill_config(ckpt, tmp_path, heads_file)
+    encoder, tokenizer = load_encoder(cfg.model)
+    model = build_model(cfg.objective, cfg.loss, cfg.model, encoder)
+    teacher = model.teacher
+    assert teacher is not None and not teacher.training
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    assert not any(k.startswith("_teacher") or "teacher" in k for k in model.state_dict())  # never checkpointed
+    assert all(not p.requires_grad for p in teacher.parameters())
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    batch = SentenceCollator(tokenizer, 16)([{"text": t, "pos": t} for t in sentences(8)])
+    model.train()
+    for _ in range(3):
+        out = model(**batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert out["terms"]["distill_kl"] > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    for k, v in teacher.state_dict().items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+    # LoRA: only adapters and heads train, the base weights under the adapters stay as loaded
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith(("heads.", "objective.")) for n in trainable)
+
+
+def test_adapter_merge_reproduces_the_unmerged_forward(tiny_torch_model: Any) -> None:
+    import copy
+
+    from peft.tuners.lora import LoraLayer
+
+    from mipic.training.config import LoraSection
+
+    model, tokenizer, _ = tiny_torch_model
+    wrapped = wrap_lora(copy.deepcopy(model), LoraSection(enabled=True, r=4, alpha=8))
+    torch.manual_seed(3)
+    for module in wrapped.modules():
+        if isinstance(module, LoraLayer):
+            for lin in module.lora_B.values():
+                torch.nn.init.normal_(lin.weight, std=0.2)  # B starts at zero: make the adapter matter
+    batch = tokenizer(sentences(5), padding=True, return_tensors="pt")
+    wrapped.eval()
+    with torch.no_grad():
+        unmerged = wrapped(**batch, output_hidden_states=True).hidden_states
+        base = model(**batch, output_hidden_states=True).hidden_states
+        merged = merged_encoder(wrapped)(**batch, output_hidden_states=True).hidden_states
+    assert float((unmerged[-1] - base[-1]).abs().max()) > 1e-2  # the adapter changes the output
+    for a, b in zip(unmerged, merged, strict=True):
+        assert float((a - b).abs().max()) <= 1e-5
+
+
+def test_training_with_pairs_heads_and_lora_saves_adapter_heads_and_merged_encoder(
+    tiny_torch_model: Any, heads_file: Path, tmp_path: Path
+) -> None:
+    _, _, ckpt = tiny_torch_model
+    cfg = distill_config(ckpt, tmp_path / "run", heads_file)
+    texts = sentences(128)
+    positives = [t if i % 2 else " ".join(t.split()[:2]) for i, t in enumerate(texts)]  # half are weak pairs
+    result = train(cfg, sentences=texts, positives=positives)
+    final = result.final_dir
+    assert (final / "adapter" / "adapter_model.safetensors").is_file()
+    adapter_mb = (final / "adapter" / "adapter_model.safetensors").stat().st_size / 1e6
+    assert adapter_mb < 1.0
+    trained = load_heads(final / HEADS_FILE, TINY_LAYERS, TINY_HIDDEN)
+    init = random_heads()
+    assert not np.allclose(trained.weight[0], init.weight[0])  # shallow heads trained
+    np.testing.assert_array_equal(trained.weight[-1], init.weight[-1])  # the last one is fixed
+    state = load_file(str(final / "model.safetensors"))
+    assert not any("lora" in k for k in state)  # merged: a plain encoder for eval and export
+    assert (TINY_HIDDEN, 1) in trained_budgets(cfg.objective, cfg.loss, TINY_HIDDEN, TINY_LAYERS)
+
+
+def test_resume_after_interruption_reproduces_weights_exactly(
+    tiny_torch_model: Any, heads_file: Path, tmp_path: Path
+) -> None:
+    _, _, ckpt = tiny_torch_model
+    texts = sentences(128)
+    full = train(distill_config(ckpt, tmp_path / "full", heads_file), sentences=texts, positives=texts)
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(full.output_dir / "checkpoint-3", out / "checkpoint-3")  # the run died after step 3
+    resumed = train(distill_config(ckpt, out, heads_file, "train.resume=true"), sentences=texts, positives=texts)
+    assert resumed.global_step == STEPS
+    a, b = load_file(str(full.final_dir / "model.safetensors")), load_file(str(resumed.final_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    np.testing.assert_array_equal(load_heads(full.final_dir / HEADS_FILE, TINY_LAYERS, TINY_HIDDEN).weight,
+                                  load_heads(resumed.final_dir / HEADS_FILE, TINY_LAYERS, TINY_HIDDEN).weight)
+
+
+def test_readout_makes_losses_see_the_served_vectors() -> None:
+    hidden = tuple(torch.randn(4, 5, 8) for _ in range(3))
+    mask = torch.ones(4, 5, dtype=torch.long)
+    plain = EncoderOutputs(hidden, mask)
+    doubled = EncoderOutputs(hidden, mask, readout=lambda layer, x: 2 * x)
+    torch.testing.assert_close(doubled.pooled(2), 2 * plain.pooled(2))
+    torch.testing.assert_close(doubled.pooled(0), plain.pooled(0))  # the embedding block has no head
