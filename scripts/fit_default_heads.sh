@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduce the default model's committed exit heads (src/mipic/training/assets/minilm_heads.{npz,json}):
-# export the packaged MiniLM without heads, fit them on the training split (seeded), measure the budget
-# table on the built-in suites, and store heads + measured quality as the assets `mipic bootstrap` attaches.
+# export the packaged MiniLM without heads, fit them on the training split (seeded), calibrate int8/uint8 on
+# the same texts, measure the budget table on the built-in suites, and store heads + measured quality +
+# calibration as the assets `mipic bootstrap` attaches.
 # About 4 minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -59,15 +59,35 @@ def tiny_torch_model(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[
     return model, tokenizer, ckpt
 
 
+def calibration_texts(n: int = 64, seed: int = 0) -> list[str]:
+    """Deterministic sentences of the tiny vocabulary (3-12 words) for int8/uint8 calibration."""
+    import random
+
+    words = ["the", "a", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim",
+             "model", "text", "short", "long", "is", "and", "of", "in", "with"]
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+
+
+def calibrate_fixture(model_dir: Path) -> None:
+    """Store int8/uint8 ranges computed on ``calibration_texts()`` in the model's manifest (as export does)."""
+    from mipic.modeldir.manifest import load_manifest, write_manifest
+    from mipic.training.release import compute_calibration
+
+    cal = compute_calibration(model_dir, calibration_texts(), max_length=64, data={"texts": "tests fixture"})
+    write_manifest(model_dir, load_manifest(model_dir).model_copy(update={"calibration": cal}))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tiny_torch_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
-    """The tiny model exported to the staged ONNX format (with manifest)."""
+    """The tiny model exported to the staged ONNX format (with manifest and int8/uint8 calibration)."""
     from mipic.training.export import ExportOptions, export_staged
 
     model, tokenizer, _ = tiny_torch_model
     out = tmp_path_factory.mktemp("models") / "tiny" / "1"
     export_staged(model, tokenizer, out, ExportOptions(name="tiny", version="1", dims=TINY_DIMS,
                                                        trained_budgets=[(8, 1), (32, 3)]))
+    calibrate_fixture(out)
     return out
 
 
@@ -180,4 +200,5 @@ def tiny_heads_model_dir(tiny_torch_model, tmp_path_factory: pytest.TempPathFact
                      fitted_budgets=[Budget(dim=8, layer=1)])
     export_staged(model, tokenizer, out, ExportOptions(name="tiny", version="1", dims=TINY_DIMS,
                                                        heads=random_heads(), heads_spec=spec))
+    calibrate_fixture(out)
     return out

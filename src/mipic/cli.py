@@ -340,6 +340,7 @@ def heads_fit(
     from mipic.training.data.paths import resolve_data_dir
     from mipic.training.export import attach_heads
     from mipic.training.heads import fit_heads
+    from mipic.training.release import calibrate as calibrate_model
     from mipic.training.release import measure_budgets, write_budgets
 
     _output_path(out)
@@ -355,6 +356,7 @@ def heads_fit(
     result = fit_heads(loaded, cfg, cache_dir=resolve_data_dir() / "features")
     loaded.close()
     manifest = attach_heads(model, out, result.heads, result.spec, version=version)
+    manifest = calibrate_model(out, cfg)  # same texts: the pooled states are cached, only the read-out runs
     if budgets:
         manifest = write_budgets(out, measure_budgets(out, max_items=eval_items, seed=seed))
     took = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
@@ -380,6 +382,27 @@ def heads_save_default(
 class Quantize(str, Enum):
     int8 = "int8"
     fp16 = "fp16"
+
+
+@app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(help="An exported model directory (has manifest.json).")],
+    sentences: Annotated[int, typer.Option(min=16, help="Training-split sentences.")] = _HEADS.sentences,
+    passages: Annotated[int, typer.Option(min=0, help="Training-split passages.")] = _HEADS.passages,
+    max_length: Annotated[int, typer.Option(min=2, help="Max tokens per calibration text.")] = _HEADS.max_length,
+    seed: Annotated[int, typer.Option(help="Seed of the text sample.")] = _HEADS.seed,
+) -> None:
+    """Measure MODEL's int8/uint8 ranges per (layer, dim) on the head-fitting texts and store them in its manifest
+    (export and `heads fit` already do; for a model exported before, ~1 min for MiniLM)."""
+    from mipic.training.release import calibrate as calibrate_model
+
+    _setup_logging()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = HeadFitConfig(sentences=sentences, passages=passages, max_length=max_length, seed=seed)
+    manifest = calibrate_model(model, cfg)
+    assert manifest.calibration is not None
+    typer.echo(f"calibrated {manifest.model_id}: {len(manifest.calibration.ranges)} budgets on "
+               f"{manifest.calibration.texts} texts")
 
 
 @app.command()

@@ -52,7 +52,9 @@ def _log_lines(stderr: str) -> list[dict[str, object]]:
 def test_sigterm_drains_accepted_requests(minilm_dir: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = _serve(minilm_dir, port, MIPIC_DRAIN_TIMEOUT_S="60")
+    # the queue deadline (30 s by default) is not what this tests: on a loaded 2-core machine queued rows can wait
+    # past it (504); the client waits 120 s, so does the server here
+    proc = _serve(minilm_dir, port, MIPIC_DRAIN_TIMEOUT_S="60", MIPIC_REQUEST_TIMEOUT_MS="120000")
     try:
         _wait_ready(url, proc)
         # 8 x 64 longish texts: a few seconds of work, so the server is still draining when we probe it

@@ -196,3 +196,21 @@ def test_agreement_flags_a_truncated_vector_that_is_not_renormalised() -> None:
     out = agreement({"64": ref64.tolist()}, {"64": full[:, :64].tolist()})
     assert out["64"]["min_cosine"] == pytest.approx(1.0)
     assert out["64"]["max_norm_error"] > 0.3
+
+
+def test_output_types_rank_as_clients_search_them() -> None:
+    from bench.output_types import scores_for
+
+    # binary: −Hamming distance (+ width); ubinary the same bits
+    q = np.array([[0b11110000]], np.uint8)
+    d = np.array([[0b11110000], [0b11110001], [0b00001111]], np.uint8)
+    s = scores_for("ubinary", q, d)
+    np.testing.assert_array_equal(s, [[8, 6, -8]])  # 8 − 2·Hamming
+    np.testing.assert_array_equal(scores_for("binary", (q.astype(np.int16) - 128).astype(np.int8),
+                                             (d.astype(np.int16) - 128).astype(np.int8)), s)
+    # uint8: −squared Euclidean distance of the codes
+    u = scores_for("uint8", np.array([[10, 20]], np.uint8), np.array([[10, 20], [13, 24]], np.uint8))
+    np.testing.assert_allclose(u, [[0, -25]])
+    # int8 and float: cosine
+    c = scores_for("int8", np.array([[3, 4]], np.int8), np.array([[6, 8], [4, -3]], np.int8))
+    np.testing.assert_allclose(c, [[1.0, 0.0]], atol=1e-12)

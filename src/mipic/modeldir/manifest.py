@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +99,33 @@ class BudgetTable(BaseModel):
     eval_items: int = 0
 
 
+class CalibrationRange(BaseModel):
+    """The int8/uint8 range of one (layer, dim)'s served vectors: every value maps into [low, high]."""
+
+    model_config = ConfigDict(frozen=True)
+
+    low: float
+    high: float
+
+
+class Calibration(BaseModel):
+    """Ranges that map the served unit vectors to int8/uint8 (``vector.quantize``), fixed at export.
+
+    ``ranges`` maps the budget key ``d{dim}_l{layer}`` of every served (layer, dim) to (−m, m), m = the
+    largest |value| of that budget's served vectors (pool → head → truncate → normalise) over the ``texts``
+    calibration texts described by ``data`` (the training-split fitting sentences and passages, never an
+    eval-split text): ``method = "maxabs"`` (``vector.calibration_range``).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    method: Literal["maxabs"] = "maxabs"
+    texts: int = Field(gt=1)
+    max_length: int = Field(gt=1, description="tokens per calibration text")
+    data: dict[str, str | int] = Field(default_factory=dict)
+    ranges: dict[str, CalibrationRange]
+
+
 class Manifest(BaseModel):
     """What a server needs to know about a model directory, and what training promises."""
 
@@ -126,6 +154,9 @@ class Manifest(BaseModel):
     )
     heads: HeadsSpec | None = Field(None, description="exit heads, if the model carries them")
     budgets: BudgetTable | None = Field(None, description="quality and cost per budget, measured at export")
+    calibration: Calibration | None = Field(
+        None, description="int8/uint8 ranges per (layer, dim), from the fitting texts at export"
+    )
     golden_min_cosine: float = Field(
         0.9999, gt=0, le=1, description="a server refuses the version if golden.json is matched worse"
     )
@@ -150,7 +181,19 @@ class Manifest(BaseModel):
             for b in self.heads.fitted_budgets:
                 if b.dim > self.hidden_size or b.layer > self.num_layers:
                     raise ValueError(f"heads fitted budget {b} is outside the model")
+        if self.calibration is not None:
+            self._check_calibration(self.calibration)
         return self
+
+    def _check_calibration(self, cal: Calibration) -> None:
+        expected = {budget_key(d, ly) for ly in self.layers for d in self.dims}
+        if set(cal.ranges) != expected:
+            missing = sorted(expected - set(cal.ranges))[:3]
+            extra = sorted(set(cal.ranges) - expected)[:3]
+            raise ValueError(f"calibration must cover every (layer, dim) exactly; missing {missing}, extra {extra}")
+        for key, r in cal.ranges.items():
+            if not (math.isfinite(r.low) and math.isfinite(r.high) and r.low < r.high):
+                raise ValueError(f"calibration {key}: low and high must be finite with low < high")
 
     @property
     def layers(self) -> list[int]:

@@ -16,12 +16,20 @@ from typing import Any
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from mipic.modeldir.errors import InvalidBudget
+from mipic.modeldir.errors import InvalidBudget, InvalidRequest
 from mipic.modeldir.heads import ExitHeads, load_heads
-from mipic.modeldir.manifest import GOLDEN_FILE, Manifest, ManifestError, load_manifest
+from mipic.modeldir.manifest import GOLDEN_FILE, Manifest, ManifestError, budget_key, load_manifest
 from mipic.modeldir.runtime import ProviderChoice, StagedRuntime
 from mipic.modeldir.tokenizer import TextTokenizer
-from mipic.modeldir.vector import embed, pool, truncate_normalize
+from mipic.modeldir.vector import (
+    CALIBRATED_TYPES,
+    OUTPUT_TYPES,
+    PACKED_TYPES,
+    embed,
+    pool,
+    quantize,
+    truncate_normalize,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +82,10 @@ class LoadedModel:
             self.model_dir, self.manifest, provider, intra_op_threads, inter_op_threads
         )
         self._dims = frozenset(self.manifest.dims)
+        cal = self.manifest.calibration
+        self._ranges: dict[str, tuple[float, float]] = (
+            {k: (r.low, r.high) for k, r in cal.ranges.items()} if cal is not None else {}
+        )
 
     @property
     def model_id(self) -> str:
@@ -95,6 +107,28 @@ class LoadedModel:
         if not 1 <= ly <= m.num_layers:
             raise InvalidBudget(f"layer={ly} must be between 1 and {m.num_layers}", param="layer")
         return d, ly
+
+    def check_output(self, dim: int, layer: int, output: str, param: str) -> None:
+        """Refuse an output type this (dim, layer) cannot give: unknown, bits of a dim not a multiple of 8,
+        or int8/uint8 on a model exported without calibration ranges."""
+        if output not in OUTPUT_TYPES:
+            raise InvalidRequest(f"{param}: unknown output type {output!r}; expected one of {list(OUTPUT_TYPES)}",
+                                 param=param)
+        if output in PACKED_TYPES and dim % 8:
+            raise InvalidRequest(
+                f"{param}={output} packs 8 values per byte, so dim must be a multiple of 8; got {dim}", param=param
+            )
+        if output in CALIBRATED_TYPES and budget_key(dim, layer) not in self._ranges:
+            raise InvalidRequest(
+                f"{param}={output} needs calibration ranges, and {self.model_id} was exported without them "
+                "(re-export it, or run `mipic calibrate` on its directory)",
+                param=param,
+            )
+
+    def quantize(self, vectors: np.ndarray, dim: int, layer: int, output: str) -> np.ndarray:
+        """(N, dim) served unit vectors of one budget → ``output`` with this model's fixed ranges for it."""
+        low, high = self._ranges.get(budget_key(dim, layer), (None, None))
+        return quantize(vectors, output, low, high)
 
     # ------------------------------------------------------------------ hot path (worker thread)
 

@@ -13,8 +13,15 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mipic.modeldir.runner import LoadedModel
-from mipic.service.api import routes_admin, routes_budgets, routes_embed, routes_health, routes_openai
-from mipic.service.api.errors import count_error, error_body, install_error_handlers
+from mipic.service.api import (
+    routes_admin,
+    routes_budgets,
+    routes_embed,
+    routes_health,
+    routes_openai,
+    routes_tei,
+)
+from mipic.service.api.errors import body_for_path, count_error, error_body, install_error_handlers
 from mipic.service.engine.batcher import BatchStats
 from mipic.service.engine.engine import Engine
 from mipic.service.metrics import Metrics
@@ -22,7 +29,7 @@ from mipic.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-EMBED_ENDPOINTS = frozenset({"/embed", "/v1/embeddings"})
+EMBED_ENDPOINTS = frozenset({"/embed", "/v1/embeddings", "/tei", "/tei/embed"})
 
 
 class GuardMiddleware:
@@ -48,7 +55,7 @@ class GuardMiddleware:
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send_wrapper)
+            await self._reject(send_wrapper, path)
             count_error(scope, "request_too_large")
             self._count(path, 413)
             return
@@ -67,9 +74,9 @@ class GuardMiddleware:
         await self.app(scope, receive_wrapper, send_wrapper)
         self._count(path, status_holder["status"] or 499)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(error_body(f"request body exceeds {self.max_bytes} bytes",
-                                     "invalid_request_error", "request_too_large", None)).encode()
+    async def _reject(self, send: Send, path: str) -> None:
+        body = json.dumps(body_for_path(path, 413, f"request body exceeds {self.max_bytes} bytes",
+                                        "invalid_request_error", "request_too_large", None)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
@@ -160,8 +167,8 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     app.state.metrics = metrics
     app.state.engine = engine
     install_error_handlers(app, settings.retry_after_seconds)
-    routers = (routes_embed.router, routes_openai.router, routes_health.router, routes_budgets.router,
-               routes_admin.router)
+    routers = (routes_embed.router, routes_openai.router, routes_tei.router, routes_health.router,
+               routes_budgets.router, routes_admin.router)
     for router in routers:
         app.include_router(router)
     # the bounded `endpoint` label values of error metrics (errors.endpoint_label)

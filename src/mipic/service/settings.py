@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # A repository (versions + CURRENT pointer): the server follows promotions without restart.
@@ -53,7 +53,10 @@ class Settings(BaseSettings):
         2.0, ge=0, description="How long the batcher waits to fill a batch. 0 = run whatever is queued."
     )
     max_queue_size: int = Field(
-        1024, gt=0, description="Queued inputs before 429. Bounds memory and latency under overload."
+        4096,
+        gt=0,
+        description="Queued inputs before 429. Bounds memory and latency under overload; must hold at least "
+        "one full request (max_inputs_per_request), or such a request could only ever get 429.",
     )
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
     request_timeout_ms: float = Field(
@@ -62,8 +65,15 @@ class Settings(BaseSettings):
     warmup: bool = Field(True, description="Run one batch per layer before reporting ready.")
 
     # --- request limits
-    max_inputs_per_request: int = Field(256, gt=0, description="Inputs per request (OpenAI allows 2048).")
-    max_request_bytes: int = Field(2_000_000, gt=0, description="Request bodies above this get 413.")
+    max_inputs_per_request: int = Field(
+        2048, gt=0, description="Inputs per request, on every surface (OpenAI's own limit is 2048)."
+    )
+    max_request_bytes: int = Field(
+        4_000_000,
+        gt=0,
+        description="Request bodies above this get 413. The default fits 2048 inputs of ~2 kB (MiniLM's 256 "
+        "tokens of English are ~1.2 kB).",
+    )
     max_seq_length: int | None = Field(
         None, gt=1, description="Truncate inputs to this many tokens (default: the manifest's)."
     )
@@ -105,3 +115,22 @@ class Settings(BaseSettings):
         "text", description="text, or json: one JSON object per line (time, level, logger, message) for "
         "mipic's and uvicorn's lines alike. Use json when a log collector parses the lines."
     )
+
+    # --- OpenAI surface
+    model_aliases: list[str] = Field(
+        default_factory=list,
+        description="More names /v1/embeddings accepts for the served model (JSON list), listed by /v1/models: "
+        'e.g. ["text-embedding-3-small"] for clients whose default model name you cannot change.',
+    )
+    accept_any_model: bool = Field(
+        False, description="Accept any model name on /v1/embeddings and /v1/models/{id} (the served model answers)."
+    )
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        if self.max_queue_size < self.max_inputs_per_request:
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be >= max_inputs_per_request "
+                f"({self.max_inputs_per_request}): a request that cannot fit the queue would always get 429"
+            )
+        return self

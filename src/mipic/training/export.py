@@ -472,6 +472,7 @@ def attach_heads(
             "heads": spec.model_copy(update={"path": HEADS_FILE}),
             "budgets": budgets,
             "eval": {},
+            "calibration": None,  # the heads change every served vector: ranges must be measured again
             "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         })
         write_manifest(work, draft)

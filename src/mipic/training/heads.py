@@ -60,7 +60,7 @@ from mipic.training.losses.distill import distill_kl, similarity_logits
 logger = logging.getLogger(__name__)
 
 __all__ = ["HeadFitConfig", "HeadFitResult", "extract_features", "fit_distill", "fit_heads", "fit_pca",
-           "fitting_texts", "pca_rotation"]
+           "fitting_texts", "pca_rotation", "texts_digest"]
 
 
 @dataclass
@@ -74,7 +74,7 @@ class HeadFitResult:
 # --------------------------------------------------------------------------- features
 
 
-def _texts_digest(texts: Sequence[str]) -> str:
+def texts_digest(texts: Sequence[str]) -> str:
     h = hashlib.sha256()
     for t in texts:
         h.update(t.encode("utf-8"))
@@ -103,7 +103,7 @@ def extract_features(
     as ``features-<digest>.npy`` and reused.
     """
     key = hashlib.sha256(
-        f"{_model_digest(model)}\0{_texts_digest(texts)}\0{model.tokenizer.max_length}".encode()
+        f"{_model_digest(model)}\0{texts_digest(texts)}\0{model.tokenizer.max_length}".encode()
     ).hexdigest()[:24]
     cache = cache_dir / f"features-{key}.npy" if cache_dir is not None else None
     if cache is not None and cache.is_file():
@@ -305,7 +305,7 @@ def fit_heads(
             "texts": len(texts),
             "split": "given by caller" if given else "train",
             "sources": ",".join(cfg.sources) if not given else "caller",
-            "texts_sha256": _texts_digest(texts)[:16],
+            "texts_sha256": texts_digest(texts)[:16],
             "teacher": f"layer {cfg.teacher_layer or m.num_layers}, dim {cfg.teacher_dim or m.hidden_size}"
             + (" (the base model's own last layer, frozen features)" if cfg.method == "distill" else ""),
             "note": spec_note,

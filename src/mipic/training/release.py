@@ -1,4 +1,5 @@
-"""From a checkpoint to a servable model directory: export → exit heads → budget table, and the default model.
+"""From a checkpoint to a servable model directory: export → exit heads → calibration → budget table, and the
+default model.
 
 Above both ``export.py`` (graphs, parity, heads attachment) and ``evaluation/`` (the built-in suites that
 give each budget its quality), so neither has to import the other.
@@ -8,12 +9,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
 from mipic.modeldir.heads import ExitHeads
-from mipic.modeldir.manifest import BudgetTable, HeadsSpec, Manifest, load_manifest, write_manifest
+from mipic.modeldir.manifest import (
+    BudgetTable,
+    Calibration,
+    CalibrationRange,
+    HeadsSpec,
+    Manifest,
+    budget_key,
+    load_manifest,
+    write_manifest,
+)
 from mipic.modeldir.runner import LoadedModel
 from mipic.training.export import ExportOptions, attach_heads, export_pretrained, packaged_minilm_path
 from mipic.training.heads_config import HeadFitConfig
@@ -61,6 +73,51 @@ def measure_budgets(
 def write_budgets(model_dir: Path, table: BudgetTable) -> Manifest:
     """Store the budget table in the manifest (no other file changes)."""
     return write_manifest(model_dir, load_manifest(model_dir).model_copy(update={"budgets": table}))
+
+
+# Ranges are stored to 1e-6 (values are unit-vector coordinates), rounded outwards so they still cover
+# every calibration vector.
+RANGE_DECIMALS = 6
+
+
+def compute_calibration(model_dir: Path, texts: Sequence[str], *, max_length: int = 128,
+                        data: dict[str, str | int] | None = None, cache_dir: Path | None = None) -> Calibration:
+    """The int8/uint8 range of every (layer, dim) (``vector.calibration_range``) over the served vectors (pool →
+    head → truncate → normalise, ``LoadedModel.embed_pooled``) of ``texts``, each cut to ``max_length``
+    tokens. Pooled states come from :func:`~mipic.training.heads.extract_features` (cached per model and
+    texts, so after a head fit on the same texts this costs only the read-out)."""
+    from mipic.modeldir.vector import calibration_range
+    from mipic.training.heads import extract_features
+
+    loaded = LoadedModel(model_dir, provider="cpu", max_seq_length=max_length)
+    try:
+        features = extract_features(loaded, texts, cache_dir=cache_dir, progress=False)  # (L, N, H)
+        scale = 10.0**RANGE_DECIMALS
+        ranges = {}
+        for layer in loaded.manifest.layers:
+            for dim in loaded.manifest.dims:
+                low, high = calibration_range(loaded.embed_pooled(features[layer - 1], layer, dim))
+                ranges[budget_key(dim, layer)] = CalibrationRange(low=math.floor(low * scale) / scale,
+                                                                  high=math.ceil(high * scale) / scale)
+    finally:
+        loaded.close()
+    return Calibration(texts=len(texts), max_length=max_length, data=dict(data or {}), ranges=ranges)
+
+
+def calibrate(model_dir: Path, cfg: HeadFitConfig | None = None, *, data_dir: Path | None = None) -> Manifest:
+    """Store the calibration of ``model_dir`` computed on the head-fitting texts of ``cfg`` (a
+    :class:`~mipic.training.heads_config.HeadFitConfig`; default: the default recipe's 6,000 training-split
+    sentences and 2,000 passages, 128 tokens) in its manifest."""
+    from mipic.training.data.paths import resolve_data_dir
+    from mipic.training.heads import fitting_texts, texts_digest
+
+    cfg = cfg or HeadFitConfig()
+    texts = fitting_texts(cfg, data_dir)
+    data: dict[str, str | int] = {"split": "train", "sources": ",".join(cfg.sources), "sentences": cfg.sentences,
+                                  "passages": cfg.passages, "seed": cfg.seed, "texts_sha256": texts_digest(texts)[:16]}
+    cal = compute_calibration(model_dir, texts, max_length=cfg.max_length, data=data,
+                              cache_dir=resolve_data_dir(data_dir) / "features")
+    return write_manifest(model_dir, load_manifest(model_dir).model_copy(update={"calibration": cal}))
 
 
 def export_options_for(
@@ -139,7 +196,8 @@ def export_with_heads(
 ) -> Manifest:
     """Export a checkpoint, then attach exit heads — ``"checkpoint"``: the ones trained with it
     (``heads.npz`` beside its weights); a :class:`HeadFitConfig`: fitted on the exported graphs — then
-    (``budget_items``) measure the budget table into the manifest."""
+    calibrate int8/uint8 on the head-fitting texts (the default recipe's unless ``heads`` is a config),
+    then (``budget_items``) measure the budget table into the manifest."""
     manifest = export_pretrained(checkpoint, out_dir, options)
     if heads == "checkpoint":
         found = checkpoint_heads(Path(checkpoint))
@@ -156,17 +214,19 @@ def export_with_heads(
         finally:
             loaded.close()
         manifest = attach_heads(out_dir, out_dir, result.heads, result.spec)
+    manifest = calibrate(out_dir, heads if isinstance(heads, HeadFitConfig) else None, data_dir=data_dir)
     if budget_items:
         manifest = write_budgets(out_dir, measure_budgets(out_dir, max_items=budget_items, data_dir=data_dir))
     return manifest
 
 
 def save_default_heads(model_dir: Path, heads_asset: Path | None = None, meta_asset: Path | None = None) -> Path:
-    """Copy a fitted model's heads and its measured budget quality into the package assets that
-    :func:`bootstrap_default_model` attaches (``scripts/fit_default_heads.sh`` runs the whole recipe)."""
+    """Copy a fitted model's heads, its measured budget quality and its int8/uint8 calibration into the package
+    assets that :func:`bootstrap_default_model` attaches (``scripts/fit_default_heads.sh`` runs the whole
+    recipe)."""
     manifest = load_manifest(model_dir)
-    if manifest.heads is None or manifest.budgets is None:
-        raise ValueError(f"{model_dir} has no heads or no budget table: run `mipic heads fit` on it first")
+    if manifest.heads is None or manifest.budgets is None or manifest.calibration is None:
+        raise ValueError(f"{model_dir} has no heads, budget table or calibration: run `mipic heads fit` on it first")
     heads_asset = heads_asset or DEFAULT_HEADS_ASSET
     meta_asset = meta_asset or DEFAULT_HEADS_META
     heads_asset.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +242,7 @@ def save_default_heads(model_dir: Path, heads_asset: Path | None = None, meta_as
                                                                     manifest.stages},
                       "machine": manifest.budgets.timing_machine},
         "reproduce": "scripts/fit_default_heads.sh",
+        "calibration": manifest.calibration.model_dump(mode="json"),
     }
     meta_asset.write_text(json.dumps(meta, indent=1) + "\n")
     return heads_asset
@@ -217,6 +278,9 @@ def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
     fitted = load_heads(DEFAULT_HEADS_ASSET, manifest.num_layers, manifest.hidden_size)
     spec = HeadsSpec.model_validate(meta["spec"])
     attach_heads(out_dir, out_dir, fitted, spec)
+    if "calibration" in meta:  # measured on the fitting texts when the heads were saved (~1 min: not at bootstrap)
+        calibration = Calibration.model_validate(meta["calibration"])
+        write_manifest(out_dir, load_manifest(out_dir).model_copy(update={"calibration": calibration}))
     scores = {(int(r["dim"]), int(r["layer"])): r["scores"] for r in meta["budgets"]["rows"]}
     table = measure_budgets(out_dir, scores=scores, suites=meta["budgets"]["suites"],
                             max_items=int(meta["budgets"]["eval_items"]))

@@ -108,7 +108,7 @@ def test_openai_errors_name_openai_fields(client: TestClient) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     r = client.post("/v1/embeddings", json={"input": [], "model": "tiny"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "input"
-    r = client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"})
+    r = client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int4"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "encoding_format"
     for field, value in (("dimensions", True), ("dimensions", "16"), ("layer", True), ("layer", "1")):
         r = client.post("/v1/embeddings", json={"input": "x", field: value})

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
+from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 from fastapi import Request
 
+from mipic.modeldir.tokenizer import Direction
 from mipic.service.engine.engine import EmbedResult, Engine
-from mipic.service.engine.errors import InvalidRequest
+from mipic.service.engine.errors import EmptyInput, InvalidRequest
 from mipic.service.metrics import Metrics
 from mipic.service.settings import Settings
 
@@ -17,15 +22,20 @@ class ClientGone(Exception):
     """The client disconnected before its embeddings were ready."""
 
 
-def check_inputs(texts: list[str], param: str, settings: Settings) -> None:
+def check_inputs(texts: Sequence[str | Sequence[int]], param: str, settings: Settings) -> None:
+    """Cheap checks before any work: count, empty items, lone surrogates (token ids: see the tokenizer)."""
     if not texts:
-        raise InvalidRequest(f"{param} must not be empty", param=param)
+        raise EmptyInput(f"{param} must not be empty", param=param)
     if len(texts) > settings.max_inputs_per_request:
         raise InvalidRequest(
             f"{param} has {len(texts)} items; at most {settings.max_inputs_per_request} per request",
             param=param,
         )
     for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            if len(text) == 0:
+                raise InvalidRequest(f"{param}[{i}] is an empty list of token ids", param=f"{param}[{i}]")
+            continue
         if not text:
             raise InvalidRequest(f"{param}[{i}] is an empty string", param=f"{param}[{i}]")
         try:
@@ -46,14 +56,23 @@ async def embed_for_request(
     engine: Engine,
     metrics: Metrics,
     endpoint: str,
-    texts: list[str],
+    texts: Sequence[str | Sequence[int]],
     dim: int | None,
     layer: int | None,
     dim_param: str,
+    *,
+    outputs: Sequence[str] = ("float",),
+    output_param: str = "encoding_format",
+    truncate: bool | None = None,
+    direction: Direction = "right",
+    input_param: str = "input",
 ) -> tuple[EmbedResult, dict[str, str]]:
     """Run one embed request; if the client goes away first, its queued rows are dropped unrun."""
     t0 = time.perf_counter()
-    work = asyncio.ensure_future(engine.embed(texts, dim, layer, dim_param))
+    work = asyncio.ensure_future(engine.embed(
+        texts, dim, layer, dim_param, outputs=outputs, output_param=output_param, truncate=truncate,
+        direction=direction, input_param=input_param,
+    ))
     watcher = asyncio.ensure_future(_disconnected(request))
     unfinished = False
     try:
@@ -80,3 +99,16 @@ async def embed_for_request(
         "x-model-version": result.model_id,
     }
     return result, headers
+
+
+def encode_base64(vector: np.ndarray) -> str:
+    """base64 of the little-endian float32 bytes, as OpenAI sends it (the official client decodes it so)."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def to_json(values: np.ndarray, output: str) -> list[Any]:
+    """(N, dim) output array → JSON rows: floats, integers (int8/uint8/binary/ubinary) or base64 strings."""
+    if output == "base64":
+        return [encode_base64(v) for v in values]
+    rows: list[Any] = values.tolist()
+    return rows

@@ -1,8 +1,15 @@
-"""One table from errors to HTTP status, and OpenAI-style error bodies. No internal text leaks on 5xx."""
+"""One table from errors to HTTP status, and the error bodies of each surface. No internal text leaks on 5xx.
+
+Two shapes, chosen by the route's surface: OpenAI's ``{"error": {"message", "type", "param", "code"}}``
+everywhere except under ``/tei``, where text-embeddings-inference's ``{"error": "...", "error_type": "..."}``
+is used, with TEI's statuses for its error types (a request that does not validate is 422 there, as
+in TEI; 400 elsewhere).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,6 +23,8 @@ from mipic.service.engine import errors as engine_errors
 
 logger = logging.getLogger(__name__)
 
+TEI_PREFIX = "/tei"
+
 
 class ApiError(Exception):
     """An HTTP-level error raised by the API layer itself (auth, content type, size, model name)."""
@@ -25,34 +34,66 @@ class ApiError(Exception):
         self.status, self.message, self.code, self.param = status, message, code, param
 
 
-# engine error → (HTTP status, OpenAI error type). The first matching class wins (subclasses first).
-ERROR_TABLE: list[tuple[type[engine_errors.EngineError], int, str]] = [
-    (engine_errors.InvalidBudget, 400, "invalid_request_error"),
-    (engine_errors.InputTooLong, 400, "invalid_request_error"),
-    (engine_errors.InvalidRequest, 400, "invalid_request_error"),
-    (engine_errors.ModelNotFound, 404, "invalid_request_error"),
-    (engine_errors.ModelRejected, 409, "invalid_request_error"),
-    (engine_errors.PointerInvalid, 409, "invalid_request_error"),
-    (engine_errors.Overloaded, 429, "rate_limit_error"),
-    (engine_errors.NotReady, 503, "service_unavailable"),
-    (engine_errors.Draining, 503, "service_unavailable"),
-    (engine_errors.DeadlineExceeded, 504, "timeout"),
-    (engine_errors.InferenceFailed, 500, "server_error"),
+@dataclass(frozen=True)
+class ErrorRow:
+    """How one engine error reaches a client: status and OpenAI type; TEI's error type and status."""
+
+    exc: type[engine_errors.EngineError]
+    status: int
+    kind: str
+    tei_type: str
+    tei_status: int
+
+
+# The first matching class wins (subclasses first). TEI's types: Validation/Tokenizer 422, Empty 400,
+# Overloaded 429, Unhealthy 503, Backend (TEI: 424; here 500, a model failure is not the client's).
+ERROR_TABLE: list[ErrorRow] = [
+    ErrorRow(engine_errors.InvalidBudget, 400, "invalid_request_error", "Validation", 422),
+    ErrorRow(engine_errors.InputTooLong, 400, "invalid_request_error", "Validation", 422),
+    ErrorRow(engine_errors.EmptyInput, 400, "invalid_request_error", "Empty", 400),
+    ErrorRow(engine_errors.InvalidRequest, 400, "invalid_request_error", "Validation", 422),
+    ErrorRow(engine_errors.ModelNotFound, 404, "invalid_request_error", "Validation", 404),
+    ErrorRow(engine_errors.ModelRejected, 409, "invalid_request_error", "Backend", 409),
+    ErrorRow(engine_errors.PointerInvalid, 409, "invalid_request_error", "Backend", 409),
+    ErrorRow(engine_errors.Overloaded, 429, "rate_limit_error", "Overloaded", 429),
+    ErrorRow(engine_errors.NotReady, 503, "service_unavailable", "Unhealthy", 503),
+    ErrorRow(engine_errors.Draining, 503, "service_unavailable", "Unhealthy", 503),
+    ErrorRow(engine_errors.DeadlineExceeded, 504, "timeout", "Overloaded", 504),
+    ErrorRow(engine_errors.InferenceFailed, 500, "server_error", "Backend", 500),
 ]
+_UNKNOWN = ErrorRow(engine_errors.EngineError, 500, "server_error", "Backend", 500)
 
 RETRY_AFTER_STATUSES = {429, 503}
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
+def row_for(exc: engine_errors.EngineError) -> ErrorRow:
+    return next((row for row in ERROR_TABLE if isinstance(exc, row.exc)), _UNKNOWN)
+
+
 def status_for(exc: engine_errors.EngineError) -> tuple[int, str]:
-    for cls, status, kind in ERROR_TABLE:
-        if isinstance(exc, cls):
-            return status, kind
-    return 500, "server_error"
+    row = row_for(exc)
+    return row.status, row.kind
+
+
+def is_tei_path(path: str) -> bool:
+    return path == TEI_PREFIX or path.startswith(TEI_PREFIX + "/")
 
 
 def error_body(message: str, kind: str, code: str | None, param: str | None) -> dict[str, object]:
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def tei_error_body(message: str, tei_type: str) -> dict[str, object]:
+    return {"error": message, "error_type": tei_type}
+
+
+def body_for_path(path: str, status: int, message: str, kind: str, code: str | None,
+                  param: str | None) -> dict[str, object]:
+    """The error body in the shape of ``path``'s surface (for errors raised outside a route, e.g. 413)."""
+    if is_tei_path(path):
+        return tei_error_body(message, _tei_type_for_status(status))
+    return error_body(message, kind, code, param)
 
 
 def error_response(
@@ -83,6 +124,26 @@ def count_error(scope: Scope, code: str) -> None:
         metrics.errors.labels(endpoint_label(scope), code).inc()
 
 
+def _respond(request: Request, status: int, message: str, kind: str, code: str | None, param: str | None,
+             retry_after: int, tei: tuple[str, int] | None = None) -> JSONResponse:
+    """OpenAI's shape, or TEI's under /tei (``tei`` = (error_type, status); default: from the status). Every
+    error response is counted once in ``mipic_errors_total{endpoint, code}``."""
+    count_error(request.scope, code or "unknown")
+    if not is_tei_path(request.url.path):
+        return error_response(status, message, kind, code, param, retry_after)
+    tei_type, tei_status = tei or (_tei_type_for_status(status), status)
+    headers = {"Retry-After": str(retry_after)} if tei_status in RETRY_AFTER_STATUSES else None
+    return JSONResponse(tei_error_body(message, tei_type), status_code=tei_status, headers=headers)
+
+
+def _tei_type_for_status(status: int) -> str:
+    if status == 429:
+        return "Overloaded"
+    if status == 503:
+        return "Unhealthy"
+    return "Validation" if status < 500 else "Backend"
+
+
 def _kind_for_status(status: int) -> str:
     if status in (401, 403):
         return "authentication_error"
@@ -105,19 +166,17 @@ def _validation_param(loc: tuple[int | str, ...]) -> str | None:
 
 
 def install_error_handlers(app: FastAPI, retry_after: int) -> None:
-    def respond(request: Request, status: int, message: str, kind: str, code: str, param: str | None) -> JSONResponse:
-        count_error(request.scope, code)
-        return error_response(status, message, kind, code, param, retry_after)
-
     @app.exception_handler(engine_errors.EngineError)
     async def _engine(request: Request, exc: engine_errors.EngineError) -> JSONResponse:
-        status, kind = status_for(exc)
-        message = exc.message if status < 500 or status in (503, 504) else "internal error running the model"
-        return respond(request, status, message, kind, exc.code, exc.param)
+        row = row_for(exc)
+        message = exc.message if row.status < 500 or row.status in (503, 504) else "internal error running the model"
+        return _respond(request, row.status, message, row.kind, exc.code, exc.param, retry_after,
+                        (row.tei_type, row.tei_status))
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return respond(request, exc.status, exc.message, _kind_for_status(exc.status), exc.code, exc.param)
+        return _respond(request, exc.status, exc.message, _kind_for_status(exc.status), exc.code, exc.param,
+                        retry_after)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -125,18 +184,19 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
         # For a union (str | list[str]) the deepest location is the most specific complaint.
         first: dict[str, Any] = dict(max(errs, key=lambda e: len(e.get("loc", ())), default={}))
         if first.get("type") == "json_invalid":
-            return respond(request, 400, "request body is not valid JSON", "invalid_request_error",
-                           "invalid_json", None)
+            return _respond(request, 400, "request body is not valid JSON", "invalid_request_error",
+                            "invalid_json", None, retry_after, ("Validation", 400))
         param = _validation_param(tuple(first.get("loc", ())))
         # pydantic's message only, never the input value (it may be huge or sensitive)
         message = f"{param or 'body'}: {first.get('msg', 'invalid value')}"
-        return respond(request, 400, message, "invalid_request_error", "invalid_value", param)
+        return _respond(request, 400, message, "invalid_request_error", "invalid_value", param, retry_after,
+                        ("Validation", 422))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail) if exc.status_code < 500 else "internal error"
-        return respond(request, exc.status_code, message, _kind_for_status(exc.status_code),
-                       HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}"), None)
+        return _respond(request, exc.status_code, message, _kind_for_status(exc.status_code),
+                        HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}"), None, retry_after)
 
     @app.exception_handler(ClientGone)
     async def _gone(_: Request, exc: ClientGone) -> Response:
@@ -146,4 +206,4 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error", exc_info=exc)
-        return respond(request, 500, "internal error", "server_error", "internal_error", None)
+        return _respond(request, 500, "internal error", "server_error", "internal_error", None, retry_after)

@@ -1,4 +1,5 @@
-"""``POST /embed``: the native endpoint with ``dim`` and ``layer`` in the query or the body."""
+"""``POST /embed``: the native endpoint with ``dim`` and ``layer`` in the query or the body, and
+``embedding_types`` for compact outputs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
-from mipic.service.api.embedding import check_inputs, embed_for_request
+from mipic.service.api.embedding import check_inputs, embed_for_request, to_json
 from mipic.service.api.errors import ApiError
 from mipic.service.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, Usage
 
@@ -39,12 +40,16 @@ async def embed(
     for name, q, b in (("dim", dim, body.dim), ("layer", layer, body.layer)):
         if q is not None and b is not None and q != b:
             raise ApiError(400, f"{name} given as {q} in the query and {b} in the body", "conflict", name)
+    wanted = list(dict.fromkeys(body.embedding_types or ["float"]))  # each once, in the order asked
+    engine_outputs = tuple(dict.fromkeys("float" if t == "base64" else t for t in wanted))
     result, headers = await embed_for_request(
         request, engine, metrics, "/embed", texts,
         dim if dim is not None else body.dim, layer if layer is not None else body.layer, "dim",
+        outputs=engine_outputs, output_param="embedding_types",
     )
+    by_type = {t: to_json(result.outputs["float" if t == "base64" else t], t) for t in wanted}
     payload = EmbedResponse(
-        embeddings=[v.tolist() for v in result.vectors],
+        embeddings=by_type if body.embedding_types else by_type["float"],
         dim=result.dim,
         layer=result.layer,
         model=result.model_id,

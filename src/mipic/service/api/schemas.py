@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
+
+# Output types of an embedding: float32 values, their base64 (little-endian float32 bytes, OpenAI's
+# format), or the quantised types of ``mipic.modeldir.vector.quantize``.
+EmbeddingType = Literal["float", "base64", "int8", "uint8", "binary", "ubinary"]
+TokenId = Annotated[int, Strict()]
 
 
 class EmbedRequest(BaseModel):
@@ -16,6 +21,13 @@ class EmbedRequest(BaseModel):
     # Strict: a JSON integer only, never true/false or "64" (a boolean would silently serve layer 1).
     dim: StrictInt | None = Field(None, description="Output dimension (Matryoshka prefix); default full width")
     layer: StrictInt | None = Field(None, description="Exit layer, 1..num_layers; default the last layer")
+    embedding_types: list[EmbeddingType] | None = Field(
+        None,
+        min_length=1,
+        description="Output types to return (each computed from the same unit vector): float, base64, int8, "
+        "uint8 (calibrated per (layer, dim) at export), binary, ubinary (packed sign bits; dim a multiple of "
+        "8). Given: `embeddings` is an object keyed by type; omitted: a list of float vectors.",
+    )
 
 
 class Usage(BaseModel):
@@ -23,7 +35,9 @@ class Usage(BaseModel):
 
 
 class EmbedResponse(BaseModel):
-    embeddings: list[list[float]]
+    embeddings: list[list[float]] | dict[str, list[list[float]] | list[list[int]] | list[str]] = Field(
+        description="float vectors; with `embedding_types`, an object: type → one row per input"
+    )
     dim: int
     layer: int
     model: str
@@ -35,18 +49,23 @@ class OpenAIEmbeddingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    input: str | list[str]
-    model: str | None = None
+    input: str | list[str] | list[list[TokenId]] | list[TokenId] = Field(
+        description="Text or texts. Token-id arrays (what OpenAI clients send after tokenizing with tiktoken) "
+        "are refused with 400: this server tokenizes text itself."
+    )
+    model: str | None = Field(None, description="The served model's name, `name@version`, or an alias")
     dimensions: StrictInt | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    user: str | None = None
+    encoding_format: EmbeddingType = Field(
+        "float", description="float, base64 (little-endian float32), int8, uint8, binary or ubinary"
+    )
+    user: str | None = Field(None, description="Accepted and ignored")
     layer: StrictInt | None = Field(None, description="Extension: exit layer, 1..num_layers")
 
 
 class OpenAIEmbedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int
-    embedding: list[float] | str
+    embedding: list[float] | list[int] | str
 
 
 class OpenAIUsage(BaseModel):
@@ -59,6 +78,20 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: OpenAIUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(description="Unix time the served version was exported")
+    owned_by: str = "mipic"
+    root: str = Field(description="The served model's name (an alias's target)")
+    version: str
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
 
 
 class BudgetInfo(BaseModel):

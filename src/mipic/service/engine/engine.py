@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 from mipic.modeldir.manifest import ManifestError
 from mipic.modeldir.repository import ModelRepository, PointerState, RepositoryError, resolve_model_dir
 from mipic.modeldir.runner import LoadedModel, Row
+from mipic.modeldir.tokenizer import Direction
 from mipic.service.engine.batcher import Batcher, BatchStats
 from mipic.service.engine.errors import Draining, InvalidRequest, ModelRejected, NotReady, PointerInvalid
 from mipic.service.settings import Settings
@@ -30,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmbedResult:
-    vectors: list[np.ndarray]
+    vectors: list[np.ndarray]  # (dim,) float32 unit vectors, one per input
+    outputs: dict[str, np.ndarray]  # output type → (N, dim) or (N, dim / 8) array, quantised with the pinned model
     dim: int
     layer: int
     model_id: str
@@ -232,20 +235,36 @@ class Engine:
     # ------------------------------------------------------------------ requests
 
     async def embed(
-        self, texts: list[str], dim: int | None, layer: int | None, dim_param: str = "dim"
+        self,
+        texts: Sequence[str | Sequence[int]],
+        dim: int | None,
+        layer: int | None,
+        dim_param: str = "dim",
+        *,
+        outputs: Sequence[str] = ("float",),
+        output_param: str = "encoding_format",
+        truncate: bool | None = None,
+        direction: Direction = "right",
+        input_param: str = "input",
     ) -> EmbedResult:
-        """Embed texts at one (dim, layer) budget. Raises an :class:`EngineError` subclass on bad input."""
+        """Embed texts (or token-id lists in the model's vocabulary) at one (dim, layer) budget, in each of
+        ``outputs`` (``vector.quantize``). Raises an :class:`EngineError` subclass on bad input, before any
+        compute."""
         if self.draining:
             raise Draining("server is shutting down; retry on another replica")
         model = self.model  # pinned: a reload during this request does not change its version
         d, ly = model.resolve_budget(dim, layer, dim_param)
+        for output in outputs:
+            model.check_output(d, ly, output, output_param)
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")
         self.active_requests += 1
         try:
             t0 = time.perf_counter()
             encoded = await asyncio.get_running_loop().run_in_executor(
-                self._tokenize_pool, model.tokenizer.encode, texts
+                self._tokenize_pool,
+                functools.partial(model.tokenizer.encode, texts, truncate=truncate, direction=direction,
+                                  param=input_param),
             )
             t_tok = time.perf_counter() - t0
             rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
@@ -258,8 +277,11 @@ class Engine:
                 raise
         finally:
             self.active_requests -= 1
+        vectors = [r.vector for r in results]
+        stacked = np.stack(vectors)  # (N, dim)
         return EmbedResult(
-            vectors=[r.vector for r in results],
+            vectors=vectors,
+            outputs={o: model.quantize(stacked, d, ly, o) for o in outputs},
             dim=d,
             layer=ly,
             model_id=model.model_id,

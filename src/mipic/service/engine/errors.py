@@ -9,6 +9,7 @@ from mipic.modeldir.errors import EngineError, InputTooLong, InvalidBudget, Inva
 __all__ = [
     "DeadlineExceeded",
     "Draining",
+    "EmptyInput",
     "EngineError",
     "InferenceFailed",
     "InputTooLong",
@@ -20,6 +21,10 @@ __all__ = [
     "Overloaded",
     "PointerInvalid",
 ]
+
+
+class EmptyInput(InvalidRequest):
+    """No inputs at all (text-embeddings-inference answers this one apart, as ``Empty``)."""
 
 
 class ModelNotFound(EngineError):

@@ -1,4 +1,4 @@
-"""Dense retrieval by cosine: nDCG@k (linear gains, as in BEIR/pytrec_eval) and recall@k."""
+"""Dense retrieval by cosine (or any score matrix): nDCG@k (linear gains, as in BEIR/pytrec_eval) and recall@k."""
 
 from __future__ import annotations
 
@@ -27,7 +27,11 @@ def retrieval_metrics(
     """
     if len(qrels) != len(query_emb):
         raise ValueError(f"{len(query_emb)} queries but {len(qrels)} qrels entries")
-    scores = l2_normalize(query_emb) @ l2_normalize(doc_emb).T  # (Q, D)
+    return ranking_metrics(l2_normalize(query_emb) @ l2_normalize(doc_emb).T, qrels, k)
+
+
+def ranking_metrics(scores: np.ndarray, qrels: Sequence[Mapping[int, float]], k: int = 10) -> dict[str, float]:
+    """nDCG@k and recall@k of (Q, D) query-document ``scores`` (higher ranks first; ties keep corpus order)."""
     ndcgs: list[float] = []
     recalls: list[float] = []
     for q, rels in enumerate(qrels):

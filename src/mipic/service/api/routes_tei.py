@@ -1,0 +1,168 @@
+"""text-embeddings-inference's protocol under ``/tei``, so TEI clients work with base URL ``.../tei``.
+
+``POST /tei`` and ``POST /tei/embed`` (TEI's fields, a bare ``[[...]]`` response; ``dim``/``layer`` as
+extensions, in the body or the query), ``POST /tei/tokenize``, ``POST /tei/decode``, ``GET /tei/info``
+(TEI's fields) and ``GET /tei/health``. Errors here have TEI's shape ``{"error", "error_type"}``
+(``api/errors.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
+from mipic.service.api.embedding import check_inputs, embed_for_request
+from mipic.service.api.errors import TEI_PREFIX, ApiError
+from mipic.service.api.schemas_tei import (
+    TeiDecodeRequest,
+    TeiEmbeddingModel,
+    TeiEmbedRequest,
+    TeiErrorResponse,
+    TeiInfo,
+    TeiModelType,
+    TeiToken,
+    TeiTokenizeRequest,
+)
+from mipic.service.engine.errors import EmptyInput, InvalidRequest, NotReady
+
+router = APIRouter(prefix=TEI_PREFIX, tags=["text-embeddings-inference"])
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": TeiErrorResponse} for code in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
+}
+JSON_IN = [Depends(require_json), Depends(require_api_key)]
+DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+
+
+def _no_prompt(prompt_name: str | None) -> None:
+    if prompt_name is not None:
+        raise InvalidRequest(f"prompt_name {prompt_name!r} is not available: the served model has no prompts",
+                             param="prompt_name")
+
+
+def _one(name: str, query: int | None, body: int | None, alias: int | None = None) -> int | None:
+    """One value from the query, the body and (for dim) TEI's ``dimensions``; all given ones must agree."""
+    given = {v for v in (query, body, alias) if v is not None}
+    if len(given) > 1:
+        raise ApiError(400, f"{name} given with different values: {sorted(given)}", "conflict", name)
+    return given.pop() if given else None
+
+
+async def _embed(
+    request: Request,
+    body: TeiEmbedRequest,
+    engine: EngineDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    dim: int | None,
+    layer: int | None,
+) -> JSONResponse:
+    if not body.normalize:
+        raise InvalidRequest("normalize=false is not supported: the vectors are always L2-normalised (the "
+                             "Matryoshka prefix is re-normalised after the cut)", param="normalize")
+    _no_prompt(body.prompt_name)
+    inputs = body.inputs
+    if isinstance(inputs, list) and not inputs:
+        raise EmptyInput("`inputs` cannot be empty", param="inputs")
+    items: list[str | list[int]]
+    if isinstance(inputs, str) or isinstance(inputs[0], int):
+        items = [cast("str | list[int]", inputs)]  # one text, or one token-id list
+    else:
+        items = cast("list[str | list[int]]", inputs)
+    check_inputs(items, "inputs", settings)
+    result, headers = await embed_for_request(
+        request, engine, metrics, "/tei/embed", items,
+        _one("dim", dim, body.dim, body.dimensions), _one("layer", layer, body.layer), "dimensions",
+        truncate=body.truncate, direction="left" if body.truncation_direction.lower() == "left" else "right",
+        input_param="inputs",
+    )
+    return JSONResponse([v.tolist() for v in result.vectors], headers=headers)
+
+
+DimQuery = Annotated[int | None, Query(description="Extension: output dimension (Matryoshka prefix)")]
+LayerQuery = Annotated[int | None, Query(description="Extension: exit layer, 1..num_layers")]
+
+
+@router.post("", response_model=list[list[float]], responses=ERRORS, dependencies=JSON_IN,
+             summary="Embed (TEI's POST / for embedding models)")
+async def embed_root(request: Request, body: TeiEmbedRequest, engine: EngineDep, metrics: MetricsDep,
+                     settings: SettingsDep, dim: DimQuery = None, layer: LayerQuery = None) -> JSONResponse:
+    return await _embed(request, body, engine, metrics, settings, dim, layer)
+
+
+@router.post("/embed", response_model=list[list[float]], responses=ERRORS, dependencies=JSON_IN)
+async def embed(request: Request, body: TeiEmbedRequest, engine: EngineDep, metrics: MetricsDep,
+                settings: SettingsDep, dim: DimQuery = None, layer: LayerQuery = None) -> JSONResponse:
+    """Pooled, L2-normalised embeddings, one row per input (TEI's ``/embed``)."""
+    return await _embed(request, body, engine, metrics, settings, dim, layer)
+
+
+@router.post("/tokenize", response_model=list[list[TeiToken]], responses=ERRORS, dependencies=JSON_IN)
+async def tokenize(body: TeiTokenizeRequest, engine: EngineDep, settings: SettingsDep) -> list[list[TeiToken]]:
+    """Tokens of each input with ids and byte offsets (truncated to max_input_length)."""
+    _no_prompt(body.prompt_name)
+    texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+    check_inputs(texts, "inputs", settings)
+    tokenizer = engine.model.tokenizer
+
+    def tokens() -> list[list[TeiToken]]:
+        return [[TeiToken(**vars(t)) for t in tokenizer.tokens(text, body.add_special_tokens)] for text in texts]
+
+    return await run_in_threadpool(tokens)  # off the event loop, like the embed routes' tokenization
+
+
+@router.post("/decode", response_model=list[str], responses=ERRORS, dependencies=JSON_IN)
+async def decode(body: TeiDecodeRequest, engine: EngineDep, settings: SettingsDep) -> list[str]:
+    """Token ids (one list, or a list of lists) back to text; ids outside the vocabulary are refused."""
+    if not body.ids:
+        raise EmptyInput("`ids` cannot be empty", param="ids")
+    tokenizer = engine.model.tokenizer
+    if isinstance(body.ids[0], int):  # one list of ids
+        batch, params = [cast("list[int]", body.ids)], ["ids"]
+    else:
+        batch = cast("list[list[int]]", body.ids)
+        params = [f"ids[{i}]" for i in range(len(batch))]
+    if len(batch) > settings.max_inputs_per_request:
+        raise InvalidRequest(f"batch size {len(batch)} > maximum allowed batch size "
+                             f"{settings.max_inputs_per_request}", param="ids")
+
+    def texts() -> list[str]:
+        return [tokenizer.decode(ids, body.skip_special_tokens, p) for ids, p in zip(batch, params, strict=True)]
+
+    return await run_in_threadpool(texts)
+
+
+@router.get("/info", response_model=TeiInfo)
+async def info(request: Request, engine: EngineDep, settings: SettingsDep) -> TeiInfo:
+    """TEI's model and router information."""
+    model = engine.model
+    m = model.manifest
+    return TeiInfo(
+        model_id=m.name,
+        model_dtype=DTYPES.get(m.precision, m.precision),
+        served_model_name=m.name,
+        model_type=TeiModelType(embedding=TeiEmbeddingModel(pooling=m.pooling)),
+        max_concurrent_requests=settings.max_queue_size,
+        max_input_length=model.tokenizer.max_length,
+        max_batch_tokens=settings.max_batch_tokens,
+        max_batch_requests=settings.max_batch_size,
+        max_client_batch_size=settings.max_inputs_per_request,
+        auto_truncate=settings.truncate,
+        tokenization_workers=settings.tokenizer_threads,
+        version=request.app.version,
+        dims=m.dims,
+        layers=m.layers,
+        model_version=m.model_id,
+    )
+
+
+@router.get("/health", responses={503: {"model": TeiErrorResponse}})
+async def health(engine: EngineDep) -> dict[str, str]:
+    """200 when a model is loaded and the server is not draining (TEI's ``/health``)."""
+    if not engine.ready:
+        raise NotReady("model is loading or the server is draining")
+    return {"status": "ok"}
