@@ -9,13 +9,16 @@ A run is fully described by its ``train_config.yaml``: ``mipic train --config th
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mipic.training.losses import AdaptiveLayerMatryoshkaLoss, MatryoshkaInfoNCELoss, MIPICLoss, SelfDistillLoss
 
 logger = logging.getLogger(__name__)
 
@@ -81,56 +84,66 @@ class ModelSection(_Section):
     )
 
 
+def loss_default(loss: Callable[..., Any], name: str) -> Any:
+    """The default of ``name`` in a loss constructor's signature: each loss hyperparameter's default is
+    spelled once, beside its equation in the loss's file, and the config reads it from there."""
+    return inspect.signature(loss).parameters[name].default
+
+
 class LossSection(_Section):
-    """Hyperparameters of the loss constructors in :mod:`mipic.training.losses` (same names there).
+    """Hyperparameters of the loss constructors in :mod:`mipic.training.losses`, under the constructors' own
+    names and with their defaults (``loss_default``); ``build_objective`` passes them on by name.
 
     Only the fields an objective uses are read: ``infonce`` → temperature, symmetric; ``mrl`` → dims,
     weights, temperature, symmetric; ``adaptive_layer`` → dims, weights, layers, layer_weighting,
-    kl_weight, kl_temperature, temperature, symmetric; ``mipic`` → dims, chain, sia_layers and the rest.
+    kl_weight, kl_temperature, temperature, symmetric; ``mipic`` → dims, chain, sia_layers and the rest;
+    any objective → the self-distillation fields (``distill_*``, ``anchor_weight``) when ``distill_weight > 0``.
     """
 
     dims: list[int] | None = Field(
         default=None, description="Matryoshka dims; None = 16, 32, 64, 128, 256 below the hidden size + full."
     )
     weights: list[float] | None = Field(default=None, description="One MRL weight per dim (None = all 1).")
-    temperature: float = Field(default=0.05, gt=0)
-    symmetric: bool = False
+    temperature: float = Field(default=loss_default(MatryoshkaInfoNCELoss, "temperature"), gt=0)
+    symmetric: bool = loss_default(MatryoshkaInfoNCELoss, "symmetric")
     # 2D Matryoshka (adaptive_layer)
     layers: list[int] | None = Field(default=None, description="Layers trained by 2D Matryoshka; None = all.")
-    layer_weighting: Literal["uniform", "linear"] | list[float] = "uniform"
-    kl_weight: float = Field(default=1.0, ge=0)
-    kl_temperature: float = Field(default=0.3, gt=0)
+    layer_weighting: Literal["uniform", "linear"] | list[float] = loss_default(
+        AdaptiveLayerMatryoshkaLoss, "layer_weighting")
+    kl_weight: float = Field(default=loss_default(AdaptiveLayerMatryoshkaLoss, "kl_weight"), ge=0)
+    kl_temperature: float = Field(default=loss_default(AdaptiveLayerMatryoshkaLoss, "kl_temperature"), gt=0)
     # MIPIC
     chain: list[tuple[int, int]] | None = Field(
         default=None, description="PIC chain of (dim, layer) budgets, cheapest first; None disables PIC."
     )
     sia_layers: list[int] | None = Field(default=None, description="SIA student layers; None disables SIA.")
-    alpha: float = Field(default=0.4, ge=0.0, le=1.0)
-    w_sia: float = Field(default=1.0, ge=0)
-    w_pic: float = Field(default=1.0, ge=0)
-    w_scr: float = Field(default=0.1, ge=0)
-    w_sir: float = Field(default=0.1, ge=0)
+    alpha: float = Field(default=loss_default(MIPICLoss, "alpha"), ge=0.0, le=1.0)
+    w_sia: float = Field(default=loss_default(MIPICLoss, "w_sia"), ge=0)
+    w_pic: float = Field(default=loss_default(MIPICLoss, "w_pic"), ge=0)
+    w_scr: float = Field(default=loss_default(MIPICLoss, "w_scr"), ge=0)
+    w_sir: float = Field(default=loss_default(MIPICLoss, "w_sir"), ge=0)
     sia_dims: list[int] | None = None
-    sia_attn_weight: float = Field(default=1.0, ge=0)
-    sia_cka_weight: float = Field(default=1.0, ge=0)
-    sia_attn_temperature: float = Field(default=1.0, gt=0)
-    sia_k_min: int = Field(default=8, ge=1)
-    sia_gamma: tuple[float, float] = (0.1, 0.5)
-    sia_kl_direction: Literal["student_teacher", "teacher_student"] = "student_teacher"
-    sia_include_cls: bool = False
+    sia_attn_weight: float = Field(default=loss_default(MIPICLoss, "sia_attn_weight"), ge=0)
+    sia_cka_weight: float = Field(default=loss_default(MIPICLoss, "sia_cka_weight"), ge=0)
+    sia_attn_temperature: float = Field(default=loss_default(MIPICLoss, "sia_attn_temperature"), gt=0)
+    sia_k_min: int = Field(default=loss_default(MIPICLoss, "sia_k_min"), ge=1)
+    sia_gamma: tuple[float, float] = loss_default(MIPICLoss, "sia_gamma")
+    sia_kl_direction: Literal["student_teacher", "teacher_student"] = loss_default(MIPICLoss, "sia_kl_direction")
+    sia_include_cls: bool = loss_default(MIPICLoss, "sia_include_cls")
     pic_projector_hidden: int | None = Field(default=None, ge=1)
-    pic_progressive: bool = False
-    pic_cross_view: bool = True
+    pic_progressive: bool = loss_default(MIPICLoss, "pic_progressive")
+    pic_cross_view: bool = loss_default(MIPICLoss, "pic_cross_view")
     mic_dims: list[int] | None = None
-    sir_t: float = Field(default=2.0, gt=0)
-    normalize_terms: bool = False
-    ema_decay: float = Field(default=0.99, ge=0.0, lt=1.0)
+    sir_t: float = Field(default=loss_default(MIPICLoss, "sir_t"), gt=0)
+    normalize_terms: bool = loss_default(MIPICLoss, "normalize_terms")
+    ema_decay: float = Field(default=loss_default(MIPICLoss, "ema_decay"), ge=0.0, lt=1.0)
     # Self-distillation from a frozen teacher (losses/distill.py), added to any objective
     distill_weight: float = Field(default=0.0, ge=0, description="Weight of SelfDistillLoss; 0 = off.")
-    distill_temperature: float = Field(default=0.05, gt=0)
+    distill_temperature: float = Field(default=loss_default(SelfDistillLoss, "temperature"), gt=0)
     distill_layers: list[int] | None = Field(default=None, description="Student layers; None = all.")
     distill_dims: list[int] | None = Field(default=None, description="Prefixes per layer; None = dims.")
-    anchor_weight: float = Field(default=0.0, ge=0, description="Last layer, full width: 1 - cos to the teacher.")
+    anchor_weight: float = Field(default=loss_default(SelfDistillLoss, "anchor_weight"), ge=0,
+                                 description="Last layer, full width: 1 - cos to the teacher.")
 
 
 class DataSection(_Section):

@@ -8,8 +8,9 @@ DDP together with the encoder, with no special casing.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,52 +112,25 @@ def build_objective(
     if objective == "infonce":
         return InfoNCEObjective(cfg.temperature, cfg.symmetric)
     if objective == "mrl":
-        return MRLObjective(
-            MatryoshkaInfoNCELoss(dims, weights=cfg.weights, temperature=cfg.temperature, symmetric=cfg.symmetric)
-        )
+        return MRLObjective(MatryoshkaInfoNCELoss(dims, **_by_name(MatryoshkaInfoNCELoss, cfg, skip={"dims"})))
     if objective == "adaptive_layer":
-        return AdaptiveLayerObjective(
-            AdaptiveLayerMatryoshkaLoss(
-                dims,
-                cfg.layers or list(range(1, num_layers + 1)),
-                weights=cfg.weights,
-                layer_weighting=cfg.layer_weighting,
-                temperature=cfg.temperature,
-                kl_weight=cfg.kl_weight,
-                kl_temperature=cfg.kl_temperature,
-                symmetric=cfg.symmetric,
-            )
-        )
+        layers = cfg.layers or list(range(1, num_layers + 1))
+        return AdaptiveLayerObjective(AdaptiveLayerMatryoshkaLoss(
+            dims, layers, **_by_name(AdaptiveLayerMatryoshkaLoss, cfg, skip={"dims", "layers"})))
     if objective == "mipic":
-        return MIPICLoss(
-            hidden_size,
-            dims,
-            cfg.chain,
-            cfg.sia_layers,
-            alpha=cfg.alpha,
-            w_sia=cfg.w_sia,
-            w_pic=cfg.w_pic,
-            w_scr=cfg.w_scr,
-            w_sir=cfg.w_sir,
-            temperature=cfg.temperature,
-            mrl_weights=cfg.weights,
-            sia_dims=cfg.sia_dims,
-            sia_attn_weight=cfg.sia_attn_weight,
-            sia_cka_weight=cfg.sia_cka_weight,
-            sia_attn_temperature=cfg.sia_attn_temperature,
-            sia_k_min=cfg.sia_k_min,
-            sia_gamma=cfg.sia_gamma,
-            sia_kl_direction=cfg.sia_kl_direction,
-            sia_include_cls=cfg.sia_include_cls,
-            pic_projector_hidden=cfg.pic_projector_hidden,
-            pic_progressive=cfg.pic_progressive,
-            pic_cross_view=cfg.pic_cross_view,
-            mic_dims=cfg.mic_dims,
-            sir_t=cfg.sir_t,
-            normalize_terms=cfg.normalize_terms,
-            ema_decay=cfg.ema_decay,
-        )
+        return MIPICLoss(hidden_size, dims, cfg.chain, cfg.sia_layers, mrl_weights=cfg.weights,
+                         **_by_name(MIPICLoss, cfg, skip={"hidden_size", "dims", "chain", "sia_layers", "mrl_weights"}))
     raise ValueError(f"objective {objective!r} has no loss (expected infonce, mrl, adaptive_layer or mipic)")
+
+
+def _by_name(loss: Callable[..., Any], cfg: LossSection, skip: set[str]) -> dict[str, Any]:
+    """Every constructor argument of ``loss`` that the config section has, under the same name: a
+    hyperparameter is spelled in the constructor (with its default) and in the config, never mapped by hand."""
+    params = inspect.signature(loss).parameters
+    missing = [n for n in params if n not in skip and n != "self" and n not in LossSection.model_fields]
+    if missing:
+        raise TypeError(f"{getattr(loss, '__name__', loss)} takes {missing}, which the loss config lacks")
+    return {n: getattr(cfg, n) for n in params if n not in skip and n != "self"}
 
 
 def trained_budgets(objective: Objective, cfg: LossSection, hidden_size: int, num_layers: int) -> list[tuple[int, int]]:
@@ -200,11 +174,8 @@ def build_model(
     if loss.distill_weight > 0:
         # the teacher is the base encoder as loaded, copied before any adapter touches it: it cannot drift
         teacher = copy.deepcopy(encoder)
-        distill = SelfDistillLoss(
-            [(d, ly) for d, ly in distill_budgets(loss, hidden, num_layers)],
-            temperature=loss.distill_temperature,
-            anchor_weight=loss.anchor_weight,
-        )
+        distill = SelfDistillLoss([(d, ly) for d, ly in distill_budgets(loss, hidden, num_layers)],
+                                  temperature=loss.distill_temperature, anchor_weight=loss.anchor_weight)
     heads = None
     if model_cfg.heads_init is not None:
         heads = ExitHeadsModule(load_heads_init(model_cfg.heads_init, num_layers, hidden),

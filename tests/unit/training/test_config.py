@@ -25,7 +25,7 @@ def test_defaults() -> None:
     assert cfg == TrainConfig()
     assert cfg.objective == "mipic"
     assert cfg.model.base is None  # → packaged MiniLM at train time
-    assert cfg.data.max_length == 64
+    assert cfg.data.max_length == 64  # the library default; the MiniLM recipe sets 128
     assert cfg.export.enabled is False
 
 
@@ -108,7 +108,7 @@ def test_override_into_a_scalar_is_refused() -> None:
         ("train.max_stepz=5", r"train\.max_stepz: Extra inputs are not permitted"),
         ("losss.alpha=0.5", r"losss: Extra inputs are not permitted"),
         ("loss.alpha=1.5", r"loss\.alpha: Input should be less than or equal to 1"),
-        ("objective=simcse", r"objective: Input should be 'none', 'infonce', 'mrl', 'adaptive_layer' or 'mipic'"),
+        ("objective=simcse", r"objective: Input should be 'none', 'infonce', 'mrl', 'adaptive_layer', 'mipic' or 'distill'"),
         ("train.batch_size=1", r"train\.batch_size: Input should be greater than or equal to 2"),
     ],
 )
@@ -137,3 +137,27 @@ def test_save_load_round_trip(tmp_path: Path, name: str) -> None:
     assert load_config(path) == cfg
     # Plain YAML types only, so the file is readable without our classes.
     assert yaml.safe_load(path.read_text())["loss"] == cfg.to_dict()["loss"]
+
+
+def test_loss_hyperparameters_are_spelled_once() -> None:
+    """Each loss default lives in its constructor; the config section reads it and build_objective passes
+    every constructor argument by name (a missing config field is an error, not a silent default)."""
+    import inspect
+
+    from mipic.training.config import LossSection
+    from mipic.training.losses import AdaptiveLayerMatryoshkaLoss, MatryoshkaInfoNCELoss, MIPICLoss
+    from mipic.training.model import _by_name
+
+    section = LossSection()
+    for loss in (MIPICLoss, AdaptiveLayerMatryoshkaLoss, MatryoshkaInfoNCELoss):
+        for name, param in inspect.signature(loss).parameters.items():
+            if name in LossSection.model_fields and param.default is not inspect.Parameter.empty:
+                assert getattr(section, name) == param.default, (loss.__name__, name)
+    changed = section.model_copy(update={"alpha": 0.25, "sia_k_min": 3})
+    kwargs = _by_name(MIPICLoss, changed, skip={"hidden_size", "dims", "chain", "sia_layers", "mrl_weights"})
+    assert kwargs["alpha"] == 0.25 and kwargs["sia_k_min"] == 3
+
+    def new_loss(dims: list[int], brand_new_knob: float = 1.0) -> None: ...
+
+    with pytest.raises(TypeError, match="brand_new_knob"):
+        _by_name(new_loss, section, skip={"dims"})

@@ -308,3 +308,15 @@ def test_cli_train_reports_bad_config(tmp_path: Path) -> None:
                                       "--set", "loss.alpah=0.3"])
     assert result.exit_code == 2
     assert "loss.alpah: Extra inputs are not permitted" in result.output
+
+
+def test_report_to_tensorboard_writes_event_files(tiny_torch_model: Any, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    _, _, base = tiny_torch_model
+    cfg = smoke_config(base, tmp_path / "run", "train.max_steps=2", "train.report_to=[tensorboard]")
+    train(cfg, sentences=make_sentences(64))
+    assert list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    off = smoke_config(base, tmp_path / "off", "train.max_steps=1")
+    assert off.train.report_to == []  # off by default
+    train(off, sentences=make_sentences(64))
+    assert not (tmp_path / "off" / "logs").exists()
