@@ -147,3 +147,16 @@ async def test_engine_cancellation_drops_queued_rows(tiny_model_dir: Path) -> No
     await asyncio.sleep(0.1)
     assert ran == [1]
     await engine.stop()
+
+
+async def test_batches_respect_the_token_pair_budget() -> None:
+    """Attention's T² term: 4 rows of 8 tokens fit 64 tokens, but only 2 fit 128 token pairs."""
+    model = FakeModel()
+    stats: list[BatchStats] = []
+    b = Batcher(max_batch_tokens=64, max_batch_size=8, max_wait_ms=20, max_queue_size=64, on_batch=stats.append,
+                max_batch_token_pairs=128)
+    b.start()
+    futs = b.submit(model, [row(i, length=8) for i in range(5)], timeout_s=5)  # type: ignore[arg-type]
+    await asyncio.gather(*futs)
+    assert [len(bt) for bt in model.batches] == [2, 2, 1]
+    await b.stop()

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mipic.modeldir.runner import LoadedModel, Row
+from mipic.modeldir.runner import DEFAULT_MAX_BATCH_TOKEN_PAIRS, LoadedModel, Row
 from mipic.service.engine.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -62,8 +62,10 @@ class Batcher:
         max_wait_ms: float,
         max_queue_size: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_token_pairs = max_batch_token_pairs
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_size = max_queue_size
@@ -142,12 +144,17 @@ class Batcher:
             if batch:
                 await self._execute(batch)
 
+    def _fits(self, rows: int, longest: int) -> bool:
+        """Whether ``rows`` rows padded to ``longest`` tokens stay within the batch's token and token-pair
+        budgets (the pairs, rows × longest², are attention's T² term: what bounds memory at long inputs)."""
+        return (rows <= self.max_batch_size and rows * longest <= self.max_batch_tokens
+                and rows * longest * longest <= self.max_batch_token_pairs)
+
     async def _fill(self) -> None:
         """Wait up to max_wait for more rows unless the batch is already full."""
         deadline = time.perf_counter() + self.max_wait_s
         while True:
-            full = len(self._queue) >= self.max_batch_size
-            if full or self._padded_tokens_if_cut() >= self.max_batch_tokens:
+            if self._full():
                 return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -158,13 +165,14 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _padded_tokens_if_cut(self) -> int:
+    def _full(self) -> bool:
+        """Whether the queue already holds more than one batch can take."""
         longest = 0
         for n, item in enumerate(self._queue, start=1):
             longest = max(longest, item.row.ids.shape[0])
-            if n >= self.max_batch_size:
-                return longest * n
-        return longest * len(self._queue)
+            if not self._fits(n + 1, longest):
+                return True
+        return False
 
     def _cut(self) -> list[WorkItem]:
         """Take rows in FIFO order for one model version until the token or row budget is reached."""
@@ -183,8 +191,7 @@ class Batcher:
             if batch and item.model is not batch[0].model:
                 break
             new_longest = max(longest, item.row.ids.shape[0])
-            if batch and (new_longest * (len(batch) + 1) > self.max_batch_tokens
-                          or len(batch) >= self.max_batch_size):
+            if batch and not self._fits(len(batch) + 1, new_longest):
                 break
             self._queue.popleft()
             item.started_at = now
