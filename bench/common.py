@@ -196,7 +196,8 @@ def environment() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in have]
+                flags = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512fp16",
+                                     "avx_vnni", "amx_tile") if f in have]
     except OSError:
         pass
     try:

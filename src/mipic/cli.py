@@ -416,7 +416,7 @@ def export(
     dims: Annotated[str | None, typer.Option(help="Comma-separated allowed dims.")] = None,
     max_seq_length: Annotated[int | None, typer.Option(help="Max tokens per input.")] = None,
     quantize: Annotated[
-        Quantize | None, typer.Option(help="Also write OUT-int8 (dynamic int8, CPU) or OUT-fp16 (for CUDA).")
+        Quantize | None, typer.Option(help="Also write OUT-int8 (static int8, calibrated; CPU) or OUT-fp16 (for CUDA).")
     ] = None,
     heads: Annotated[
         ExportHeads,
