@@ -1,12 +1,13 @@
 """Memory of ``mipic serve`` under the largest request the default limits admit: RSS before, at peak, after.
 
 For each onnxruntime arena choice (``MIPIC_ONNX_ARENA``: ``shared``, ``off``, ``per-session``) a fresh server
-(default settings otherwise, but a queue and a request deadline that hold the whole load) is warmed, its idle RSS read ("before"), then ``clients`` clients each send
-``rounds`` requests of ``max_inputs_per_request`` texts of ``max_seq_length`` tokens at once (the queue holds
-them all: saturation). The peak is the kernel's high-water mark (``VmHWM``, reset just before the load through
-``/proc/PID/clear_refs``), so no sampling interval can miss it; "after" is the RSS ``settle_s`` after the last
-answer. Offline, the same arenas are timed on the engine (one child process each: the shared arena is
-process-wide). Targets (issue 13): peak ≤ 1.2 GB, after within 300 MB of before.
+(default settings otherwise, but a queue and a request deadline that hold the whole load) is warmed and its
+idle RSS read ("before"); then ``clients`` clients each send ``rounds`` requests of ``max_inputs_per_request``
+texts of ``max_seq_length`` tokens at once (the queue holds them all: saturation). The peak is the kernel's
+high-water mark (``VmHWM``, reset just before the load through ``/proc/PID/clear_refs``), so no sampling
+interval can miss it; "after" is the RSS ``settle_s`` after the last answer. Offline, the same arenas are
+timed on the engine (one child process each: the shared arena is process-wide).
+Targets (issue 13): peak ≤ 1.2 GB, after within 300 MB of before.
 Usage: ``python -m bench.memory [--quick] [--arenas shared,off]``.
 """
 
@@ -201,7 +202,8 @@ def markdown(payload: dict[str, Any]) -> str:
              f"{'yes' if s['peak_ok'] else 'no'} / {'yes' if s['settle_ok'] else 'no'}", s["texts_per_s"],
              ", ".join(f"{k}: {v}" for k, v in s["statuses"].items())] for s in served]
     budget = "the full budget" if cfg["layer"] is None else f"layer {cfg['layer']}"
-    parts = [f"`mipic serve` (default settings but `MIPIC_ONNX_ARENA`, and a queue and deadline that hold the load), {cfg['clients']} clients × {cfg['rounds']} "
+    parts = [f"`mipic serve` (default settings but `MIPIC_ONNX_ARENA`, and a queue and deadline that hold the load), "
+             f"{cfg['clients']} clients × {cfg['rounds']} "
              f"request(s) of {first.get('texts_per_request', '?')} texts × {first.get('tokens_per_text', '?')} tokens "
              f"(the largest request the default limits admit) at {budget}, all sent at once. Peak = VmHWM reset "
              f"before the load; after = RSS {cfg['settle_s']:g} s after the last answer. {env_line(env)}. "
