@@ -21,7 +21,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Built artefacts (int8 copy, Optimum exports for the peers): git-ignored, rebuilt on demand.
 TMP_DIR = RESULTS_DIR / "tmp"
 DEFAULT_MODEL = Path("models/all-minilm-l6-v2/1")
-PEERS_PYTHON = Path(os.environ.get("MIPIC_BENCH_PEERS_PYTHON", "/work/peers-venv/bin/python"))
+# The peers' python: this variable if set, else the venv bench.prepare builds (bench.prepare.peers_python).
+PEERS_PYTHON: Path | None = Path(os.environ["MIPIC_BENCH_PEERS_PYTHON"]) if os.environ.get(
+    "MIPIC_BENCH_PEERS_PYTHON") else None
 
 # A CPU-heavy process with one of these in its command line makes timings meaningless.
 BUSY_PATTERNS = ("mipic train", "mipic retrain", "mipic eval", "pretrain")
