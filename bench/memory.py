@@ -3,10 +3,12 @@
 For each onnxruntime arena choice (``MIPIC_ONNX_ARENA``: ``shared``, ``off``, ``per-session``) a fresh server
 (default settings otherwise, but a queue and a request deadline that hold the whole load) is warmed and its
 idle RSS read ("before"); then ``clients`` clients each send ``rounds`` requests of ``max_inputs_per_request``
-texts of ``max_seq_length`` tokens at once (the queue holds them all: saturation). The peak is the kernel's
-high-water mark (``VmHWM``, reset just before the load through ``/proc/PID/clear_refs``), so no sampling
-interval can miss it; "after" is the RSS ``settle_s`` after the last answer. Offline, the same arenas are
-timed on the engine (one child process each: the shared arena is process-wide).
+texts of ``max_seq_length`` tokens at once (one such request keeps the server saturated for minutes). The other
+arenas, for comparison, get ``comparison_texts`` texts per request: each reaches its peak within a few batches.
+The peak is the kernel's high-water mark (``VmHWM``, reset just before the load through
+``/proc/PID/clear_refs``), so no sampling interval can miss it; "after" is the RSS ``settle_s`` after the last
+answer. Offline, the same arenas are timed on the engine (one child process each: the shared arena is
+process-wide).
 Targets (issue 13): peak ≤ 1.2 GB, after within 300 MB of before.
 Usage: ``python -m bench.memory [--quick] [--arenas shared,off]``.
 """
@@ -45,8 +47,9 @@ ARENAS = ("shared", "off", "per-session")
 @dataclass(frozen=True)
 class MemoryConfig:
     arenas: tuple[str, ...] = ARENAS
-    clients: int = 2
+    clients: int = 1
     rounds: int = 1
+    comparison_texts: int | None = 256  # texts per request for the arenas other than the default (None: all)
     dim: int | None = None  # None: the model's full width
     layer: int | None = None  # None: the full depth
     settle_s: float = 3.0
@@ -115,11 +118,13 @@ async def _saturate(url: str, body: dict[str, Any], clients: int, rounds: int, t
     return {"statuses": statuses, "seconds": time.perf_counter() - t0}
 
 
-def served_memory(model_dir: Path, arena: str, cfg: MemoryConfig) -> dict[str, Any]:
-    """Start ``mipic serve`` with ``arena``, saturate it with the largest request, return the RSS figures."""
+def served_memory(model_dir: Path, arena: str, cfg: MemoryConfig, max_texts: int | None = None) -> dict[str, Any]:
+    """Start ``mipic serve`` with ``arena``, saturate it with the largest request (or its first ``max_texts``
+    texts), return the RSS figures."""
     from bench.servers import free_port, start_server, stop
 
     texts, tokens = largest_request(model_dir)
+    texts = texts[:max_texts] if max_texts else texts
     body: dict[str, Any] = {"input": texts}
     if cfg.dim is not None:
         body["dimensions"] = cfg.dim
@@ -198,17 +203,19 @@ def markdown(payload: dict[str, Any]) -> str:
     env, cfg = payload["env"], payload["config"]
     served = payload["served"]
     first = served[0] if served else {}
-    rows = [[s["arena"], s["before_mb"], s["peak_mb"], s["after_mb"], s["after_mb"] - s["before_mb"],
+    rows = [[s["arena"], s["texts_per_request"], s["before_mb"], s["peak_mb"], s["after_mb"],
+             s["after_mb"] - s["before_mb"],
              f"{'yes' if s['peak_ok'] else 'no'} / {'yes' if s['settle_ok'] else 'no'}", s["texts_per_s"],
              ", ".join(f"{k}: {v}" for k, v in s["statuses"].items())] for s in served]
     budget = "the full budget" if cfg["layer"] is None else f"layer {cfg['layer']}"
     parts = [f"`mipic serve` (default settings but `MIPIC_ONNX_ARENA`, and a queue and deadline that hold the load), "
-             f"{cfg['clients']} clients × {cfg['rounds']} "
+             f"{cfg['clients']} client(s) × {cfg['rounds']} "
              f"request(s) of {first.get('texts_per_request', '?')} texts × {first.get('tokens_per_text', '?')} tokens "
-             f"(the largest request the default limits admit) at {budget}, all sent at once. Peak = VmHWM reset "
+             f"(the largest request the default limits admit; the comparison arenas get the first "
+             f"{cfg.get('comparison_texts')} texts) at {budget}, all sent at once. Peak = VmHWM reset "
              f"before the load; after = RSS {cfg['settle_s']:g} s after the last answer. {env_line(env)}. "
              f"Load average at start: {payload['load_at_start']['loadavg'][0]:.2f}.\n\n"
-             + md_table(["arena", "before MB", "peak MB", "after MB", "after − before MB",
+             + md_table(["arena", "texts", "before MB", "peak MB", "after MB", "after − before MB",
                          f"peak ≤ {PEAK_LIMIT_MB:.0f} / settles ≤ {SETTLE_LIMIT_MB:.0f}", "texts/s", "statuses"], rows)]
     offline = [o for o in payload["offline"] if "points" in o]
     if offline:
@@ -231,7 +238,7 @@ def run(model_dir: Path, cfg: MemoryConfig, results_dir: Path | None = None) -> 
     served, offline = [], []
     for arena in cfg.arenas:
         print(f"memory: served, arena={arena}", flush=True)
-        s = served_memory(model_dir, arena, cfg)
+        s = served_memory(model_dir, arena, cfg, None if arena == "shared" else cfg.comparison_texts)
         print(f"  before {s['before_mb']:.0f} MB, peak {s['peak_mb']:.0f} MB, after {s['after_mb']:.0f} MB, "
               f"{s['texts_per_s']:.1f} texts/s {s['statuses']}", flush=True)
         served.append(s)
@@ -246,7 +253,7 @@ def run(model_dir: Path, cfg: MemoryConfig, results_dir: Path | None = None) -> 
 
 
 def quick_config() -> MemoryConfig:
-    return MemoryConfig(arenas=("shared",), clients=1, layer=1, offline_points=((16, 32),), offline_seconds=0.2)
+    return MemoryConfig(arenas=("shared",), layer=1, offline_points=((16, 32),), offline_seconds=0.2)
 
 
 def main() -> None:

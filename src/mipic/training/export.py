@@ -584,6 +584,15 @@ def _smooth(model: Any, matmuls: Sequence[Any], feeds: Sequence[dict[str, np.nda
         model.graph.node.append(node)
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """onnxruntime's quantizers advise "pre-processing" (shape inference) on the root logger for every graph;
+    the staged graphs are already shaped and optimised by the exporter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
+
 class _Feeds:
     """onnxruntime's ``CalibrationDataReader``: one prepared feed per call, then ``None``."""
 
@@ -657,12 +666,21 @@ def convert_precision(src: Path, out: Path, precision: str, version: str | None 
     two models' vectors on the golden texts and stored in the manifest (``parity["cos_d{dim}_l{layer}"]``);
     ``golden_min_cosine`` is set just below the worst of them so that a server still verifies the copy.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    quiet = _NoPreprocessAdvice()
+    logging.getLogger().addFilter(quiet)
+    try:
+        return _convert_precision(src, Path(out), precision, version, texts)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _convert_precision(src: Path, out: Path, precision: str, version: str | None,
+                       texts: Sequence[str] | None) -> Manifest:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     source = load_manifest(src)
-    out = Path(out)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(src, out)
