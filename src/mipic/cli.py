@@ -414,7 +414,8 @@ class Quantize(str, Enum):
 
 @app.command()
 def calibrate(
-    model: Annotated[Path, typer.Argument(help="An exported model directory (has manifest.json).")],
+    model: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                          help="An exported model directory (has manifest.json).")],
     sentences: Annotated[int, typer.Option(min=16, help="Training-split sentences.")] = _HEADS.sentences,
     passages: Annotated[int, typer.Option(min=0, help="Training-split passages.")] = _HEADS.passages,
     max_length: Annotated[int, typer.Option(min=2, help="Max tokens per calibration text.")] = _HEADS.max_length,
