@@ -26,7 +26,7 @@ PEERS_PYTHON: Path | None = Path(os.environ["MIPIC_BENCH_PEERS_PYTHON"]) if os.e
     "MIPIC_BENCH_PEERS_PYTHON") else None
 
 # A CPU-heavy process with one of these in its command line makes timings meaningless.
-BUSY_PATTERNS = ("mipic train", "mipic retrain", "mipic eval", "pretrain")
+BUSY_PATTERNS = ("mipic train", "mipic retrain", "mipic eval", "mipic heads", "pretrain")
 
 _WORDS = (
     "the model returns a vector for every sentence and the client chooses how many dimensions and "

@@ -6,7 +6,7 @@ export the peers load) → GEMM ceiling → precision (quality per suite and bud
 loop: saturation, latency at half of it) → peers (sentence-transformers in process; Infinity over HTTP) →
 quality (from ``runs/*/eval``).
 Timings are only meaningful on a quiet machine: the suite records the load average and any training
-process at the start of every section, and ``--wait-quiet`` polls until none runs.
+process at the start of every section, and ``--wait-quiet`` polls until none runs, before every section.
 Usage: ``python -m bench.run_all [--quick] [--only engine,served] [--wait-quiet]`` (``make bench``).
 ``--quick`` is a smoke run (a few minutes after preparation) written to ``bench/results/quick/`` instead.
 """
@@ -212,7 +212,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny grids, short times, results/quick/")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--skip-infinity", action="store_true", help="leave the Infinity server out of the peers")
-    ap.add_argument("--wait-quiet", action="store_true", help="poll until no training process runs, then start")
+    ap.add_argument("--wait-quiet", action="store_true",
+                    help="before every section, poll until no training process runs and the load settles")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default bench/results[/quick])")
     ap.add_argument("--summary-only", metavar="COMMAND", default=None,
                     help="measure nothing: rewrite SUMMARY.md from the result files, naming COMMAND as their source")
@@ -242,6 +243,14 @@ def main() -> None:
         ensure_optimum_export()
         if not args.skip_infinity:
             ensure_peers_env()
+    def section(name: str, timed: bool = True) -> bool:
+        if name not in sections:
+            return False
+        if args.wait_quiet and timed:
+            wait_quiet(60, 6 * 3600)
+        print(f"== {name}", flush=True)
+        return True
+
     if args.wait_quiet:
         wait_quiet(60, 6 * 3600)
     started = load_snapshot()
@@ -250,8 +259,7 @@ def main() -> None:
     t0 = time.perf_counter()
 
     peak_gflops = (_load(out, "peak") or {}).get("peak_gflops")
-    if "peak" in sections:
-        print("== GEMM ceiling", flush=True)
+    if section("peak"):
         load = load_snapshot()
         result = peak_bench.measure_peak(0.3 if args.quick else 1.5)
         env = environment()
@@ -259,33 +267,27 @@ def main() -> None:
                       peak_bench.markdown(result, env, load), out)
         peak_gflops = result["peak_gflops"]
         print(f"   peak {peak_gflops:.1f} GFLOP/s ({result['peak_from']})", flush=True)
-    if "precision" in sections:
-        print("== precision", flush=True)
+    if section("precision"):
         cfg = precision_bench.quick_config() if args.quick else precision_bench.PrecisionConfig()
         precision_bench.run(args.model, copies, cfg, out)
-    if "engine" in sections:
-        print("== offline engine", flush=True)
+    if section("engine"):
         grid = (engine_bench.EngineGrid(lengths=(16, 256), batches=(1, 32), seconds=0.05, min_iters=1, layers=(1, 3, 6))
                 if args.quick else engine_bench.EngineGrid())
         variants = [engine_bench.Variant("fp32", args.model)]
         if "int8" in copies:
             variants.append(engine_bench.Variant("int8", copies["int8"]))
         engine_bench.run(args.model, variants, grid, peak_gflops, out)
-    if "memory" in sections:
-        print("== memory", flush=True)
+    if section("memory"):
         memory_bench.run(args.model, memory_bench.quick_config() if args.quick else memory_bench.MemoryConfig(), out)
     served_cfg = served_bench.quick_config() if args.quick else served_bench.ServedConfig()
-    if "served" in sections:
-        print("== served", flush=True)
+    if section("served"):
         served_bench.run(args.model, served_cfg, out)
-    if "peers" in sections:
-        print("== peers", flush=True)
+    if section("peers"):
         cfg = peers_bench.quick_config() if args.quick else peers_bench.PeersConfig()
         peers_bench.run(args.model, copies.get("int8"), cfg, served_cfg, _load(out, "served"),
                         infinity=not args.skip_infinity, results_dir=out,
                         default_precision=served_precision(args.model))
-    if "quality" in sections:
-        print("== quality", flush=True)
+    if section("quality", timed=False):
         quality_bench.run(args.runs, out)
     wall = time.perf_counter() - t0
     command = "python -m bench.run_all" + (" --quick" if args.quick else "") + (
