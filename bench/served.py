@@ -56,7 +56,7 @@ class ServedConfig:
     offline_seconds: float = 0.6
     max_requests: int = 20_000
     extra_env: tuple[tuple[str, str], ...] = ()
-    half_seconds: float = 15.0  # the latency run at half the saturation rate
+    half_seconds: float = 30.0  # the latency run at half the saturation rate (~700 requests at d384/l6)
 
 
 def request_batches(cfg: ServedConfig, n_batches: int = 64) -> list[list[str]]:
