@@ -21,10 +21,12 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Built artefacts (int8 copy, Optimum exports for the peers): git-ignored, rebuilt on demand.
 TMP_DIR = RESULTS_DIR / "tmp"
 DEFAULT_MODEL = Path("models/all-minilm-l6-v2/1")
-PEERS_PYTHON = Path(os.environ.get("MIPIC_BENCH_PEERS_PYTHON", "/work/peers-venv/bin/python"))
+# The peers' python: this variable if set, else the venv bench.prepare builds (bench.prepare.peers_python).
+PEERS_PYTHON: Path | None = Path(os.environ["MIPIC_BENCH_PEERS_PYTHON"]) if os.environ.get(
+    "MIPIC_BENCH_PEERS_PYTHON") else None
 
 # A CPU-heavy process with one of these in its command line makes timings meaningless.
-BUSY_PATTERNS = ("mipic train", "mipic retrain", "mipic eval", "pretrain")
+BUSY_PATTERNS = ("mipic train", "mipic retrain", "mipic eval", "mipic heads", "pretrain")
 
 _WORDS = (
     "the model returns a vector for every sentence and the client chooses how many dimensions and "
@@ -196,7 +198,8 @@ def environment() -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
             elif line.startswith("flags") and not flags:
                 have = set(line.split(":", 1)[1].split())
-                flags = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f in have]
+                flags = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512fp16",
+                                     "avx_vnni", "amx_tile") if f in have]
     except OSError:
         pass
     try:

@@ -3,8 +3,9 @@
 Measures ``LoadedModel.run`` (the early-exit runner the server uses) on pre-tokenized rows: no tokenizer,
 no HTTP, no batcher. Each point reports texts/s, tokens/s, the batch latency, and the achieved FLOP/s
 (from the encoder's shape, see :func:`bench.common.layer_flops`) as a fraction of the GEMM ceiling measured
-in the same run. Batches are capped at the server's padded-token budget (``MIPIC_MAX_BATCH_TOKENS``,
-16384): the server never runs a larger one. Usage: ``python -m bench.engine [--quick]``.
+in the same run. Batches are capped as the server caps them (``MIPIC_MAX_BATCH_TOKENS`` 16384 padded tokens,
+``MIPIC_MAX_BATCH_TOKEN_PAIRS`` 32·256² padded token pairs, ``MIPIC_MAX_BATCH_SIZE`` 128 rows): the largest
+batch listed per length is the largest the batcher forms. Usage: ``python -m bench.engine [--quick]``.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from bench.common import (
     time_calls,
     write_results,
 )
-from mipic.modeldir.runner import LoadedModel, Row
+from mipic.modeldir.runner import DEFAULT_MAX_BATCH_TOKEN_PAIRS, DEFAULT_MAX_BATCH_TOKENS, LoadedModel, Row
 
-SERVER_MAX_BATCH_TOKENS = 16384  # the server's default MIPIC_MAX_BATCH_TOKENS
+SERVER_MAX_BATCH_SIZE = 128  # the server's default MIPIC_MAX_BATCH_SIZE
+SCALING_TARGET = 0.8  # layer k ≥ 0.8·(L/k)·layer L
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,15 @@ class EngineGrid:
     dims: tuple[int, ...] = (384, 64)
     seconds: float = 0.5  # minimum time per point (and at least ``min_iters`` calls)
     min_iters: int = 1  # a call that alone lasts ``seconds`` is timed once (after the warm-up call per shape)
-    max_batch_tokens: int = SERVER_MAX_BATCH_TOKENS
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS
+    max_batch_size: int = SERVER_MAX_BATCH_SIZE
     layers: tuple[int, ...] | None = None  # None: every layer
 
     def batches_for(self, length: int) -> list[int]:
-        """The batch sizes whose padded tokens fit the server's budget, plus the largest that fits."""
-        cap = max(1, self.max_batch_tokens // length)
+        """The batch sizes the server's batcher can form at this length, plus the largest it forms."""
+        cap = max(1, min(self.max_batch_tokens // length, self.max_batch_token_pairs // (length * length),
+                         self.max_batch_size))
         out = sorted({b for b in self.batches if b <= cap} | ({cap} if cap < max(self.batches) else set()))
         return out
 
@@ -67,10 +72,7 @@ class Variant:
 
 def measure_variant(variant: Variant, grid: EngineGrid, shape: EncoderShape, peak_gflops: float | None,
                     log: bool = True) -> list[dict[str, Any]]:
-    from bench.ort_settings import session_options
-
-    with session_options(no_spin=bool(variant.extra.get("no_spin"))):
-        model = LoadedModel(variant.model_dir, provider="cpu", verify_checksums=False)
+    model = LoadedModel(variant.model_dir, provider="cpu", verify_checksums=False)
     layers = list(grid.layers or model.manifest.layers)
     points: list[dict[str, Any]] = []
     try:
@@ -121,7 +123,7 @@ def scaling_checks(points: list[dict[str, Any]], num_layers: int) -> list[dict[s
             ideal = (num_layers / k) * full
             out.append({"precision": key[0], "length": key[1], "batch": key[2], "dim": key[3], "layer": k,
                         "texts_per_s": thr, "ideal_texts_per_s": ideal, "efficiency": thr / ideal,
-                        "meets_target": thr >= 0.8 * ideal})
+                        "meets_target": thr >= SCALING_TARGET * ideal})
     return out
 
 
@@ -230,78 +232,13 @@ def run(model_dir: Path, variants: list[Variant], grid: EngineGrid, peak_gflops:
         "model_dir": str(model_dir), "variants": [{"precision": v.precision, "model_dir": str(v.model_dir), **v.extra}
                                                    for v in variants],
         "num_layers": int(manifest["num_layers"]), "shape": shape.__dict__, "peak_gflops": peak_gflops,
+        "served_precision": manifest.get("precision", "fp32"),
         "grid": grid.__dict__, "points": points, "scaling": scaling_checks(points, int(manifest["num_layers"])),
     }
     out = results_dir or RESULTS_DIR
     write_results("engine", payload, markdown(payload), out)
     plot(payload, out / "engine_layers.png")
     return payload
-
-
-SETTINGS_GRID = EngineGrid(lengths=(16, 256), batches=(1, 32, 128), dims=(384,), seconds=0.5, layers=(1, 3, 6),
-                           max_batch_tokens=8192)
-
-
-def settings_experiments(model_dir: Path, fused_dir: Path | None, grid: EngineGrid, peak_gflops: float | None,
-                         results_dir: Path | None = None) -> dict[str, Any]:
-    """The same points under engine settings the lead could adopt: non-spinning onnxruntime thread pools, and
-    layer graphs rewritten by onnxruntime's transformer optimizer (fused Attention/SkipLayerNorm/BiasGelu)."""
-    load = load_snapshot()
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    shape = read_encoder_shape(model_dir, int(manifest["hidden_size"]))
-    variants = [Variant("default", model_dir), Variant("no-spin", model_dir, {"no_spin": True})]
-    if fused_dir is not None:
-        variants += [Variant("fused", fused_dir), Variant("fused+no-spin", fused_dir, {"no_spin": True})]
-    points: list[dict[str, Any]] = []
-    for v in variants:
-        print(f"engine settings: {v.precision}", flush=True)
-        points += measure_variant(v, grid, shape, peak_gflops)
-    payload = {"env": environment(), "load_at_start": load, "grid": grid.__dict__, "peak_gflops": peak_gflops,
-               "variants": [{"name": v.precision, "model_dir": str(v.model_dir), **v.extra} for v in variants],
-               "points": points, "num_layers": int(manifest["num_layers"])}
-    write_results("engine_settings", payload, settings_markdown(payload), results_dir or RESULTS_DIR)
-    return payload
-
-
-def settings_markdown(payload: dict[str, Any]) -> str:
-    points = payload["points"]
-    names = list(dict.fromkeys(p["precision"] for p in points))
-    keys = sorted({(p["length"], p["batch"], p["layer"]) for p in points})
-    rows = []
-    for length, batch, layer in keys:
-        at = {p["precision"]: p for p in points if (p["length"], p["batch"], p["layer"]) == (length, batch, layer)}
-        base = at.get(names[0])
-        row: list[Any] = [length, batch, layer]
-        for n in names:
-            p = at.get(n)
-            row.append("" if p is None else p["texts_per_s"])
-        for n in names[1:]:
-            p = at.get(n)
-            row.append("" if p is None or base is None else f"{p['texts_per_s'] / base['texts_per_s']:.2f}×")
-        rows.append(row)
-    scaling = []
-    L = payload["num_layers"]
-    for n in names:
-        for length in sorted({k[0] for k in keys}):
-            b = max(k[1] for k in keys if k[0] == length)
-            by_layer = {p["layer"]: p["texts_per_s"] for p in points
-                        if p["precision"] == n and p["length"] == length and p["batch"] == b}
-            if L in by_layer:
-                full = next(p for p in points if p["precision"] == n and p["length"] == length and p["batch"] == b
-                            and p["layer"] == L)
-                frac = full["frac_of_peak"]
-                scaling.append([n, length, b, "n/a" if frac is None else f"{100 * frac:.0f}%"]
-                               + [f"{by_layer[k] / ((L / k) * by_layer[L]):.2f}" for k in sorted(by_layer) if k < L])
-    layers = sorted({k[2] for k in keys if k[2] < L})
-    load = payload["load_at_start"]["loadavg"][0]
-    return (f"Engine settings experiment (dim 384, fp32; same machine and run; load average at start {load:.2f}). "
-            f"`no-spin`: onnxruntime session config `session.intra_op.allow_spinning=0` (and inter_op) on every stage "
-            f"session; `fused`: each layer stage rewritten by `onnxruntime.transformers.optimizer.optimize_model("
-            f"model_type=\"bert\")` (Attention, SkipLayerNormalization, BiasGelu fused; golden check passes).\n\n"
-            + md_table(["tokens", "batch", "layer", *(f"{n} texts/s" for n in names),
-                        *(f"{n} / default" for n in names[1:])], rows)
-            + "\nFull budget as % of GEMM peak and early-exit scaling thr(k)/((L/k)·thr(L)) at the largest batch:\n\n"
-            + md_table(["setting", "tokens", "batch", "d384/l6 % peak"] + [f"k={k}" for k in layers], scaling))
 
 
 def main() -> None:
@@ -317,9 +254,9 @@ def main() -> None:
         grid = EngineGrid(**{**grid.__dict__, "seconds": args.seconds})
     variants = [Variant("fp32", args.model)]
     if not args.no_int8:
-        from bench.prepare import ensure_int8
+        from bench.prepare import ensure_precision
 
-        variants.append(Variant("int8", args.int8 or ensure_int8(args.model)))
+        variants.append(Variant("int8", args.int8 or ensure_precision(args.model, "int8")))
     peak_path = RESULTS_DIR / "peak.json"
     peak = json.loads(peak_path.read_text())["peak_gflops"] if peak_path.is_file() else None
     payload = run(args.model, variants, grid, peak)

@@ -1,6 +1,6 @@
 """Peers on the same machine, same model (all-MiniLM-L6-v2), same inputs, same run, as ratios to mipic.
 
-In process (tokenization included, one batch per call): mipic's engine (fp32 and int8) against
+In process (tokenization included, one batch per call): mipic's engine (fp32, and static int8) against
 sentence-transformers ``encode`` with its torch backend and its ONNX backend (an Optimum export),
 ``truncate_dim`` for dim 64. Each runs in its own child process, so torch's threads never share a
 process with onnxruntime's. Over HTTP: the Infinity server (``infinity-emb``, optimum engine, from the
@@ -26,7 +26,6 @@ import numpy as np
 
 from bench.common import (
     DEFAULT_MODEL,
-    PEERS_PYTHON,
     RESULTS_DIR,
     TMP_DIR,
     env_line,
@@ -217,9 +216,11 @@ def agreement(ref: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 def markdown(payload: dict[str, Any]) -> str:
     env, cfg = payload["env"], payload["config"]
     inproc = payload["inproc"]
-    ref = next((r for r in inproc if r["kind"] == "mipic-fp32" and "points" in r), None)
+    default = f"mipic-{payload.get('default_precision', 'fp32')}"
+    ref = next((r for r in inproc if r["kind"] == default and "points" in r), None)
     parts = [f"Same model (all-MiniLM-L6-v2), same inputs, same run. {env_line(env)}. "
-             f"Load average at start: {payload['load_at_start']['loadavg'][0]:.2f}.\n"]
+             f"Load average at start: {payload['load_at_start']['loadavg'][0]:.2f}. Ratios are against "
+             f"{default}, the default serving precision (bench/results/precision.md).\n"]
     rows = []
     for r in inproc:
         if "points" not in r:
@@ -232,12 +233,12 @@ def markdown(payload: dict[str, Any]) -> str:
             rows.append([r["kind"], p["length"], f"d{p['dim']}/l{p['layer']}", p["texts_per_s"],
                          p["batch_ms_p50"], f"{ratio:.2f}×"])
     parts.append(f"\n### In process, tokenization included, batch {cfg['batch']}\n\n"
-                 + md_table(["engine", "tokens", "budget", "texts/s", "batch p50 ms", "mipic fp32 is faster by"], rows))
+                 + md_table(["engine", "tokens", "budget", "texts/s", "batch p50 ms", f"{default} is faster by"], rows))
     agr = payload.get("agreement", {})
     if agr:
         arows = [[k, d, v["min_cosine"], f"{v['max_norm_error']:.1e}"]
                  for k, per in agr.items() for d, v in per.items()]
-        parts.append("\nVectors vs mipic fp32 on 3 texts (min cosine; max |‖v‖ − 1|, a dim-64 vector should be unit "
+        parts.append(f"\nVectors vs {default} on 3 texts (min cosine; max |‖v‖ − 1|, a dim-64 vector should be unit "
                      "length):\n\n" + md_table(["engine", "dim", "min cosine", "max norm error"], arows))
     http = payload.get("http")
     if http and "results" in http:
@@ -306,33 +307,39 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
 
 def peers_versions() -> dict[str, str | None]:
-    if not PEERS_PYTHON.is_file():
+    from bench.prepare import peers_python
+
+    python = peers_python()
+    if not python.is_file():
         return {}
     code = ("import importlib.metadata as m, json\n"
             "def v(d):\n try: return m.version(d)\n except m.PackageNotFoundError: return None\n"
             "print(json.dumps({d: v(d) for d in ('infinity-emb','torch','transformers','optimum','onnxruntime')}))")
-    p = subprocess.run([str(PEERS_PYTHON), "-c", code], capture_output=True, text=True, check=False)
+    p = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=False)
     return json.loads(p.stdout) if p.returncode == 0 else {"error": p.stderr[-500:]}
 
 
 def run(model_dir: Path, int8_dir: Path | None, cfg: PeersConfig, served_cfg: ServedConfig,
         served_payload: dict[str, Any] | None = None, infinity: bool = True,
-        results_dir: Path | None = None) -> dict[str, Any]:
+        results_dir: Path | None = None, default_precision: str = "fp32") -> dict[str, Any]:
+    """``model_dir`` is the served (default) model, ``int8_dir`` its static int8 copy (or None); ratios and
+    targets are against ``mipic-<default_precision>``."""
     from bench.prepare import ensure_optimum_export, packaged_minilm
 
     load = load_snapshot()
     env = environment()
     infinity_dir, st_onnx_dir = ensure_optimum_export()
-    engines: list[tuple[str, Path]] = [("mipic-fp32", model_dir)]
-    if int8_dir is not None:
+    default = f"mipic-{default_precision}"
+    engines: list[tuple[str, Path]] = [(default, model_dir)]
+    if int8_dir is not None and default_precision != "int8":
         engines.append(("mipic-int8", int8_dir))
     engines += [("st-torch", packaged_minilm()), ("st-onnx", st_onnx_dir)]
     inproc = []
     for kind, path in engines:
         print(f"peers: in process {kind}", flush=True)
         inproc.append(run_inproc(kind, path, cfg))
-    ref_check: dict[str, Any] = next((r["check"] for r in inproc if r["kind"] == "mipic-fp32" and "check" in r), {})
-    agr = {r["kind"]: agreement(ref_check, r["check"]) for r in inproc if "check" in r and r["kind"] != "mipic-fp32"}
+    ref_check: dict[str, Any] = next((r["check"] for r in inproc if r["kind"] == default and "check" in r), {})
+    agr = {r["kind"]: agreement(ref_check, r["check"]) for r in inproc if "check" in r and r["kind"] != default}
     http: dict[str, Any] | None = None
     notes = [
         "sentence-transformers has no early exit: peers are compared at the full depth (layer 6); dim 64 is "
@@ -352,7 +359,7 @@ def run(model_dir: Path, int8_dir: Path | None, cfg: PeersConfig, served_cfg: Se
                          "'optimize_with_onnxruntime_only'` (optimum 2.1): it serves the unoptimised Optimum export.")
     payload = {"env": env, "peers_venv": peers_versions(), "load_at_start": load, "config": cfg.__dict__,
                "served_config": served_cfg.__dict__, "inproc": inproc, "agreement": agr, "http": http, "notes": notes,
-               "infinity_version": (peers_versions() or {}).get("infinity-emb")}
+               "infinity_version": (peers_versions() or {}).get("infinity-emb"), "default_precision": default_precision}
     out = results_dir or RESULTS_DIR
     write_results("peers", payload, markdown(payload), out)
     plot(payload, out / "peers.png")
@@ -380,9 +387,9 @@ def main() -> None:
     served_cfg = served_quick() if args.quick else ServedConfig()
     int8 = None
     if not args.no_int8:
-        from bench.prepare import ensure_int8
+        from bench.prepare import ensure_precision
 
-        int8 = ensure_int8(args.model)
+        int8 = ensure_precision(args.model, "int8")
     served_path = RESULTS_DIR / "served.json"
     served_payload = json.loads(served_path.read_text()) if served_path.is_file() else None
     payload = run(args.model, int8, cfg, served_cfg, served_payload, infinity=not args.skip_infinity)

@@ -1,8 +1,10 @@
-"""Untimed preparation: the int8 copy of the served model and the Optimum ONNX export the peers need.
+"""Untimed preparation: the default model, the reduced-precision copies, the peers' environment and the
+Optimum export the peers load.
 
-Everything goes under ``bench/results/tmp/`` (git-ignored) and is rebuilt only when missing or when its
-source changed. Builds run in a child process so torch never loads into a measuring process.
-Usage: ``python -m bench.prepare [--model DIR]``.
+Everything built goes under ``bench/results/tmp/`` (git-ignored) and is rebuilt only when missing or when its
+source changed; the default model goes where ``make serve`` puts it (``models/all-minilm-l6-v2/1``), so
+``make bench`` works as the first command on a fresh clone. Builds run in child processes so torch never
+loads into a measuring process. Usage: ``python -m bench.prepare [--model DIR]``.
 """
 
 from __future__ import annotations
@@ -10,16 +12,24 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from bench.common import DEFAULT_MODEL, TMP_DIR
+from bench.common import DEFAULT_MODEL, PEERS_PYTHON, TMP_DIR
 
 # Files that make a sentence-transformers / Infinity model directory besides the weights.
 ST_FILES = ("config.json", "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json",
             "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "1_Pooling")
+COPIES = ("int8", "int8-dynamic", "fp16")  # mipic.training.export.convert_precision
+# The peers' environment: Infinity with its optimum engine, in its own venv (it needs torch and its own pins).
+# torch first and pinned (a CPU build of this version is on disk; anything else pulls CUDA wheels), then the
+# version set that installs together (/work/shared/DATA.md).
+PEERS_TORCH = "torch==2.13.0"
+PEERS_PACKAGES = ("infinity-emb[server,optimum]==0.0.78", "transformers==4.57.6", "onnxruntime==1.32.0")
+PEERS_VENV = TMP_DIR / "peers-venv"
 
 
 def _stamp(path: Path) -> str:
@@ -32,51 +42,66 @@ def _run_child(*args: str) -> None:
         raise RuntimeError(f"preparation failed: {' '.join(cmd)}")
 
 
-def ensure_int8(model_dir: Path) -> Path:
-    """``tmp/<name>-int8``: dynamic int8 (per-channel MatMul weights) via ``mipic.training.export.convert_precision``,
-    the code behind ``mipic export --quantize int8``."""
+def ensure_default_model(model_dir: Path) -> Path:
+    """The default model exported where ``make serve`` would put it (``mipic bootstrap``, ~30 s), if missing."""
     model_dir = Path(model_dir)
-    out = TMP_DIR / f"{model_dir.parent.name}-{model_dir.name}-int8"
+    if (model_dir / "manifest.json").is_file():
+        return model_dir
+    if model_dir != DEFAULT_MODEL:
+        raise SystemExit(f"no model at {model_dir} (no manifest.json); export one or leave --model at its default")
+    print(f"prepare: no model at {model_dir}; exporting the packaged all-MiniLM-L6-v2 (mipic bootstrap)", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "mipic.cli", "bootstrap", "--out", str(model_dir)]
+    if subprocess.run(cmd, env=env, check=False).returncode != 0:
+        raise RuntimeError(f"preparation failed: {' '.join(cmd)}")
+    return model_dir
+
+
+def ensure_precision(model_dir: Path, precision: str) -> Path:
+    """``tmp/<name>-<version>-<precision>``: ``convert_precision`` of ``model_dir`` (``mipic export --quantize``)."""
+    model_dir = Path(model_dir)
+    out = TMP_DIR / f"{model_dir.parent.name}-{model_dir.name}-{precision}"
     stamp = _stamp(model_dir / "manifest.json")
     if (out / "manifest.json").is_file() and (out / ".source").is_file() and (out / ".source").read_text() == stamp:
         return out
-    _run_child("int8", "--model", str(model_dir), "--out", str(out))
+    _run_child("precision", precision, "--model", str(model_dir), "--out", str(out))
     (out / ".source").write_text(stamp)
     return out
 
 
-def ensure_fused(model_dir: Path) -> Path:
-    """``tmp/<name>-fused``: every encoder-layer stage rewritten by onnxruntime's transformer optimizer
-    (``onnxruntime.transformers.optimizer.optimize_model(model_type="bert")``: fused Attention,
-    SkipLayerNormalization, BiasGelu), manifest checksums refreshed. An engine-setting experiment."""
-    model_dir = Path(model_dir)
-    out = TMP_DIR / f"{model_dir.parent.name}-{model_dir.name}-fused"
-    stamp = _stamp(model_dir / "manifest.json")
-    if (out / "manifest.json").is_file() and (out / ".source").is_file() and (out / ".source").read_text() == stamp:
-        return out
-    _run_child("fused", "--model", str(model_dir), "--out", str(out))
-    (out / ".source").write_text(stamp)
-    return out
+def ensure_precisions(model_dir: Path) -> dict[str, Path]:
+    return {p: ensure_precision(model_dir, p) for p in COPIES}
 
 
-def _build_fused(model_dir: Path, out: Path) -> None:
-    import collections
+def peers_python() -> Path:
+    """``MIPIC_BENCH_PEERS_PYTHON`` if set, else the venv this module builds."""
+    return PEERS_PYTHON if PEERS_PYTHON is not None else PEERS_VENV / "bin" / "python"
 
-    from onnxruntime.transformers.optimizer import optimize_model
 
-    from mipic.modeldir.manifest import load_manifest, write_manifest
-
-    manifest = load_manifest(model_dir)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(model_dir, out)
-    for stage in manifest.stages:
-        if stage.kind != "layer":
-            continue
-        opt = optimize_model(str(model_dir / stage.path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
-        opt.save_model_to_file(str(out / stage.path))
-        ops = collections.Counter(n.op_type for n in opt.model.graph.node)
-        print(f"{stage.path}: {dict(ops)}")
-    write_manifest(out, manifest)
+def ensure_peers_env() -> Path:
+    """The peers' venv (``tmp/peers-venv``), built on first use (a few minutes: pip installs from the registry)
+    and reused while its package pins are unchanged. Returns its python."""
+    python = peers_python()
+    if PEERS_PYTHON is not None:
+        if not python.is_file():
+            raise SystemExit(f"MIPIC_BENCH_PEERS_PYTHON={python} does not exist")
+        return python
+    wanted = "\n".join([PEERS_TORCH, *PEERS_PACKAGES])
+    stamp = PEERS_VENV / ".mipic-bench-pins"
+    if python.is_file() and stamp.is_file() and stamp.read_text() == wanted:
+        return python
+    print(f"prepare: building the peers' environment in {PEERS_VENV} ({', '.join(PEERS_PACKAGES)})", flush=True)
+    shutil.rmtree(PEERS_VENV, ignore_errors=True)
+    base = shutil.which("python3.11") or shutil.which("python3") or sys.executable
+    steps = [[base, "-m", "venv", str(PEERS_VENV)],
+             [str(python), "-m", "pip", "install", "-q", PEERS_TORCH],
+             [str(python), "-m", "pip", "install", "-q", *PEERS_PACKAGES]]
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    for cmd in steps:
+        if subprocess.run(cmd, env=env, check=False).returncode != 0:
+            raise RuntimeError(f"building the peers' environment failed at: {' '.join(cmd)}")
+    stamp.write_text(wanted)
+    return python
 
 
 def packaged_minilm() -> Path:
@@ -97,11 +122,12 @@ def ensure_optimum_export() -> tuple[Path, Path]:
     return out, st
 
 
-def _build_int8(model_dir: Path, out: Path) -> None:
+def _build_precision(model_dir: Path, precision: str, out: Path) -> None:
     from mipic.training.export import convert_precision
 
-    m = convert_precision(model_dir, out, "int8")
-    print(f"int8 copy at {out}: worst cosine vs fp32 {min(m.parity.values()):.4f}")
+    m = convert_precision(model_dir, out, precision)
+    worst = min(m.parity.values()) if m.parity else float("nan")
+    print(f"{precision} copy at {out}: worst cosine vs fp32 {worst:.4f}")
 
 
 def _build_optimum(out: Path) -> None:
@@ -131,20 +157,22 @@ def _build_optimum(out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("what", nargs="?", choices=["all", "int8", "optimum", "fused"], default="all")
+    ap.add_argument("what", nargs="*", default=["all"], help="all | precision PRECISION | optimum | peers")
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    if args.what == "int8" and args.out is not None:
-        _build_int8(args.model, args.out)
-    elif args.what == "optimum" and args.out is not None:
+    what = args.what
+    if what[0] == "precision" and len(what) == 2 and args.out is not None:
+        _build_precision(args.model, what[1], args.out)
+    elif what == ["optimum"] and args.out is not None:
         _build_optimum(args.out)
-    elif args.what == "fused" and args.out is not None:
-        _build_fused(args.model, args.out)
+    elif what == ["peers"]:
+        print(ensure_peers_env())
     else:
-        print(ensure_int8(args.model))
+        ensure_default_model(args.model)
+        print(ensure_precisions(args.model))
         print(ensure_optimum_export())
-        print(ensure_fused(args.model))
+        print(ensure_peers_env())
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 """Run the whole benchmark suite in one go and write ``bench/results/`` (JSON, Markdown, PNG) + ``SUMMARY.md``.
 
-Order: untimed preparation (int8 copy, Optimum export for the peers, fused-graph copy) → GEMM ceiling →
-offline engine (fp32, int8) → served (open loop) → peers (in process; Infinity over HTTP) → quality (from
-``runs/*/eval``) → settings (engine-setting experiments the lead may adopt: non-spinning thread pools,
-fused layer graphs; offline and served).
+Order: untimed preparation (the default model if missing, the precision copies, the peers' venv, the Optimum
+export the peers load) → GEMM ceiling → precision (quality per suite and budget, speed; picks the CPU default)
+→ offline engine (fp32, static int8) → memory (RSS under the largest request, per arena choice) → served (open
+loop: saturation, latency at half of it) → peers (sentence-transformers in process; Infinity over HTTP) →
+quality (from ``runs/*/eval``).
 Timings are only meaningful on a quiet machine: the suite records the load average and any training
-process at the start of every section, and ``--wait-quiet`` polls until none runs.
+process at the start of every section, and ``--wait-quiet`` polls until none runs, before every section.
 Usage: ``python -m bench.run_all [--quick] [--only engine,served] [--wait-quiet]`` (``make bench``).
-``--quick`` is a smoke run (about three minutes) written to ``bench/results/quick/`` instead.
+``--quick`` is a smoke run (a few minutes after preparation) written to ``bench/results/quick/`` instead.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from bench import engine as engine_bench
+from bench import memory as memory_bench
 from bench import peak as peak_bench
 from bench import peers as peers_bench
+from bench import precision as precision_bench
 from bench import quality as quality_bench
 from bench import served as served_bench
 from bench.common import (
@@ -35,7 +38,8 @@ from bench.common import (
     write_results,
 )
 
-SECTIONS = ("peak", "engine", "served", "peers", "quality", "settings")
+SECTIONS = ("peak", "precision", "engine", "memory", "served", "peers", "quality")
+PEERS_RATIO_TARGET = 1.5
 
 
 def wait_quiet(poll_s: float, max_wait_s: float, settle_load: float = 0.8, max_settle_s: float = 120.0) -> None:
@@ -56,12 +60,71 @@ def _load(out: Path, name: str) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def served_precision(model_dir: Path) -> str:
+    """The precision of the model the suite serves (the default model: the CPU default precision)."""
+    from mipic.modeldir.manifest import load_manifest
+
+    return load_manifest(model_dir, verify=False).precision
+
+
 def targets(out: Path) -> list[list[Any]]:
-    """One row per target of issue 6: what was asked, what was measured, met or not."""
+    """One row per target of issue 13 (and the engine rows of issue 6): asked, measured, met."""
     rows: list[list[Any]] = []
+    mem = _load(out, "memory")
+    if mem:
+        for s in mem["served"]:
+            if s["arena"] != "shared":
+                continue
+            rows.append([f"peak RSS ≤ {mem['limits_mb']['peak']:.0f} MB under the largest request, saturated "
+                         f"({s['clients']}× {s['texts_per_request']} texts × {s['tokens_per_text']} tokens)",
+                         f"{s['peak_mb']:.0f} MB (idle {s['before_mb']:.0f} MB)", _yes(s["peak_ok"])])
+            rows.append([f"RSS back within {mem['limits_mb']['settle']:.0f} MB of its pre-load value",
+                         f"+{s['after_mb'] - s['before_mb']:.0f} MB ({s['after_mb']:.0f} MB)", _yes(s["settle_ok"])])
+    srv = _load(out, "served")
+    if srv:
+        for r in srv["results"]:
+            want = served_bench.SERVED_TARGETS.get((r["dim"], r["layer"]))
+            if want is not None:
+                rows.append([f"served ≥ {100 * want:.0f}% of offline at saturation, d{r['dim']}/l{r['layer']} "
+                             f"(load generator on the same 2 cores)",
+                             f"{100 * r['served_over_offline']:.0f}% ({r['saturation_texts_per_s']:.0f} of "
+                             f"{r['offline_texts_per_s']:.0f} texts/s; load generator "
+                             f"{r.get('saturation_loadgen_cpu_pct', 0):.0f}% of a core)",
+                             _yes(r["served_over_offline"] >= want)])
+        for r in srv["results"]:
+            if (r["dim"], r["layer"]) in served_bench.LATENCY_BUDGETS and "half_saturation" in r:
+                lat = r["half_saturation"]["latency"]
+                rows.append([f"p99 ≤ {served_bench.LATENCY_TARGET:g}× one request's batch at half saturation, "
+                             f"d{r['dim']}/l{r['layer']}",
+                             f"p50/p95/p99 {lat['p50_ms']:.0f}/{lat['p95_ms']:.0f}/{lat['p99_ms']:.0f} ms vs "
+                             f"{r['one_request_ms']:.1f} ms: {r['p99_over_one_request']:.1f}×",
+                             _yes(r["p99_over_one_request"] <= served_bench.LATENCY_TARGET)])
+    prec = _load(out, "precision")
+    if prec:
+        from mipic.cli import DEFAULT_CPU_PRECISION
+
+        measured = prec["default_cpu_precision"]
+        ok = [n for n, v in prec["variants"].items() if v.get("quality_ok") and n != "fp32"]
+        rows.append([f"CPU default = fastest precision within {prec['tolerance']} of fp32 on every suite and budget",
+                     f"measured: {measured} (also within: {', '.join(ok) or 'none'}); code default: "
+                     f"{DEFAULT_CPU_PRECISION.value}", _yes(measured == DEFAULT_CPU_PRECISION.value)])
     eng = _load(out, "engine")
     if eng:
         L = eng["num_layers"]
+        prec_name = eng.get("served_precision", "fp32")
+        sc = [c for c in eng["scaling"] if c["precision"] == prec_name and c["layer"] < L]
+        if sc:
+            worst = min(sc, key=lambda c: c["efficiency"])
+            misses = sum(not c["meets_target"] for c in sc)
+            rows.append([f"layer k ≥ {engine_bench.SCALING_TARGET}·(L/k)·layer L at every length and batch the "
+                         f"batcher forms ({prec_name})",
+                         f"worst {worst['efficiency']:.2f} (k={worst['layer']}, ~{worst['length']} tokens, batch "
+                         f"{worst['batch']}, d{worst['dim']}); {misses} of {len(sc)} points below",
+                         _yes(misses == 0)])
         for length in sorted({p["length"] for p in eng["points"]}):
             pts = [p for p in eng["points"] if p["precision"] == "fp32" and p["length"] == length and p["dim"] == 384]
             if not pts:
@@ -69,46 +132,40 @@ def targets(out: Path) -> list[list[Any]]:
             big = max(p["batch"] for p in pts)
             full = next(p for p in pts if p["batch"] == big and p["layer"] == L)
             if full["frac_of_peak"] is not None:
-                rows.append([f"full budget (d384/l{L}) ≥ 50% of GEMM peak, ~{length} tokens, batch {big}",
+                rows.append([f"(issue 6) full budget fp32 ≥ 50% of GEMM peak, ~{length} tokens, batch {big}",
                              f"{100 * full['frac_of_peak']:.0f}% ({full['gflops']:.1f} GFLOP/s)",
-                             "yes" if full["frac_of_peak"] >= 0.5 else "no"])
-            sc = [c for c in eng["scaling"] if c["precision"] == "fp32" and c["length"] == length and c["dim"] == 384
-                  and c["batch"] == big and c["layer"] < L]
-            if sc:
-                worst = min(sc, key=lambda c: c["efficiency"])
-                rows.append([f"layer k ≥ 0.8·(L/k)·layer L, ~{length} tokens, batch {big}",
-                             f"worst k={worst['layer']}: {worst['efficiency']:.2f}",
-                             "yes" if all(c["meets_target"] for c in sc) else "no"])
-    srv = _load(out, "served")
-    if srv:
-        for r in srv["results"]:
-            rows.append([f"served ≥ 85% of offline at saturation, d{r['dim']}/l{r['layer']}",
-                         f"{100 * r['served_over_offline']:.0f}%", "yes" if r["served_over_offline"] >= 0.85 else "no"])
+                             _yes(full["frac_of_peak"] >= 0.5)])
     prs = _load(out, "peers")
     if prs:
-        ref = next((r for r in prs["inproc"] if r["kind"] == "mipic-fp32" and "points" in r), None)
+        default = f"mipic-{prs.get('default_precision', 'fp32')}"
+        ref = next((r for r in prs["inproc"] if r["kind"] == default and "points" in r), None)
         for r in prs["inproc"]:
             if not r["kind"].startswith("st"):
                 continue
             if "points" not in r or ref is None:
-                rows.append([f"faster than {r['kind']}", f"not measured: {r.get('error')}", "n/a"])
+                rows.append([f"{default} vs {r['kind']} in process", f"not measured: {r.get('error')}", "n/a"])
                 continue
             ratios = []
             for p in r["points"]:
                 q = next(q for q in ref["points"] if (q["length"], q["dim"]) == (p["length"], p["dim"]))
                 ratios.append((q["texts_per_s"] / p["texts_per_s"], p))
             worst_ratio, wp = min(ratios, key=lambda x: x[0])
-            rows.append([f"faster than {r['kind']} in process (d384/l6, d64/l6; all lengths)",
-                         f"worst {worst_ratio:.2f}× (~{wp['length']} tokens, d{wp['dim']})",
-                         "yes" if worst_ratio > 1 else "no"])
+            want = PEERS_RATIO_TARGET if r["kind"] == "st-torch" else 1.0
+            detail = ", ".join(f"{x:.2f}× (~{p['length']} tok, d{p['dim']})" for x, p in ratios)
+            rows.append([f"{default} ≥ {want:g}× {r['kind']} in process, both lengths, d384/l6 and d64/l6",
+                         f"worst {worst_ratio:.2f}× (~{wp['length']} tokens, d{wp['dim']}); {detail}",
+                         _yes(worst_ratio >= want)])
         http = prs.get("http") or {}
         if "results" in http:
             for r in http["results"]:
                 ratio = r["mipic_saturation_texts_per_s"] / r["infinity_saturation_texts_per_s"]
-                rows.append([f"faster than Infinity over HTTP at saturation, d{r['dim']}/l{r['layer']}",
-                             f"{ratio:.2f}×", "yes" if ratio > 1 else "no"])
+                rows.append([f"≥ {PEERS_RATIO_TARGET:g}× Infinity over HTTP at saturation, d{r['dim']}/l{r['layer']}",
+                             f"{ratio:.2f}× ({r['mipic_saturation_texts_per_s']:.0f} vs "
+                             f"{r['infinity_saturation_texts_per_s']:.0f} texts/s)", _yes(ratio >= PEERS_RATIO_TARGET)])
         elif http:
-            rows.append(["faster than Infinity over HTTP", f"not measured: {http.get('error')}", "n/a"])
+            rows.append(["≥ 1.5× Infinity over HTTP", f"not measured: {http.get('error')}", "n/a"])
+    rows.append(["GPU: CUDA provider with fp16, batch 1–256 per budget",
+                 "not measured: no GPU was available to this project's sessions", "n/a"])
     return rows
 
 
@@ -116,7 +173,7 @@ def sections_table(out: Path) -> str:
     """When each result file was measured and how busy the machine was then (sections may come from
     different invocations, e.g. ``--only engine`` after a full run)."""
     rows = []
-    for name in ("peak", "engine", "served", "peers", "engine_settings", "served_nospin"):
+    for name in ("peak", "precision", "engine", "memory", "served", "peers"):
         data = _load(out, name)
         if not data:
             continue
@@ -138,11 +195,10 @@ def summary(out: Path, started: dict[str, Any], wall_s: float, command: str) -> 
              f"{'; busy: ' + '; '.join(started['busy_processes']) if started['busy_processes'] else ''}"
              f"{'; top CPU users: ' + ', '.join(started['top_cpu']) if started.get('top_cpu') else ''}.\n",
              "\n" + sections_table(out),
-             "\n## Targets\n\n" + md_table(["target", "measured", "met"], targets(out))]
-    for name, title in (("peak", "GEMM ceiling"), ("engine", "Offline engine"), ("served", "Served (HTTP)"),
-                        ("peers", "Peers"), ("quality", "Quality per budget"),
-                        ("engine_settings", "Experiment: engine settings (offline)"),
-                        ("served_nospin", "Experiment: served with non-spinning thread pools")):
+             "\n## Targets (issue 13)\n\n" + md_table(["target", "measured", "met"], targets(out))]
+    for name, title in (("peak", "GEMM ceiling"), ("precision", "Precision"), ("engine", "Offline engine"),
+                        ("memory", "Memory"), ("served", "Served (HTTP)"), ("peers", "Peers"),
+                        ("quality", "Quality per budget")):
         md = out / f"{name}.md"
         if md.is_file():
             parts.append(f"\n## {title}\n\n" + md.read_text())
@@ -156,8 +212,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny grids, short times, results/quick/")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--skip-infinity", action="store_true", help="leave the Infinity server out of the peers")
-    ap.add_argument("--no-int8", action="store_true", help="leave the int8 copy out")
-    ap.add_argument("--wait-quiet", action="store_true", help="poll until no training process runs, then start")
+    ap.add_argument("--wait-quiet", action="store_true",
+                    help="before every section, poll until no training process runs and the load settles")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default bench/results[/quick])")
     ap.add_argument("--summary-only", metavar="COMMAND", default=None,
                     help="measure nothing: rewrite SUMMARY.md from the result files, naming COMMAND as their source")
@@ -176,13 +232,25 @@ def main() -> None:
     out = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
 
-    # Untimed preparation first, so that no export or quantization overlaps a measurement.
-    from bench.prepare import ensure_fused, ensure_int8, ensure_optimum_export
+    # Untimed preparation first, so that no export, quantization or install overlaps a measurement.
+    from bench.prepare import ensure_default_model, ensure_optimum_export, ensure_peers_env, ensure_precisions
 
-    int8 = None if args.no_int8 or not {"engine", "peers"} & set(sections) else ensure_int8(args.model)
+    ensure_default_model(args.model)
+    if served_precision(args.model) != "fp32":
+        ap.error(f"{args.model} is not an fp32 export: the suite derives every other precision from fp32")
+    copies = ensure_precisions(args.model) if {"precision", "engine", "peers"} & set(sections) else {}
     if "peers" in sections:
         ensure_optimum_export()
-    fused = ensure_fused(args.model) if "settings" in sections else None
+        if not args.skip_infinity:
+            ensure_peers_env()
+    def section(name: str, timed: bool = True) -> bool:
+        if name not in sections:
+            return False
+        if args.wait_quiet and timed:
+            wait_quiet(60, 6 * 3600)
+        print(f"== {name}", flush=True)
+        return True
+
     if args.wait_quiet:
         wait_quiet(60, 6 * 3600)
     started = load_snapshot()
@@ -191,8 +259,7 @@ def main() -> None:
     t0 = time.perf_counter()
 
     peak_gflops = (_load(out, "peak") or {}).get("peak_gflops")
-    if "peak" in sections:
-        print("== GEMM ceiling", flush=True)
+    if section("peak"):
         load = load_snapshot()
         result = peak_bench.measure_peak(0.3 if args.quick else 1.5)
         env = environment()
@@ -200,33 +267,28 @@ def main() -> None:
                       peak_bench.markdown(result, env, load), out)
         peak_gflops = result["peak_gflops"]
         print(f"   peak {peak_gflops:.1f} GFLOP/s ({result['peak_from']})", flush=True)
-    if "engine" in sections:
-        print("== offline engine", flush=True)
+    if section("precision"):
+        cfg = precision_bench.quick_config() if args.quick else precision_bench.PrecisionConfig()
+        precision_bench.run(args.model, copies, cfg, out)
+    if section("engine"):
         grid = (engine_bench.EngineGrid(lengths=(16, 256), batches=(1, 32), seconds=0.05, min_iters=1, layers=(1, 3, 6))
                 if args.quick else engine_bench.EngineGrid())
         variants = [engine_bench.Variant("fp32", args.model)]
-        if int8 is not None:
-            variants.append(engine_bench.Variant("int8", int8))
+        if "int8" in copies:
+            variants.append(engine_bench.Variant("int8", copies["int8"]))
         engine_bench.run(args.model, variants, grid, peak_gflops, out)
+    if section("memory"):
+        memory_bench.run(args.model, memory_bench.quick_config() if args.quick else memory_bench.MemoryConfig(), out)
     served_cfg = served_bench.quick_config() if args.quick else served_bench.ServedConfig()
-    if "served" in sections:
-        print("== served", flush=True)
+    if section("served"):
         served_bench.run(args.model, served_cfg, out)
-    if "peers" in sections:
-        print("== peers", flush=True)
+    if section("peers"):
         cfg = peers_bench.quick_config() if args.quick else peers_bench.PeersConfig()
-        peers_bench.run(args.model, int8, cfg, served_cfg, _load(out, "served"), infinity=not args.skip_infinity,
-                        results_dir=out)
-    if "quality" in sections:
-        print("== quality", flush=True)
+        peers_bench.run(args.model, copies.get("int8"), cfg, served_cfg, _load(out, "served"),
+                        infinity=not args.skip_infinity, results_dir=out,
+                        default_precision=served_precision(args.model))
+    if section("quality", timed=False):
         quality_bench.run(args.runs, out)
-    if "settings" in sections:
-        print("== engine settings experiments", flush=True)
-        grid = (engine_bench.EngineGrid(lengths=(16,), batches=(1, 32), dims=(384,), seconds=0.05, min_iters=1,
-                                        layers=(1, 6)) if args.quick else engine_bench.SETTINGS_GRID)
-        engine_bench.settings_experiments(args.model, fused, grid, peak_gflops, out)
-        exp = served_bench.ServedConfig(**{**served_cfg.__dict__, "budgets": ((384, 6), (64, 1)), "no_spin": True})
-        served_bench.run(args.model, exp, out, name="served_nospin")
     wall = time.perf_counter() - t0
     command = "python -m bench.run_all" + (" --quick" if args.quick else "") + (
         f" --only {args.only}" if set(sections) != set(SECTIONS) else "")

@@ -3,7 +3,9 @@
 For each (dim, layer) budget the offered rate rises as fractions of the offline engine's best throughput
 for that budget (same texts, pre-tokenized, in this process before the server starts), so the last
 points drive the server to saturation. "Served / offline" at saturation is what HTTP, JSON, tokenization
-and the batcher cost. Server and load generator share the machine's cores; both are on loopback.
+and the batcher cost. Then one longer run at half the measured saturation rate gives the latency target's
+p50/p95/p99, next to the compute time of one request's batch (the same texts, offline). Server and load
+generator share the machine's cores; both are on loopback; each point records the CPU both used.
 Usage: ``python -m bench.served [--quick]``.
 """
 
@@ -13,6 +15,8 @@ import argparse
 import asyncio
 import functools
 import gc
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,11 @@ from bench.loadgen import Target, closed_loop, open_loop
 from bench.servers import mipic_server
 
 Budget = tuple[int, int]  # (dim, layer)
+# Targets (issue 13): served / offline at saturation, and p99 at half the saturation rate as a multiple of the
+# compute time of one request's batch.
+SERVED_TARGETS: dict[Budget, float] = {(384, 6): 0.90, (64, 1): 0.75}
+LATENCY_TARGET = 3.0
+LATENCY_BUDGETS: tuple[Budget, ...] = ((384, 6), (64, 3))
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class ServedConfig:
     offline_seconds: float = 0.6
     max_requests: int = 20_000
     extra_env: tuple[tuple[str, str], ...] = ()
-    no_spin: bool = False  # experiment: non-spinning onnxruntime thread pools (bench.ort_settings)
+    half_seconds: float = 30.0  # the latency run at half the saturation rate (~700 requests at d384/l6)
 
 
 def request_batches(cfg: ServedConfig, n_batches: int = 64) -> list[list[str]]:
@@ -57,14 +66,15 @@ def request_batches(cfg: ServedConfig, n_batches: int = 64) -> list[list[str]]:
 
 
 def offline_reference(model_dir: Path, cfg: ServedConfig) -> dict[Budget, dict[str, float]]:
-    """Best pre-tokenized ``LoadedModel.run`` throughput per budget over ``offline_batches``, same texts."""
-    from bench.ort_settings import session_options
+    """Per budget: the best pre-tokenized ``LoadedModel.run`` throughput over ``offline_batches`` (same
+    texts), and the median time of one request's batch (``texts_per_request`` texts) over the request batches."""
     from mipic.modeldir.runner import LoadedModel, Row
 
-    with session_options(no_spin=cfg.no_spin):
-        model = LoadedModel(model_dir, provider="cpu", verify_checksums=False)
-    texts = [t for b in request_batches(cfg) for t in b]
+    model = LoadedModel(model_dir, provider="cpu", verify_checksums=False)
+    requests = request_batches(cfg)
+    texts = [t for b in requests for t in b]
     ids = [e.ids for e in model.tokenizer.encode(texts)]
+    k = cfg.texts_per_request
     out: dict[Budget, dict[str, float]] = {}
     try:
         for dim, layer in cfg.budgets:
@@ -75,6 +85,11 @@ def offline_reference(model_dir: Path, cfg: ServedConfig) -> dict[Budget, dict[s
                 tps = b / float(np.mean(times))
                 if tps > best.get("texts_per_s", 0.0):
                     best = {"texts_per_s": tps, "batch": float(b)}
+            singles = []
+            for r in range(len(requests)):
+                rows = [Row(ids=i, dim=dim, layer=layer) for i in ids[r * k: (r + 1) * k]]
+                singles += time_calls(functools.partial(model.run, rows), 0.0, 1, warmup=1 if r == 0 else 0)
+            best["one_request_ms"] = 1000.0 * float(np.median(singles))
             out[(dim, layer)] = best
     finally:
         model.close()
@@ -82,16 +97,37 @@ def offline_reference(model_dir: Path, cfg: ServedConfig) -> dict[Budget, dict[s
     return out
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from ``/proc/PID/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured_point(target: Target, batches: list[list[str]], rate_rps: float, seconds: float, max_requests: int,
+                   seed: int, server_pid: int | None) -> dict[str, Any]:
+    """One open-loop run, with the CPU the load generator (this process) and the server used during it, in %
+    of one core."""
+    cpu0, srv0, t0 = time.process_time(), process_cpu_seconds(server_pid) if server_pid else 0.0, time.perf_counter()
+    r = asyncio.run(open_loop(target, batches, rate_rps, seconds, max_requests, seed=seed)).summary()
+    wall = time.perf_counter() - t0
+    r["loadgen_cpu_pct"] = 100.0 * (time.process_time() - cpu0) / wall
+    if server_pid:
+        r["server_cpu_pct"] = 100.0 * (process_cpu_seconds(server_pid) - srv0) / wall
+    return r
+
+
 def sweep(target: Target, batches: list[list[str]], rates_rps: list[float], seconds: float, max_requests: int,
-          label: str) -> list[dict[str, Any]]:
+          label: str, server_pid: int | None = None) -> list[dict[str, Any]]:
     """One open-loop run per offered rate, lowest first; a short closed-loop warm-up before the first."""
     asyncio.run(closed_loop(target, batches, 4, min(1.0, seconds / 2)))
     out = []
     for i, rate in enumerate(rates_rps):
-        r = asyncio.run(open_loop(target, batches, rate, seconds, max_requests, seed=i)).summary()
+        r = measured_point(target, batches, rate, seconds, max_requests, i, server_pid)
         lat = r["latency"]
         print(f"  {label} offered {r['offered_texts_per_s']:8.1f} texts/s → {r['achieved_texts_per_s']:8.1f} "
-              f"p50 {lat['p50_ms']:7.1f} p99 {lat['p99_ms']:7.1f} ms statuses {r['statuses']}", flush=True)
+              f"p50 {lat['p50_ms']:7.1f} p99 {lat['p99_ms']:7.1f} ms statuses {r['statuses']} "
+              f"(load generator {r['loadgen_cpu_pct']:.0f}% of a core)", flush=True)
         out.append(r)
     return out
 
@@ -108,17 +144,27 @@ def run(model_dir: Path, cfg: ServedConfig, results_dir: Path | None = None, nam
     batches = request_batches(cfg)
     results: list[dict[str, Any]] = []
     load_server = load_snapshot()
-    with mipic_server(model_dir, dict(cfg.extra_env), no_spin=cfg.no_spin) as (url, _pid):
+    with mipic_server(model_dir, dict(cfg.extra_env)) as (url, pid):
         for dim, layer in cfg.budgets:
             ref = offline[(dim, layer)]["texts_per_s"]
             rates = [f * ref / cfg.texts_per_request for f in cfg.fractions]
             target = Target(url, "/v1/embeddings", {"dimensions": dim, "layer": layer})
-            points = sweep(target, batches, rates, cfg.seconds, cfg.max_requests, f"mipic d={dim} l={layer}")
+            points = sweep(target, batches, rates, cfg.seconds, cfg.max_requests, f"mipic d={dim} l={layer}", pid)
             sat = saturation(points)
+            half_rate = 0.5 * sat["achieved_texts_per_s"] / cfg.texts_per_request
+            half = measured_point(target, batches, half_rate, cfg.half_seconds, cfg.max_requests, 99, pid)
+            one = offline[(dim, layer)]["one_request_ms"]
+            print(f"  half saturation {half['offered_texts_per_s']:.1f} texts/s: p50/p95/p99 "
+                  f"{half['latency']['p50_ms']:.1f}/{half['latency']['p95_ms']:.1f}/{half['latency']['p99_ms']:.1f} ms "
+                  f"(one request's batch {one:.1f} ms)", flush=True)
             results.append({"dim": dim, "layer": layer, "offline_texts_per_s": ref,
                             "offline_batch": int(offline[(dim, layer)]["batch"]), "points": points,
                             "saturation_texts_per_s": sat["achieved_texts_per_s"],
-                            "served_over_offline": sat["achieved_texts_per_s"] / ref})
+                            "served_over_offline": sat["achieved_texts_per_s"] / ref,
+                            "saturation_loadgen_cpu_pct": sat["loadgen_cpu_pct"],
+                            "saturation_server_cpu_pct": sat.get("server_cpu_pct"),
+                            "one_request_ms": one, "half_saturation": half,
+                            "p99_over_one_request": half["latency"]["p99_ms"] / one})
     payload = {"env": env, "load_at_start": load, "load_at_server_start": load_server, "model_dir": str(model_dir),
                "config": {**cfg.__dict__, "extra_env": dict(cfg.extra_env)}, "results": results}
     out = results_dir or RESULTS_DIR
@@ -134,22 +180,42 @@ def markdown(payload: dict[str, Any]) -> str:
         for p in r["points"]:
             lat = p["latency"]
             rows.append([f"d{r['dim']}/l{r['layer']}", p["offered_texts_per_s"], p["achieved_texts_per_s"],
-                         lat["p50_ms"], lat["p95_ms"], lat["p99_ms"],
+                         lat["p50_ms"], lat["p95_ms"], lat["p99_ms"], f"{p.get('loadgen_cpu_pct', 0):.0f}%",
+                         f"{p.get('server_cpu_pct', 0):.0f}%",
                          ", ".join(f"{k}: {v}" for k, v in p["statuses"].items())])
-    summary = [[f"d{r['dim']}/l{r['layer']}", r["offline_texts_per_s"], r["offline_batch"], r["saturation_texts_per_s"],
-                f"{100 * r['served_over_offline']:.0f}%{'' if r['served_over_offline'] >= 0.85 else ' ✗'}"]
-               for r in payload["results"]]
+    summary = []
+    for r in payload["results"]:
+        want = SERVED_TARGETS.get((r["dim"], r["layer"]))
+        ratio = r["served_over_offline"]
+        mark = "" if want is None else (f" (target ≥ {100 * want:.0f}%)" + ("" if ratio >= want else " ✗"))
+        summary.append([f"d{r['dim']}/l{r['layer']}", r["offline_texts_per_s"], r["offline_batch"],
+                        r["saturation_texts_per_s"], f"{100 * ratio:.0f}%{mark}",
+                        f"{r.get('saturation_loadgen_cpu_pct', 0):.0f}%"])
+    latency = []
+    for r in payload["results"]:
+        if "half_saturation" not in r:
+            continue
+        h, lat = r["half_saturation"], r["half_saturation"]["latency"]
+        target = (r["dim"], r["layer"]) in LATENCY_BUDGETS
+        ok = r["p99_over_one_request"] <= LATENCY_TARGET
+        latency.append([f"d{r['dim']}/l{r['layer']}", h["offered_texts_per_s"], h["achieved_texts_per_s"],
+                        lat["p50_ms"], lat["p95_ms"], lat["p99_ms"], r["one_request_ms"],
+                        f"{r['p99_over_one_request']:.1f}×" + (f" (target ≤ {LATENCY_TARGET:g}×)" + ("" if ok else " ✗")
+                                                                if target else ""),
+                        f"{h.get('loadgen_cpu_pct', 0):.0f}%"])
     return (f"HTTP `POST /v1/embeddings` (with `dimensions`, `layer`), open loop (Poisson arrivals), "
             f"{cfg['texts_per_request']} texts of ~{cfg['tokens']} tokens per request, {cfg['seconds']:g} s per "
-            f"offered rate; latency from the scheduled send time. Server (`mipic serve`, "
-            f"{'onnxruntime thread pools without spinning (experiment)' if cfg.get('no_spin') else 'default settings'}"
-            f") and load "
-            f"generator (aiohttp) share the machine: {env_line(env)}. Load average at start: "
-            f"{load['loadavg'][0]:.2f}.\n\n"
+            f"offered rate; latency from the scheduled send time. Server (`mipic serve`, default settings) and load "
+            f"generator (aiohttp, this process) share the machine: {env_line(env)}. Load average at start: "
+            f"{load['loadavg'][0]:.2f}. CPU columns: % of one core used during the point (2 cores = 200%).\n\n"
             + md_table(["budget", "offline texts/s", "offline batch", "served texts/s at saturation",
-                        "served / offline (target ≥ 85%)"], summary)
+                        "served / offline", "load generator CPU at saturation"], summary)
+            + f"\nAt half the saturation rate ({cfg.get('half_seconds', 0):g} s, open loop); one request's batch = "
+              f"median offline time of `LoadedModel.run` on one request's {cfg['texts_per_request']} texts:\n\n"
+            + md_table(["budget", "offered texts/s", "achieved texts/s", "p50 ms", "p95 ms", "p99 ms",
+                        "one request's batch ms", "p99 / one request's batch", "load generator CPU"], latency)
             + "\n" + md_table(["budget", "offered texts/s", "achieved texts/s", "p50 ms", "p95 ms", "p99 ms",
-                                "statuses"], rows))
+                                "load generator CPU", "server CPU", "statuses"], rows))
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
@@ -188,7 +254,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
 
 def quick_config() -> ServedConfig:
     return ServedConfig(budgets=((384, 6), (64, 1)), fractions=(0.5, 1.25), seconds=1.0, offline_seconds=0.1,
-                        offline_batches=(32,))
+                        offline_batches=(32,), half_seconds=1.0)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import PEERS_PYTHON, TMP_DIR
+from bench.common import TMP_DIR
 
 
 def free_port() -> int:
@@ -50,8 +50,7 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
 
 def start_server(model: Path, port: int, extra_env: dict[str, str] | None = None,
                  log: Path | None = None, module: str = "mipic.cli") -> subprocess.Popen[bytes]:
-    """``mipic serve`` on 127.0.0.1:port; returns once ``/ready`` answers 200 (model verified and warmed).
-    ``module="bench.ort_settings"`` runs the same CLI with the onnxruntime options of an experiment."""
+    """``mipic serve`` on 127.0.0.1:port; returns once ``/ready`` answers 200 (model verified and warmed)."""
     env = {**os.environ, "MIPIC_BOOTSTRAP_DEFAULT": "false", "MIPIC_MAX_QUEUE_SIZE": "100000",
            "MIPIC_WATCH_INTERVAL_S": "0", **(extra_env or {})}
     out = log.open("wb") if log else subprocess.DEVNULL
@@ -65,14 +64,11 @@ def start_server(model: Path, port: int, extra_env: dict[str, str] | None = None
 
 
 @contextlib.contextmanager
-def mipic_server(model: Path, extra_env: dict[str, str] | None = None,
-                 no_spin: bool = False) -> Iterator[tuple[str, int]]:
+def mipic_server(model: Path, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
     """(base URL, pid) of a running mipic server, stopped on exit."""
     port = free_port()
     TMP_DIR.mkdir(parents=True, exist_ok=True)
-    env = {**(extra_env or {}), **({"MIPIC_BENCH_ORT_NO_SPIN": "1"} if no_spin else {})}
-    proc = start_server(model, port, env, TMP_DIR / "mipic-server.log",
-                        module="bench.ort_settings" if no_spin else "mipic.cli")
+    proc = start_server(model, port, extra_env, TMP_DIR / "mipic-server.log")
     try:
         yield f"http://127.0.0.1:{port}", proc.pid
     finally:
@@ -86,7 +82,9 @@ def infinity_command(port: int, batch_size: int = 32) -> list[str]:
     # `--model-id .` with the model directory as working directory: 0.0.78 passes the ONNX file's full path
     # as Optimum's `file_name` for an absolute local path and fails with "Could not find any ONNX files".
     # `--pooling-method mean`: with "auto" the optimum engine pools the CLS token, which is not this model.
-    return [str(PEERS_PYTHON), "-m", "infinity_emb.cli", "v2", "--model-id", ".",
+    from bench.prepare import peers_python
+
+    return [str(peers_python()), "-m", "infinity_emb.cli", "v2", "--model-id", ".",
             "--served-model-name", INFINITY_MODEL_NAME, "--engine", "optimum", "--device", "cpu",
             "--pooling-method", "mean", "--batch-size", str(batch_size), "--no-vector-disk-cache",
             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
@@ -95,8 +93,10 @@ def infinity_command(port: int, batch_size: int = 32) -> list[str]:
 @contextlib.contextmanager
 def infinity_server(model_dir: Path, batch_size: int = 32) -> Iterator[tuple[str, int]]:
     """Infinity (from the peers venv) serving an Optimum ONNX export; (base URL, pid), stopped on exit."""
-    if not PEERS_PYTHON.is_file():
-        raise RuntimeError(f"no peers venv python at {PEERS_PYTHON} (see bench/README.md)")
+    from bench.prepare import peers_python
+
+    if not peers_python().is_file():
+        raise RuntimeError(f"no peers venv python at {peers_python()} (bench.prepare builds it)")
     port = free_port()
     hf_home = TMP_DIR / "hf-home"  # Infinity writes its optimised-model cache under HF_HOME
     hf_home.mkdir(parents=True, exist_ok=True)

@@ -123,10 +123,12 @@ def test_load_result_summary_counts_only_ok_answers() -> None:
     assert s["latency"]["p50_ms"] == pytest.approx(20.0)
 
 
-def test_engine_grid_caps_batches_at_the_server_token_budget() -> None:
-    grid = EngineGrid(batches=(1, 8, 32, 128), max_batch_tokens=16384)
+def test_engine_grid_caps_batches_as_the_batcher_does() -> None:
+    grid = EngineGrid(batches=(1, 8, 32, 128))  # the server's defaults: 16384 tokens, 32·256² pairs, 128 rows
     assert grid.batches_for(16) == [1, 8, 32, 128]
-    assert grid.batches_for(256) == [1, 8, 32, 64]
+    assert grid.batches_for(128) == [1, 8, 32, 128]
+    assert grid.batches_for(256) == [1, 8, 32]  # token pairs: 32 rows of 256
+    assert EngineGrid(batches=(1, 8, 32, 128), max_batch_token_pairs=2**30).batches_for(256) == [1, 8, 32, 64]
 
 
 def _point(precision: str, length: int, batch: int, dim: int, layer: int, tps: float) -> dict[str, object]:
@@ -176,14 +178,39 @@ def test_quality_analysis_builds_mean_scores_and_fronts() -> None:
 
 def test_targets_table_reads_result_files(tmp_path: Path) -> None:
     pts = [_point("fp32", 16, 128, 384, k, 600.0 / k) for k in range(1, 7)]
-    (tmp_path / "engine.json").write_text(json.dumps({"num_layers": 6, "points": pts,
-                                                      "scaling": scaling_checks(pts, 6)}))
-    (tmp_path / "served.json").write_text(json.dumps({"results": [{"dim": 384, "layer": 6,
-                                                                   "served_over_offline": 0.8}]}))
+    pts += [_point("fp32", 256, 32, 384, k, 60.0 / k if k > 1 else 40.0) for k in range(1, 7)]
+    files: dict[str, object] = {
+        "engine": {"num_layers": 6, "points": pts, "scaling": scaling_checks(pts, 6), "served_precision": "fp32"},
+        "served": {"results": [
+            {"dim": 384, "layer": 6, "served_over_offline": 0.93, "saturation_texts_per_s": 372.0,
+             "offline_texts_per_s": 400.0, "saturation_loadgen_cpu_pct": 31.0, "one_request_ms": 20.0,
+             "p99_over_one_request": 3.5, "half_saturation": {"latency": percentiles([0.02, 0.03, 0.07])}},
+            {"dim": 64, "layer": 1, "served_over_offline": 0.7, "saturation_texts_per_s": 1400.0,
+             "offline_texts_per_s": 2000.0}]},
+        "memory": {"limits_mb": {"peak": 1200.0, "settle": 300.0}, "served": [
+            {"arena": "shared", "clients": 2, "texts_per_request": 256, "tokens_per_text": 256, "peak_mb": 700.0,
+             "before_mb": 300.0, "after_mb": 450.0, "peak_ok": True, "settle_ok": True},
+            {"arena": "per-session", "peak_mb": 2200.0}]},
+        "precision": {"tolerance": 0.005, "default_cpu_precision": "fp32",
+                      "variants": {"fp32": {}, "int8": {"quality_ok": False}}},
+    }
+    for name, payload in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(payload))
     rows = {r[0]: r[1:] for r in targets(tmp_path)}
-    assert rows["full budget (d384/l6) ≥ 50% of GEMM peak, ~16 tokens, batch 128"] == ["60% (1.0 GFLOP/s)", "yes"]
-    assert rows["layer k ≥ 0.8·(L/k)·layer L, ~16 tokens, batch 128"][1] == "yes"
-    assert rows["served ≥ 85% of offline at saturation, d384/l6"] == ["80%", "no"]
+    assert rows["(issue 6) full budget fp32 ≥ 50% of GEMM peak, ~16 tokens, batch 128"] == ["60% (1.0 GFLOP/s)", "yes"]
+    scaling = rows["layer k ≥ 0.8·(L/k)·layer L at every length and batch the batcher forms (fp32)"]
+    assert scaling[0].startswith("worst 0.67 (k=1, ~256 tokens, batch 32") and scaling[1] == "no"
+    served = rows["served ≥ 90% of offline at saturation, d384/l6 (load generator on the same 2 cores)"]
+    assert served == ["93% (372 of 400 texts/s; load generator 31% of a core)", "yes"]
+    assert rows["served ≥ 75% of offline at saturation, d64/l1 (load generator on the same 2 cores)"][1] == "no"
+    latency = rows["p99 ≤ 3× one request's batch at half saturation, d384/l6"]
+    assert latency[0].endswith("vs 20.0 ms: 3.5×") and latency[1] == "no"
+    peak = [v for k, v in rows.items() if k.startswith("peak RSS ≤ 1200 MB")]
+    assert peak == [["700 MB (idle 300 MB)", "yes"]]  # the shared arena's row only
+    assert rows["RSS back within 300 MB of its pre-load value"] == ["+150 MB (450 MB)", "yes"]
+    default = rows["CPU default = fastest precision within 0.005 of fp32 on every suite and budget"]
+    assert default == ["measured: fp32 (also within: none); code default: fp32", "yes"]
+    assert rows["GPU: CUDA provider with fp16, batch 1–256 per budget"][1] == "n/a"
 
 
 def test_agreement_flags_a_truncated_vector_that_is_not_renormalised() -> None:
@@ -214,3 +241,34 @@ def test_output_types_rank_as_clients_search_them() -> None:
     # int8 and float: cosine
     c = scores_for("int8", np.array([[3, 4]], np.int8), np.array([[6, 8], [4, -3]], np.int8))
     np.testing.assert_allclose(c, [[1.0, 0.0]], atol=1e-12)
+
+
+def test_precision_drops_and_the_default_rule() -> None:
+    from bench.precision import choose_default, drops
+
+    ref = {"main_metrics": {"s": "acc"}, "layers": [1, 2], "dims": [8, 16],
+           "scores": {"s": {"acc": [[0.80, 0.90], [0.85, 0.95]]}}}
+    other = {"scores": {"s": {"acc": [[0.81, 0.89], [0.84, 0.93]]}}}
+    d = drops(ref, other)["s"]
+    assert d["worst_drop"] == pytest.approx(0.02) and (d["layer"], d["dim"]) == (2, 16)
+    assert d["budgets_over"] == 3 and d["budgets"] == 4  # 0.01, 0.01, 0.02 > 0.005
+    variants = {"fp32": {"quality_ok": True, "speedup": 1.0}, "int8": {"quality_ok": False, "speedup": 1.7},
+                "fp16": {"quality_ok": True, "speedup": 0.6}}
+    assert choose_default(variants) == "fp32"  # the fast one fails quality, the passing one is slower
+    variants["int8"]["quality_ok"] = True
+    assert choose_default(variants) == "int8"
+
+
+def test_noisy_encoder_moves_vectors_to_the_asked_cosine() -> None:
+    from bench.precision import NoisyEncoder
+
+    class Base:
+        num_layers, hidden_size, dims, heads = 2, 384, [384], None
+
+        def encode_all_layers(self, texts: list[str]) -> np.ndarray:
+            return np.random.default_rng(1).standard_normal((2, len(texts), 384)).astype(np.float32)
+
+    base = Base()
+    x, y = base.encode_all_layers(["a"] * 200), NoisyEncoder(base, 0.999).encode_all_layers(["a"] * 200)
+    cos = (x * y).sum(-1) / np.linalg.norm(x, axis=-1) / np.linalg.norm(y, axis=-1)
+    assert float(cos.mean()) == pytest.approx(0.999, abs=2e-4)

@@ -41,6 +41,8 @@ CASES: dict[str, tuple[tuple[Args, str], tuple[Args, str]]] = {
               (lambda t, m: ["serve", "--provider", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'")),
     "bootstrap": ((lambda t, m: ["bootstrap", "--out", str(_file(t) / "1")], "is not a directory"),
                   (lambda t, m: ["bootstrap", "--out", str(_file(t))], "exists and is not a directory")),
+    "calibrate": ((lambda t, m: ["calibrate", MISSING], "does not exist"),
+                  (lambda t, m: ["calibrate", str(m), "--sentences", "3"], "greater than or equal to 16")),
     "heads fit": ((lambda t, m: ["heads", "fit", MISSING, "--out", str(t / "o")], "does not exist"),
                   (lambda t, m: ["heads", "fit", str(m), "--out", str(t / "o"), "--method", "svd"],
                    "'svd' is not one of")),

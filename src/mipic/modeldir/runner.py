@@ -19,7 +19,7 @@ from threadpoolctl import ThreadpoolController
 from mipic.modeldir.errors import InvalidBudget, InvalidRequest
 from mipic.modeldir.heads import ExitHeads, load_heads
 from mipic.modeldir.manifest import GOLDEN_FILE, Manifest, ManifestError, budget_key, load_manifest
-from mipic.modeldir.runtime import ProviderChoice, StagedRuntime
+from mipic.modeldir.runtime import ArenaChoice, ProviderChoice, StagedRuntime
 from mipic.modeldir.tokenizer import TextTokenizer
 from mipic.modeldir.vector import (
     CALIBRATED_TYPES,
@@ -46,6 +46,12 @@ def _single_thread_blas() -> Any:
 # padding a 16-token row to 256 would cost 16x its compute.
 MAX_LENGTH_RATIO = 2.0
 MIN_SUB_BATCH = 8
+# What one sub-batch may hold, padded. Tokens bound the linear parts (B·T·H activations); token pairs
+# (B·T², per attention head) bound attention's scores and softmax, which dominate memory at long inputs:
+# MiniLM at 64 x 256 tokens peaks ~0.9 GB above idle, at 32 x 256 ~0.45 GB. 32 x 256 is also faster than
+# 64 x 256 per text (bench/results/engine.md). The server's settings pass the same values to the batcher.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_TOKEN_PAIRS = 32 * 256 * 256
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,15 @@ class LoadedModel:
         max_seq_length: int | None = None,
         truncate: bool = True,
         verify_checksums: bool = True,
+        arena: ArenaChoice = "shared",
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS,
     ) -> None:
+        if max_batch_tokens < 1 or max_batch_token_pairs < 1:
+            raise ValueError(
+                f"max_batch_tokens and max_batch_token_pairs must be positive, got {max_batch_tokens} and "
+                f"{max_batch_token_pairs}"
+            )
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify_checksums)
         m = self.manifest
@@ -79,8 +93,10 @@ class LoadedModel:
         max_len = min(max_seq_length or self.manifest.max_seq_length, self.manifest.max_seq_length)
         self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer, max_len, truncate)
         self.runtime = StagedRuntime(
-            self.model_dir, self.manifest, provider, intra_op_threads, inter_op_threads
+            self.model_dir, self.manifest, provider, intra_op_threads, inter_op_threads, arena
         )
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_token_pairs = max_batch_token_pairs
         self._dims = frozenset(self.manifest.dims)
         cal = self.manifest.calibration
         self._ranges: dict[str, tuple[float, float]] = (
@@ -135,8 +151,9 @@ class LoadedModel:
     def run(self, rows: list[Row]) -> list[np.ndarray]:
         """Embed rows of mixed budgets; returns one unit vector per row, in order.
 
-        Rows are sorted by length and cut into sub-batches of similar length (less padding). In each
-        sub-batch, stages run in order and rows leave at their exit layer, so a row at layer k costs
+        Rows are sorted by length and cut into sub-batches of similar length (less padding), each within
+        ``max_batch_tokens`` padded tokens and ``max_batch_token_pairs`` padded token pairs (memory). In
+        each sub-batch, stages run in order and rows leave at their exit layer, so a row at layer k costs
         k layers, whatever the other rows asked for.
         """
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(rows)
@@ -144,8 +161,8 @@ class LoadedModel:
         start = 0
         while start < len(order):
             end = start + 1
-            longest = rows[order[start]].ids.shape[0]
-            while end < len(order) and (
+            longest = rows[order[start]].ids.shape[0]  # sorted: the first row sets the padded width
+            while end < len(order) and self.fits(end + 1 - start, longest) and (
                 end - start < MIN_SUB_BATCH or longest <= MAX_LENGTH_RATIO * rows[order[end]].ids.shape[0]
             ):
                 end += 1
@@ -154,6 +171,10 @@ class LoadedModel:
                 out[i] = vec
             start = end
         return out
+
+    def fits(self, rows: int, longest: int) -> bool:
+        """Whether ``rows`` rows padded to ``longest`` tokens stay within the sub-batch limits."""
+        return rows * longest <= self.max_batch_tokens and rows * longest * longest <= self.max_batch_token_pairs
 
     def _run_chunk(self, rows: list[Row]) -> list[np.ndarray]:
         n = len(rows)
@@ -168,11 +189,14 @@ class LoadedModel:
         pooled = np.empty((n, self.manifest.hidden_size), dtype=np.float32)
         alive = np.arange(n)  # rows still in the batch, as indices into `rows`
         states = self.runtime.embed(ids)  # (B, T, H)
-        for layer in range(1, int(exits.max()) + 1):
-            states = self.runtime.layer(layer, states, mask)
+        deepest = int(exits.max())
+        for layer in range(1, deepest + 1):
+            states = self.runtime.layer(layer, states, mask, last=layer == deepest)
             leaving = exits[alive] == layer
             if leaving.any():
-                pooled[alive[leaving]] = pool(states[leaving], mask[leaving], self.manifest.pooling)
+                # fp32 sums whatever the graphs' precision (an fp16 mean over 256 tokens loses ~3 digits)
+                pooled[alive[leaving]] = pool(states[leaving].astype(np.float32, copy=False), mask[leaving],
+                                              self.manifest.pooling)
                 stay = ~leaving
                 alive, states, mask = alive[stay], states[stay], mask[stay]
                 if alive.size:
@@ -212,8 +236,8 @@ class LoadedModel:
         states = self.runtime.embed(tokens)
         out = np.empty((self.manifest.num_layers, n, self.manifest.hidden_size), dtype=np.float32)
         for layer in self.manifest.layers:
-            states = self.runtime.layer(layer, states, mask)
-            out[layer - 1] = pool(states, mask, self.manifest.pooling)
+            states = self.runtime.layer(layer, states, mask, last=layer == self.manifest.num_layers)
+            out[layer - 1] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
         return out
 
     def verify_golden(self) -> float:

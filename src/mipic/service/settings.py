@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mipic.modeldir.runner import DEFAULT_MAX_BATCH_TOKEN_PAIRS, DEFAULT_MAX_BATCH_TOKENS
+
 # A repository (versions + CURRENT pointer): the server follows promotions without restart.
 DEFAULT_MODEL_DIR = Path("models/all-minilm-l6-v2")
 
@@ -43,10 +45,22 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="Threads per operator; 0 = onnxruntime default.")
     inter_op_threads: int = Field(1, ge=0, description="Parallel operators; 1 suits these sequential graphs.")
     tokenizer_threads: int = Field(2, ge=1, description="Threads tokenizing requests off the event loop.")
+    onnx_arena: Literal["shared", "off", "per-session"] = Field(
+        "shared",
+        description="CPU memory for intermediates: shared = one arena for all stage sessions, handed back "
+        "after each batch (bounded RSS); off = malloc per tensor; per-session = onnxruntime's default, one "
+        "arena per stage keeping its peak (several GB after one long batch). Measured: bench/results/memory.md.",
+    )
 
     # --- batching
     max_batch_tokens: int = Field(
-        16384, gt=0, description="Padded tokens per batch. Raise on GPU for throughput, lower for latency."
+        DEFAULT_MAX_BATCH_TOKENS, gt=0,
+        description="Padded tokens per batch. Raise on GPU for throughput, lower for latency.",
+    )
+    max_batch_token_pairs: int = Field(
+        DEFAULT_MAX_BATCH_TOKEN_PAIRS, gt=0,
+        description="Padded token pairs per batch, rows x longest², attention's T² term: what bounds memory "
+        "at long inputs (default: 32 rows of 256 tokens). Lower it to cap RSS, raise it with memory to spare.",
     )
     max_batch_size: int = Field(128, gt=0, description="Rows per batch, whatever their length.")
     max_wait_ms: float = Field(

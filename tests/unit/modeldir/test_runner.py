@@ -78,9 +78,9 @@ class CountingRuntime:
     def embed(self, ids):  # type: ignore[no-untyped-def]
         return self.inner.embed(ids)
 
-    def layer(self, index, states, mask):  # type: ignore[no-untyped-def]
+    def layer(self, index, states, mask, last=False):  # type: ignore[no-untyped-def]
         self.calls.append((index, states.shape[0], states.shape[1]))
-        return self.inner.layer(index, states, mask)
+        return self.inner.layer(index, states, mask, last)
 
 
 def test_early_exit_runs_only_the_needed_layers(tiny_model_dir: Path) -> None:
@@ -125,3 +125,44 @@ def test_long_inputs_truncated_or_rejected(tiny_model_dir: Path) -> None:
     strict = LoadedModel(tiny_model_dir, provider="cpu", max_seq_length=16, truncate=False)
     with pytest.raises(InputTooLong, match="longer than the maximum of 16 tokens"):
         strict.tokenizer.encode(["a cat", text])
+
+
+def test_sub_batches_stay_within_token_and_token_pair_limits(tiny_model_dir: Path) -> None:
+    """Long rows are cut into sub-batches by padded tokens (B·T) and attention's token pairs (B·T²);
+    the vectors do not change."""
+    texts = [" ".join(["the cat"] * (3 + i)) for i in range(12)]  # 8..30 tokens
+    reference = LoadedModel(tiny_model_dir, provider="cpu")
+    capped = LoadedModel(tiny_model_dir, provider="cpu", max_batch_tokens=64, max_batch_token_pairs=2000)
+    counter = CountingRuntime(capped.runtime)
+    capped.runtime = counter  # type: ignore[assignment]
+    got = capped.run(rows(capped, texts, 16, 1))
+    want = reference.run(rows(reference, texts, 16, 1))
+    assert counter.calls and sum(c[1] for c in counter.calls) == len(texts)
+    for _, n, width in counter.calls:
+        assert n == 1 or (n * width <= 64 and n * width * width <= 2000), (n, width)
+    assert max(c[1] for c in counter.calls) > 1  # short rows still share a sub-batch
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_a_row_longer_than_the_limits_still_runs_alone(tiny_model_dir: Path) -> None:
+    model = LoadedModel(tiny_model_dir, provider="cpu", max_batch_tokens=4, max_batch_token_pairs=4)
+    counter = CountingRuntime(model.runtime)
+    model.runtime = counter  # type: ignore[assignment]
+    out = model.run(rows(model, TEXTS[:3], 8, 1))
+    assert [c[1] for c in counter.calls] == [1, 1, 1] and all(v.shape == (8,) for v in out)
+
+
+def test_sub_batch_limits_must_be_positive(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="must be positive, got 0 and 10"):
+        LoadedModel(tiny_model_dir, provider="cpu", max_batch_tokens=0, max_batch_token_pairs=10)
+
+
+@pytest.mark.parametrize("arena", ["shared", "off", "per-session"])
+def test_every_arena_choice_gives_the_same_vectors(tiny_model_dir: Path, loaded: LoadedModel, arena: str) -> None:
+    model = LoadedModel(tiny_model_dir, provider="cpu", arena=arena)  # type: ignore[arg-type]
+    assert model.runtime.arena == arena
+    budgets = [(8, 1), (32, 3), (16, 2), (32, 1), (8, 3)]
+    mixed = [Row(ids=r.ids, dim=d, layer=ly) for r, (d, ly) in zip(rows(model, TEXTS, 8, 1), budgets, strict=True)]
+    for a, b in zip(model.run(mixed), loaded.run(mixed), strict=True):
+        np.testing.assert_array_equal(a, b)

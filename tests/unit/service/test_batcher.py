@@ -147,3 +147,35 @@ async def test_engine_cancellation_drops_queued_rows(tiny_model_dir: Path) -> No
     await asyncio.sleep(0.1)
     assert ran == [1]
     await engine.stop()
+
+
+async def test_batches_respect_the_token_pair_budget() -> None:
+    """Attention's T² term: 4 rows of 8 tokens fit 64 tokens, but only 2 fit 128 token pairs."""
+    model = FakeModel()
+    stats: list[BatchStats] = []
+    b = Batcher(max_batch_tokens=64, max_batch_size=8, max_wait_ms=20, max_queue_size=64, on_batch=stats.append,
+                max_batch_token_pairs=128)
+    b.start()
+    futs = b.submit(model, [row(i, length=8) for i in range(5)], timeout_s=5)  # type: ignore[arg-type]
+    await asyncio.gather(*futs)
+    assert [len(bt) for bt in model.batches] == [2, 2, 1]
+    await b.stop()
+
+
+async def test_a_small_request_rides_in_the_next_batch_behind_a_large_one() -> None:
+    """Rows are taken one per queued request per round: a 2-row request that arrives while a 12-row request
+    is queued is done after the next batch, not after every row of the large one."""
+    model = FakeModel()
+    model.gate.clear()
+    b = await _batcher(max_batch_size=4, max_wait_ms=0, max_queue_size=64)
+    large = b.submit(model, [row(100 + i) for i in range(12)], timeout_s=5)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)  # the first 4 rows are taken; the worker blocks on them
+    small = b.submit(model, [row(1), row(2)], timeout_s=5)  # type: ignore[arg-type]
+    model.gate.set()
+    await asyncio.gather(*small)
+    assert not all(f.done() for f in large)  # the small request did not wait for the whole large one
+    await asyncio.gather(*large)
+    assert model.batches[0] == [100, 101, 102, 103]
+    assert model.batches[1] == [104, 1, 105, 2]  # interleaved, each request's rows in order
+    assert sorted(t for bt in model.batches for t in bt) == sorted([*range(100, 112), 1, 2])
+    await b.stop()

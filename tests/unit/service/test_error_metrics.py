@@ -59,6 +59,12 @@ def _inference_failed(c: TestClient, app: FastAPI, tmp: Path) -> httpx.Response:
     return c.post("/embed", json={"inputs": "x"})
 
 
+def _overloaded(c: TestClient, app: FastAPI, tmp: Path) -> httpx.Response:
+    # Settings refuse a queue smaller than one request; the batcher's own bound is what answers 429.
+    app.state.engine.batcher.max_queue_size = 1
+    return c.post("/embed", json={"inputs": ["a", "b"]})
+
+
 def _internal(c: TestClient, app: FastAPI, tmp: Path) -> httpx.Response:
     async def boom(*a: object, **k: object) -> None:
         raise RuntimeError("a bug")
@@ -89,7 +95,7 @@ CASES: list[tuple[str, str, dict[str, Any], Action]] = [
      _post("/admin/reload", headers={"authorization": "Bearer wrong"})),
     ("model_rejected", "/admin/reload", {"admin_token": "adm"}, _rejected_model),
     ("invalid_pointer", "/admin/reload", {"admin_token": "adm"}, _bad_pointer),
-    ("overloaded", "/embed", {"max_queue_size": 1}, _post("/embed", {"inputs": ["a", "b"]})),
+    ("overloaded", "/embed", {}, _overloaded),
     ("not_ready", "/ready", {}, _not_ready),
     ("draining", "/embed", {}, _draining),
     ("deadline_exceeded", "/embed", {"request_timeout_ms": 0.001, "max_wait_ms": 5}, _post("/embed", {"inputs": "x"})),

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from fastapi import Request
@@ -106,9 +105,10 @@ def encode_base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
-def to_json(values: np.ndarray, output: str) -> list[Any]:
-    """(N, dim) output array → JSON rows: floats, integers (int8/uint8/binary/ubinary) or base64 strings."""
+def to_json(values: np.ndarray, output: str) -> np.ndarray | list[str]:
+    """(N, dim) output array → what the response writes: the array itself (floats, or integers for
+    int8/uint8/binary/ubinary; ``VectorsJSONResponse`` writes it without converting it to Python numbers),
+    or one base64 string per row."""
     if output == "base64":
         return [encode_base64(v) for v in values]
-    rows: list[Any] = values.tolist()
-    return rows
+    return np.ascontiguousarray(values)

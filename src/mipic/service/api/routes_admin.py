@@ -11,7 +11,7 @@ from mipic.service.api.deps import EngineDep, SettingsDep, bearer_matches
 from mipic.service.api.errors import ApiError
 
 
-def require_admin(request: Request, settings: SettingsDep) -> None:
+async def require_admin(request: Request, settings: SettingsDep) -> None:
     """401 without credentials, 403 with wrong ones or when no admin token is configured."""
     if "authorization" not in request.headers:
         raise ApiError(401, "admin endpoints need an Authorization: Bearer token", "missing_token")

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
 from mipic.service.api.embedding import check_inputs, embed_for_request, to_json
 from mipic.service.api.errors import ApiError
-from mipic.service.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse, Usage
+from mipic.service.api.responses import VectorsJSONResponse
+from mipic.service.api.schemas import EmbedRequest, EmbedResponse, ErrorResponse
 
 router = APIRouter(tags=["embeddings"])
 
@@ -34,7 +34,7 @@ async def embed(
     settings: SettingsDep,
     dim: Annotated[int | None, Query(description="Output dimension (Matryoshka prefix)")] = None,
     layer: Annotated[int | None, Query(description="Exit layer, 1..num_layers")] = None,
-) -> JSONResponse:
+) -> VectorsJSONResponse:
     texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
     check_inputs(texts, "inputs", settings)
     for name, q, b in (("dim", dim, body.dim), ("layer", layer, body.layer)):
@@ -48,11 +48,11 @@ async def embed(
         outputs=engine_outputs, output_param="embedding_types",
     )
     by_type = {t: to_json(result.outputs["float" if t == "base64" else t], t) for t in wanted}
-    payload = EmbedResponse(
-        embeddings=by_type if body.embedding_types else by_type["float"],
-        dim=result.dim,
-        layer=result.layer,
-        model=result.model_id,
-        usage=Usage(tokens=result.tokens),
-    )
-    return JSONResponse(payload.model_dump(), headers=headers)
+    payload = {  # EmbedResponse, written once (api/responses.py)
+        "embeddings": by_type if body.embedding_types else by_type["float"],
+        "dim": result.dim,
+        "layer": result.layer,
+        "model": result.model_id,
+        "usage": {"tokens": result.tokens},
+    }
+    return VectorsJSONResponse(payload, headers=headers)

@@ -10,19 +10,17 @@ from __future__ import annotations
 import datetime as _dt
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from mipic.modeldir.runner import LoadedModel
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
 from mipic.service.api.embedding import check_inputs, embed_for_request, to_json
+from mipic.service.api.responses import VectorsJSONResponse
 from mipic.service.api.routes_embed import ERROR_RESPONSES
 from mipic.service.api.schemas import (
-    OpenAIEmbedding,
     OpenAIEmbeddingRequest,
     OpenAIEmbeddingResponse,
     OpenAIModel,
     OpenAIModelList,
-    OpenAIUsage,
 )
 from mipic.service.engine.errors import InvalidRequest, ModelNotFound
 from mipic.service.settings import Settings
@@ -83,7 +81,7 @@ async def create_embeddings(
     engine: EngineDep,
     metrics: MetricsDep,
     settings: SettingsDep,
-) -> JSONResponse:
+) -> VectorsJSONResponse:
     name = resolve_model_name(body.model, engine.model, settings, "model")
     texts = [body.input] if isinstance(body.input, str) else body.input
     for i, item in enumerate(texts):
@@ -99,12 +97,13 @@ async def create_embeddings(
         outputs=(output,), output_param="encoding_format",
     )
     rows = to_json(result.outputs[output], body.encoding_format)
-    payload = OpenAIEmbeddingResponse(
-        data=[OpenAIEmbedding(index=i, embedding=row) for i, row in enumerate(rows)],
-        model=name,
-        usage=OpenAIUsage(prompt_tokens=result.tokens, total_tokens=result.tokens),
-    )
-    return JSONResponse(payload.model_dump(), headers=headers)
+    payload = {  # OpenAIEmbeddingResponse, written once (api/responses.py)
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
+        "model": name,
+        "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+    }
+    return VectorsJSONResponse(payload, headers=headers)
 
 
 @router.get("/models", response_model=OpenAIModelList)

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
 from mipic.service.api.embedding import check_inputs, embed_for_request
 from mipic.service.api.errors import TEI_PREFIX, ApiError
+from mipic.service.api.responses import VectorsJSONResponse
 from mipic.service.api.schemas_tei import (
     TeiDecodeRequest,
     TeiEmbeddingModel,
@@ -80,7 +81,7 @@ async def _embed(
         truncate=body.truncate, direction="left" if body.truncation_direction.lower() == "left" else "right",
         input_param="inputs",
     )
-    return JSONResponse([v.tolist() for v in result.vectors], headers=headers)
+    return VectorsJSONResponse(result.outputs["float"], headers=headers)  # (N, dim), written once
 
 
 DimQuery = Annotated[int | None, Query(description="Extension: output dimension (Matryoshka prefix)")]

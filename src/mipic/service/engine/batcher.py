@@ -1,9 +1,12 @@
 """The owner of the hot path: a bounded queue, one batching task, one inference thread.
 
 Requests put tokenized rows on the queue and await futures. A single asyncio task cuts batches by a
-padded-token budget, a row limit and a maximum wait, and runs each batch on a dedicated worker thread.
-Rows whose request was cancelled (client gone) or whose deadline passed are dropped before they cost
-compute. A full queue refuses at once (the HTTP layer answers 429).
+padded-token budget, a padded token-pair budget (attention's T² term), a row limit and a maximum wait, and
+runs each batch on a dedicated worker thread. A batch takes rows from the queued requests in turn, one row
+each per round, oldest request first: a small request that arrives behind a large one rides in the next batch
+instead of waiting for every row of the large one. Rows whose request was cancelled (client gone) or whose
+deadline passed are dropped before they cost compute. A full queue refuses at once (the HTTP layer answers
+429).
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from mipic.modeldir.runner import LoadedModel, Row
+from mipic.modeldir.runner import DEFAULT_MAX_BATCH_TOKEN_PAIRS, LoadedModel, Row
 from mipic.service.engine.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,14 @@ class WorkItem:
     started_at: float = 0.0
 
 
+@dataclass
+class PendingRequest:
+    """The rows of one ``submit`` call not taken into a batch yet, in order."""
+
+    model: LoadedModel
+    items: collections.deque[WorkItem]
+
+
 @dataclass(frozen=True)
 class BatchStats:
     """What one executed batch looked like; reported to metrics by the observer."""
@@ -62,13 +73,16 @@ class Batcher:
         max_wait_ms: float,
         max_queue_size: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
+        self.max_batch_token_pairs = max_batch_token_pairs
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.max_queue_size = max_queue_size
         self._on_batch = on_batch
-        self._queue: collections.deque[WorkItem] = collections.deque()
+        self._requests: collections.deque[PendingRequest] = collections.deque()  # arrival order
+        self._queued = 0  # rows in ``_requests``
         self._wakeup = asyncio.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mipic-infer")
         self._task: asyncio.Task[None] | None = None
@@ -89,21 +103,27 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        for item in self._queue:
+        for item in self._rows():
             if not item.future.done():
                 item.future.set_exception(Draining("server is shutting down"))
-        self._queue.clear()
+        self._requests.clear()
+        self._queued = 0
         # Not waiting for a batch still running: shutdown must finish within the drain budget, and that
         # batch's requests have been answered already (drain deadline) or cancelled.
         self._worker.shutdown(wait=False, cancel_futures=True)
 
     @property
     def depth(self) -> int:
-        return len(self._queue)
+        return self._queued
 
     @property
     def busy(self) -> bool:
-        return bool(self._queue) or self._in_flight > 0
+        return self._queued > 0 or self._in_flight > 0
+
+    def _rows(self) -> Iterator[WorkItem]:
+        """Queued rows, request by request in arrival order."""
+        for request in self._requests:
+            yield from request.items
 
     # ------------------------------------------------------------------ producer side
 
@@ -113,15 +133,19 @@ class Batcher:
         """Queue rows (all or none) and return one future per row."""
         if self._closing:
             raise Draining("server is shutting down")
-        if len(self._queue) + len(rows) > self.max_queue_size:
+        if self._queued + len(rows) > self.max_queue_size:
             raise Overloaded(f"queue is full ({self.max_queue_size} inputs); retry later")
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
         futures = []
+        items: collections.deque[WorkItem] = collections.deque()
         for row in rows:
             fut: asyncio.Future[RowResult] = loop.create_future()
-            self._queue.append(WorkItem(row, model, fut, now, now + timeout_s))
+            items.append(WorkItem(row, model, fut, now, now + timeout_s))
             futures.append(fut)
+        if items:
+            self._requests.append(PendingRequest(model, items))
+            self._queued += len(items)
         self._wakeup.set()
         return futures
 
@@ -133,7 +157,7 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            if not self._queue:
+            if not self._queued:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -142,12 +166,17 @@ class Batcher:
             if batch:
                 await self._execute(batch)
 
+    def _fits(self, rows: int, longest: int) -> bool:
+        """Whether ``rows`` rows padded to ``longest`` tokens stay within the batch's token and token-pair
+        budgets (the pairs, rows × longest², are attention's T² term: what bounds memory at long inputs)."""
+        return (rows <= self.max_batch_size and rows * longest <= self.max_batch_tokens
+                and rows * longest * longest <= self.max_batch_token_pairs)
+
     async def _fill(self) -> None:
         """Wait up to max_wait for more rows unless the batch is already full."""
         deadline = time.perf_counter() + self.max_wait_s
         while True:
-            full = len(self._queue) >= self.max_batch_size
-            if full or self._padded_tokens_if_cut() >= self.max_batch_tokens:
+            if self._full():
                 return
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -158,38 +187,63 @@ class Batcher:
             except TimeoutError:
                 return
 
-    def _padded_tokens_if_cut(self) -> int:
+    def _full(self) -> bool:
+        """Whether the queue already holds more than one batch can take."""
         longest = 0
-        for n, item in enumerate(self._queue, start=1):
+        for n, item in enumerate(self._rows(), start=1):
             longest = max(longest, item.row.ids.shape[0])
-            if n >= self.max_batch_size:
-                return longest * n
-        return longest * len(self._queue)
+            if not self._fits(n + 1, longest):
+                return True
+        return False
+
+    def _prune(self, now: float) -> None:
+        """Drop rows nobody waits for (cancelled: the client went away) or past their deadline (504)."""
+        for request in self._requests:
+            kept: collections.deque[WorkItem] = collections.deque()
+            for item in request.items:
+                if item.future.done():
+                    continue
+                if now > item.deadline:
+                    item.future.set_exception(DeadlineExceeded("request waited past its deadline in the queue"))
+                    continue
+                kept.append(item)
+            self._queued -= len(request.items) - len(kept)
+            request.items = kept
+        self._requests = collections.deque(r for r in self._requests if r.items)
 
     def _cut(self) -> list[WorkItem]:
-        """Take rows in FIFO order for one model version until the token or row budget is reached."""
+        """Take rows for one model version until the token, token-pair or row budget is reached: one row per
+        queued request per round, oldest request first (rows of one request stay in order)."""
+        now = time.perf_counter()
+        self._prune(now)
+        if not self._requests:
+            return []
+        model = self._requests[0].model
+        eligible: list[PendingRequest] = []
+        for request in self._requests:  # the requests for that version up to the first for another one
+            if request.model is not model:
+                break
+            eligible.append(request)
         batch: list[WorkItem] = []
         longest = 0
-        now = time.perf_counter()
-        while self._queue:
-            item = self._queue[0]
-            if item.future.done():  # cancelled: the client went away
-                self._queue.popleft()
-                continue
-            if now > item.deadline:
-                self._queue.popleft()
-                item.future.set_exception(DeadlineExceeded("request waited past its deadline in the queue"))
-                continue
-            if batch and item.model is not batch[0].model:
-                break
-            new_longest = max(longest, item.row.ids.shape[0])
-            if batch and (new_longest * (len(batch) + 1) > self.max_batch_tokens
-                          or len(batch) >= self.max_batch_size):
-                break
-            self._queue.popleft()
+        while any(r.items for r in eligible):
+            for request in eligible:
+                if not request.items:
+                    continue
+                item = request.items[0]
+                new_longest = max(longest, item.row.ids.shape[0])
+                if batch and not self._fits(len(batch) + 1, new_longest):
+                    return self._taken(batch, now)
+                request.items.popleft()
+                batch.append(item)
+                longest = new_longest
+        return self._taken(batch, now)
+
+    def _taken(self, batch: list[WorkItem], now: float) -> list[WorkItem]:
+        for item in batch:
             item.started_at = now
-            batch.append(item)
-            longest = new_longest
+        self._queued -= len(batch)
+        self._requests = collections.deque(r for r in self._requests if r.items)
         return batch
 
     async def _execute(self, batch: list[WorkItem]) -> None:

@@ -61,6 +61,7 @@ class Engine:
         )
         self.batcher = Batcher(
             max_batch_tokens=settings.max_batch_tokens,
+            max_batch_token_pairs=settings.max_batch_token_pairs,
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue_size=settings.max_queue_size,
@@ -90,6 +91,9 @@ class Engine:
                 max_seq_length=s.max_seq_length,
                 truncate=s.truncate,
                 verify_checksums=s.verify_checksums,
+                arena=s.onnx_arena,
+                max_batch_tokens=s.max_batch_tokens,
+                max_batch_token_pairs=s.max_batch_token_pairs,
             )
             if s.verify_golden:
                 model.verify_golden()
