@@ -17,16 +17,30 @@ SENTENCES = [
 ]
 
 
-def test_full_budget_matches_sentence_transformers(minilm_dir: Path) -> None:
-    """Without heads the read-out is sentence-transformers' own; with the default heads the full budget is a
-    rotation of it (the last layer's head is orthogonal, no bias): the same similarities to 1e-5."""
+def _reference_encoder(tmp_path: Path) -> Path:
+    """The encoder the default model was exported from: the packaged MiniLM, with the committed LoRA adapter
+    merged into it when the assets hold one (`scripts/train_default_model.sh`)."""
+    import json
+
+    from mipic.training.export import packaged_minilm_path
+    from mipic.training.release import DEFAULT_HEADS_ASSET, DEFAULT_HEADS_META, _merged_default_encoder
+
+    meta = json.loads(DEFAULT_HEADS_META.read_text())
+    if "adapter" not in meta:
+        return packaged_minilm_path()
+    return _merged_default_encoder(DEFAULT_HEADS_ASSET.parent / meta["adapter"]["path"], tmp_path / "merged")
+
+
+def test_full_budget_matches_sentence_transformers(minilm_dir: Path, tmp_path: Path) -> None:
+    """Without heads the read-out is sentence-transformers' own (mean pooling of the encoder the default model
+    was exported from: base + merged adapter); with the default heads the full budget is a rotation of it (the
+    last layer's head is orthogonal, no bias): the same similarities to 1e-5."""
     from sentence_transformers import SentenceTransformer
 
     from mipic.modeldir.manifest import load_manifest
     from mipic.modeldir.runner import LoadedModel, Row
-    from mipic.training.export import packaged_minilm_path
 
-    st = SentenceTransformer(str(packaged_minilm_path()), device="cpu")
+    st = SentenceTransformer(str(_reference_encoder(tmp_path)), device="cpu")
     ref = st.encode(SENTENCES, normalize_embeddings=True)
     ref64 = st.encode(SENTENCES, normalize_embeddings=True, truncate_dim=64)
     model = LoadedModel(minilm_dir, provider="cpu")
@@ -39,7 +53,7 @@ def test_full_budget_matches_sentence_transformers(minilm_dir: Path) -> None:
     np.testing.assert_allclose(got @ got.T, ref @ ref.T, atol=1e-5)
     assert np.abs(got - ref).max() > 1e-3  # rotated: not the same coordinates
     manifest = load_manifest(minilm_dir)
-    assert manifest.heads is not None and manifest.heads.method == "distill"
+    assert manifest.heads is not None and manifest.heads.method in {"distill", "trained"}
     assert manifest.budgets is not None and len(manifest.budgets.rows) == 36
     # semantics survive: the paraphrase pair is closer than the unrelated one, at every layer
     for layer in (1, 3, 6):
@@ -64,7 +78,31 @@ def test_serves_dim64_layer6(minilm_dir: Path, live_server_factory) -> None:  # 
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     info = httpx.get(srv.url + "/info").json()
     assert info["hidden_size"] == 384 and info["num_layers"] == 6 and info["max_seq_length"] == 256
-    assert info["heads"]["method"] == "distill" and info["pareto_budgets"]
+    assert info["heads"]["method"] in {"distill", "trained"} and info["pareto_budgets"]
     budgets = httpx.get(srv.url + "/budgets", params={"min_quality": 0.7}).json()
     assert budgets["available"] and budgets["recommended"]["quality"] >= 0.7
     assert budgets["recommended"]["relative_cost"] < 0.5  # a shallow exit already reaches 0.7
+
+
+def test_save_default_ships_the_adapter_with_the_heads(minilm_dir: Path, tmp_path: Path) -> None:
+    """`mipic heads save-default --adapter` stores the adapter beside the heads and names it in the metadata
+    (what bootstrap merges); without it, a stored adapter is removed (heads on the untouched base)."""
+    import json
+
+    from mipic.training.release import ADAPTER_FILES, DEFAULT_ADAPTER_DIR, save_default_heads
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for i, name in enumerate(ADAPTER_FILES):
+        (adapter / name).write_bytes(bytes([i]) * 10)
+    heads, meta = tmp_path / "assets" / "h.npz", tmp_path / "assets" / "h.json"
+    heads.parent.mkdir()
+    save_default_heads(minilm_dir, heads, meta, adapter=adapter, reproduce="scripts/train_default_model.sh")
+    stored = json.loads(meta.read_text())
+    assert stored["adapter"]["path"] == DEFAULT_ADAPTER_DIR and stored["reproduce"] == "scripts/train_default_model.sh"
+    for i, name in enumerate(ADAPTER_FILES):
+        assert (heads.parent / DEFAULT_ADAPTER_DIR / name).read_bytes() == bytes([i]) * 10
+    assert len(stored["budgets"]["rows"]) == 36 and stored["calibration"]
+    save_default_heads(minilm_dir, heads, meta)
+    assert "adapter" not in json.loads(meta.read_text())
+    assert not (heads.parent / DEFAULT_ADAPTER_DIR).exists()

@@ -111,7 +111,9 @@ def plan(cfg: RetrainConfig) -> list[str]:
     served = repo.current() if repo.path.is_dir() else None
     version = repo.next_version()
     overrides = f" with {' '.join(cfg.train_overrides)}" if cfg.train_overrides else ""
-    gate = f"no budget's main metric may drop by more than {cfg.gate.max_drop}"
+    g = cfg.gate
+    gate = (f"drops at most {g.max_drop} per budget (mean of the suites), {g.max_suite_drop} per suite (mean of "
+            f"the budgets), {g.max_cell_drop} in any one cell")
     if cfg.gate.must_improve:
         gate += f"; {', '.join(cfg.gate.must_improve)} must gain more than {cfg.gate.min_gain}"
     promote = f"6. promote: CURRENT -> {version}" if cfg.promote else "6. promote: off (promote: false)"

@@ -301,6 +301,7 @@ def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
         if "adapter" in meta:
             encoder_dir = _merged_default_encoder(DEFAULT_HEADS_ASSET.parent / meta["adapter"]["path"], Path(tmp))
             source = {**{k: str(v) for k, v in meta["adapter"]["source"].items()},
+                      "base_model": source["base_model"],  # not the training machine's path to it
                       "adapter": f"LoRA, committed as src/mipic/training/assets/{meta['adapter']['path']}",
                       "reproduce": str(meta.get("reproduce", ""))}
         manifest = export_pretrained(encoder_dir, out_dir, ExportOptions(
