@@ -17,6 +17,7 @@ from typing import Literal
 
 from mipic.modeldir.heads import ExitHeads
 from mipic.modeldir.manifest import (
+    Budget,
     BudgetTable,
     Calibration,
     CalibrationRange,
@@ -176,11 +177,16 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
     hf = json.loads((Path(checkpoint) / "config.json").read_text())
     heads = load_heads(path, int(hf["num_hidden_layers"]), int(hf["hidden_size"]))
     recipe: dict[str, str | int | float | bool] = {"checkpoint": str(checkpoint)}
+    fitted: list[Budget] = []
     if (Path(checkpoint) / CONFIG_FILE).is_file():
+        from mipic.training.model import trained_budgets
+
         cfg = load_config(Path(checkpoint) / CONFIG_FILE)
         recipe.update({"objective": cfg.objective, "steps": cfg.train.max_steps, "seed": cfg.seed,
                        "distill_weight": cfg.loss.distill_weight, "heads_init": str(cfg.model.heads_init)})
-    spec = HeadsSpec(method="trained", recipe=recipe,
+        fitted = [Budget(dim=d, layer=ly) for d, ly in trained_budgets(
+            cfg.objective, cfg.loss, int(hf["hidden_size"]), int(hf["num_hidden_layers"]))]
+    spec = HeadsSpec(method="trained", recipe=recipe, fitted_budgets=fitted,
                      data={"split": "train", "note": "trained jointly with the encoder by `mipic train`"})
     return heads, spec
 
@@ -259,7 +265,8 @@ def save_default_heads(
         adapter_asset.mkdir(parents=True)
         for name in ADAPTER_FILES:
             shutil.copyfile(Path(adapter) / name, adapter_asset / name)
-        meta["adapter"] = {"path": DEFAULT_ADAPTER_DIR, "source": dict(manifest.source)}
+        meta["adapter"] = {"path": DEFAULT_ADAPTER_DIR, "source": dict(manifest.source),
+                           "trained_budgets": [[b.dim, b.layer] for b in manifest.trained_budgets]}
     meta_asset.write_text(json.dumps(meta, indent=1) + "\n")
     return heads_asset
 
@@ -298,14 +305,16 @@ def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
               "training": "none (plain truncation)" if not heads else "none; exit heads fitted"}
     with tempfile.TemporaryDirectory(prefix="mipic-default-") as tmp:
         encoder_dir = packaged_minilm_path()
+        trained: list[tuple[int, int]] = []
         if "adapter" in meta:
+            trained = [(int(d), int(ly)) for d, ly in meta["adapter"].get("trained_budgets", [])]
             encoder_dir = _merged_default_encoder(DEFAULT_HEADS_ASSET.parent / meta["adapter"]["path"], Path(tmp))
             source = {**{k: str(v) for k, v in meta["adapter"]["source"].items()},
                       "base_model": source["base_model"],  # not the training machine's path to it
                       "adapter": f"LoRA, committed as src/mipic/training/assets/{meta['adapter']['path']}",
                       "reproduce": str(meta.get("reproduce", ""))}
         manifest = export_pretrained(encoder_dir, out_dir, ExportOptions(
-            name=DEFAULT_MODEL_NAME, version="1", max_seq_length=256, source=source))
+            name=DEFAULT_MODEL_NAME, version="1", max_seq_length=256, source=source, trained_budgets=trained))
     if not heads:
         return manifest
     from mipic.modeldir.heads import load_heads
