@@ -51,15 +51,18 @@ class GateSection(BaseModel):
     One suite at one budget is a noisy cell (300 items: one sentiment item is 0.0033, and an unchanged
     model moves a few items between seeds), so the tight bounds apply to means: ``max_drop`` bounds the
     drop of each budget's mean over the suites' main metrics, ``max_suite_drop`` the drop of each suite's
-    mean over the budgets; ``max_cell_drop`` is the looser bound for any single suite at any budget. Every
+    mean over the budgets; ``max_cell_drop`` is the looser bound for any single suite at any budget. The
+    defaults sit just above what the seed alone moves (the same recipe and data, seeds 42/43/44, 300 items per
+    suite: budget means by up to 0.016, suite means by up to 0.009, single cells by up to 0.05), so an
+    equally good candidate passes and a real regression does not. Every
     budget in ``must_improve`` (e.g. ``d64_l3``) must gain more than ``min_gain`` on the mean of the suites.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    max_drop: float = Field(0.01, ge=0, description="per budget, mean of the suites' main metrics")
-    max_suite_drop: float = Field(0.01, ge=0, description="per suite, mean over the budgets")
-    max_cell_drop: float = Field(0.04, ge=0, description="any one suite at any one budget")
+    max_drop: float = Field(0.02, ge=0, description="per budget, mean of the suites' main metrics")
+    max_suite_drop: float = Field(0.015, ge=0, description="per suite, mean over the budgets")
+    max_cell_drop: float = Field(0.06, ge=0, description="any one suite at any one budget")
     must_improve: list[str] = Field(default_factory=list)
     min_gain: float = Field(0.0, ge=0, description="how much a must_improve budget has to gain")
 
