@@ -18,6 +18,9 @@ import numpy as np
 from mipic.training.evaluation.result import GridResult
 
 RETRIEVAL_METRIC = "ndcg@10"
+# table order (scripts/train_ablations.sh): no encoder training, single objectives, MIPIC parts, MIPIC, extras
+ORDER = ("heads_only", "mrl", "adaptive_layer", "distill", "mipic_no_sia", "mipic_no_pic", "mipic", "mipic_mic",
+         "mipic_full_ft")
 _RUN = re.compile(r"^(?P<variant>.+)_s(?P<seed>\d+)$")
 
 
@@ -60,7 +63,8 @@ def table(runs: dict[str, dict[int, dict[str, Any]]], base: str = "heads_only") 
     head = ["variant", "seeds", "small-budget retrieval nDCG@10", "small-budget mean (all suites)",
             *(f"full {s}" + (f" (Δ vs {base})" if base_full else "") for s in suites)]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|---:|---:|" + "---:|" * len(suites)]
-    for variant, seeds in runs.items():
+    ranked = sorted(runs.items(), key=lambda kv: (ORDER.index(kv[0]) if kv[0] in ORDER else len(ORDER), kv[0]))
+    for variant, seeds in ranked:
         rs = list(seeds.values())
         cells = [variant, ",".join(str(s) for s in sorted(seeds)),
                  _mean_spread([r["small_retrieval"] for r in rs]), _mean_spread([r["small_all"] for r in rs])]
