@@ -132,7 +132,7 @@ def served_memory(model_dir: Path, arena: str, cfg: MemoryConfig, max_texts: int
         body["layer"] = cfg.layer
     port = free_port()
     proc = start_server(model_dir, port, {"MIPIC_ONNX_ARENA": arena, "MIPIC_MAX_QUEUE_SIZE": str(
-        max(1024, cfg.clients * len(texts))), "MIPIC_REQUEST_TIMEOUT_MS": str(int(cfg.timeout_s * 1000))})
+        max(2048, cfg.clients * len(texts))), "MIPIC_REQUEST_TIMEOUT_MS": str(int(cfg.timeout_s * 1000))})
     url = f"http://127.0.0.1:{port}"
     mem = ProcessMemory(proc.pid)
     samples: list[tuple[float, float]] = []
