@@ -24,9 +24,11 @@ KEY_BUDGETS = [(384, 6), (128, 6), (64, 6), (64, 3), (32, 2), (16, 1)]  # (dim, 
 
 
 def load_grids(runs: Path) -> dict[str, dict[str, Any]]:
-    """variant name → grid.json content, for every ``runs/<variant>/eval/grid.json`` that exists."""
+    """variant name → grid.json content, for every ``runs/<variant>/eval/grid.json`` and
+    ``runs/<group>/<variant>/eval/grid.json`` (``scripts/train_ablations.sh``: ``runs/ablations/<variant>_s<seed>``)
+    that exists; a variant's name is its directory name."""
     out = {}
-    for path in sorted(runs.glob("*/eval/grid.json")):
+    for path in sorted({*runs.glob("*/eval/grid.json"), *runs.glob("*/*/eval/grid.json")}):
         try:
             grid = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
