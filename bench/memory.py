@@ -124,6 +124,9 @@ def served_memory(model_dir: Path, arena: str, cfg: MemoryConfig, max_texts: int
     from bench.servers import free_port, start_server, stop
 
     texts, tokens = largest_request(model_dir)
+    # the queue holds every client's full request even when fewer texts are sent (Settings refuses a queue
+    # smaller than max_inputs_per_request, which is what largest_request returns before the cut)
+    queue_size = max(1024, cfg.clients * len(texts))
     texts = texts[:max_texts] if max_texts else texts
     body: dict[str, Any] = {"input": texts}
     if cfg.dim is not None:
@@ -131,8 +134,8 @@ def served_memory(model_dir: Path, arena: str, cfg: MemoryConfig, max_texts: int
     if cfg.layer is not None:
         body["layer"] = cfg.layer
     port = free_port()
-    proc = start_server(model_dir, port, {"MIPIC_ONNX_ARENA": arena, "MIPIC_MAX_QUEUE_SIZE": str(
-        max(2048, cfg.clients * len(texts))), "MIPIC_REQUEST_TIMEOUT_MS": str(int(cfg.timeout_s * 1000))})
+    proc = start_server(model_dir, port, {"MIPIC_ONNX_ARENA": arena, "MIPIC_MAX_QUEUE_SIZE": str(queue_size),
+                                          "MIPIC_REQUEST_TIMEOUT_MS": str(int(cfg.timeout_s * 1000))})
     url = f"http://127.0.0.1:{port}"
     mem = ProcessMemory(proc.pid)
     samples: list[tuple[float, float]] = []

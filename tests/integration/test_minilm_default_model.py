@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,20 +18,6 @@ SENTENCES = [
 ]
 
 
-def _reference_encoder(tmp_path: Path) -> Path:
-    """The encoder the default model was exported from: the packaged MiniLM, with the committed LoRA adapter
-    merged into it when the assets hold one (`scripts/train_default_model.sh`)."""
-    import json
-
-    from mipic.training.export import packaged_minilm_path
-    from mipic.training.release import DEFAULT_HEADS_ASSET, DEFAULT_HEADS_META, _merged_default_encoder
-
-    meta = json.loads(DEFAULT_HEADS_META.read_text())
-    if "adapter" not in meta:
-        return packaged_minilm_path()
-    return _merged_default_encoder(DEFAULT_HEADS_ASSET.parent / meta["adapter"]["path"], tmp_path / "merged")
-
-
 def test_full_budget_matches_sentence_transformers(minilm_dir: Path, tmp_path: Path) -> None:
     """Without heads the read-out is sentence-transformers' own (mean pooling of the encoder the default model
     was exported from: base + merged adapter); with the default heads the full budget is a rotation of it (the
@@ -39,8 +26,10 @@ def test_full_budget_matches_sentence_transformers(minilm_dir: Path, tmp_path: P
 
     from mipic.modeldir.manifest import load_manifest
     from mipic.modeldir.runner import LoadedModel, Row
+    from mipic.training.release import DEFAULT_HEADS_META, default_encoder
 
-    st = SentenceTransformer(str(_reference_encoder(tmp_path)), device="cpu")
+    encoder = default_encoder(json.loads(DEFAULT_HEADS_META.read_text()), tmp_path / "encoder")
+    st = SentenceTransformer(str(encoder), device="cpu")
     ref = st.encode(SENTENCES, normalize_embeddings=True)
     ref64 = st.encode(SENTENCES, normalize_embeddings=True, truncate_dim=64)
     model = LoadedModel(minilm_dir, provider="cpu")
@@ -87,8 +76,6 @@ def test_serves_dim64_layer6(minilm_dir: Path, live_server_factory) -> None:  # 
 def test_save_default_ships_the_adapter_with_the_heads(minilm_dir: Path, tmp_path: Path) -> None:
     """`mipic heads save-default --adapter` stores the adapter beside the heads and names it in the metadata
     (what bootstrap merges); without it, a stored adapter is removed (heads on the untouched base)."""
-    import json
-
     from mipic.training.release import ADAPTER_FILES, DEFAULT_ADAPTER_DIR, save_default_heads
 
     adapter = tmp_path / "adapter"

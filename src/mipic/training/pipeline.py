@@ -117,8 +117,8 @@ def plan(cfg: RetrainConfig) -> list[str]:
     g = cfg.gate
     gate = (f"drops at most {g.max_drop} per budget (mean of the suites), {g.max_suite_drop} per suite (mean of "
             f"the budgets), {g.max_cell_drop} in any one cell")
-    if cfg.gate.must_improve:
-        gate += f"; {', '.join(cfg.gate.must_improve)} must gain more than {cfg.gate.min_gain}"
+    if g.must_improve:
+        gate += f"; {', '.join(g.must_improve)} must gain more than {g.min_gain}"
     promote = f"6. promote: CURRENT -> {version}" if cfg.promote else "6. promote: off (promote: false)"
     if cfg.promote and cfg.reload_url:
         promote += f", then POST {cfg.reload_url.rstrip('/')}/admin/reload"

