@@ -32,6 +32,8 @@ class TrainResult:
     onnx_dir: Path | None
     global_step: int
     metrics: dict[str, float] = field(default_factory=dict)
+    main_process: bool = True
+    """False on the other ranks of a torchrun launch: only rank 0 wrote ``final/`` and may export it."""
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -122,7 +124,20 @@ def run(spec: RunSpec) -> TrainResult:
     metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)}
     metrics["wall_seconds"] = seconds
     final_dir = out / FINAL_DIR
-    if trainer.is_world_process_zero():  # under DDP the other ranks hold the same weights: write once
+    main_process = trainer.is_world_process_zero()
+    if main_process:  # under DDP the other ranks hold the same weights: write once
         spec.save_final(trainer, final_dir, metrics)
     logger.info("final encoder in %s after %d steps (%.1f s)", final_dir, trainer.state.global_step, seconds)
-    return TrainResult(out, final_dir, None, trainer.state.global_step, metrics)
+    _end_process_group(trainer)
+    return TrainResult(out, final_dir, None, trainer.state.global_step, metrics, main_process)
+
+
+def _end_process_group(trainer: Trainer) -> None:
+    """Under torchrun, wait for rank 0's write, then tear the process group down before exit: a gloo group left
+    to the interpreter's exit can abort a rank ("terminate called without an active exception"), failing the
+    launch after a good run. A no-op in a single process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        trainer.accelerator.wait_for_everyone()
+        dist.destroy_process_group()

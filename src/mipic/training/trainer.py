@@ -389,15 +389,9 @@ def train(
         on_resume=term_log.restore,
         describe=f"objective {cfg.objective} ({pairs}; trainable parameters {describe_parameters(model)})",
     ))
-    if cfg.export.enabled and result.final_dir.is_dir() and _is_main_process():
+    if cfg.export.enabled and result.final_dir.is_dir() and result.main_process:
         result.onnx_dir = _export(cfg, result.final_dir, result.metrics.get("wall_seconds", 0))
     return result
-
-
-def _is_main_process() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _save_final(
