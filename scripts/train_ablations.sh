@@ -7,6 +7,9 @@
 # Then `python -m mipic.training.evaluation.ablations runs/ablations` writes the table (README).
 # Usage: STEPS=150 SEEDS="42 43 44" VARIANTS="mipic heads_only" scripts/train_ablations.sh
 # Resumable: a variant whose eval/compare.json exists is skipped; training resumes from its checkpoints.
+# Every trained variant starts its exit heads from the same heads, fitted once on the untouched base (seed 0,
+# $OUT/init): never from the committed default heads, which since the default became a MIPIC model are
+# themselves a training result.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIPIC="${MIPIC:-.venv/bin/mipic}"
@@ -31,6 +34,10 @@ overrides() {  # the only thing that differs between variants
   esac
 }
 
+init="$OUT/init"
+[ -f "$init/base/1/manifest.json" ] || "$MIPIC" bootstrap --out "$init/base/1" --no-heads
+[ -f "$init/fitted/1/heads.npz" ] || "$MIPIC" heads fit "$init/base/1" --out "$init/fitted/1" --seed 0 --no-budgets
+
 for seed in $SEEDS; do
   for v in $VARIANTS; do
     run="$OUT/${v}_s${seed}"
@@ -41,7 +48,8 @@ for seed in $SEEDS; do
       [ -f "$run/base/1/manifest.json" ] || "$MIPIC" bootstrap --out "$run/base/1" --no-heads
       "$MIPIC" heads fit "$run/base/1" --out "$run/model" --seed "$seed" --no-budgets
     else
-      sets=(--set "seed=$seed" --set "train.max_steps=$STEPS" --set "train.output_dir=$run/train" --set train.resume=true)
+      sets=(--set "seed=$seed" --set "train.max_steps=$STEPS" --set "train.output_dir=$run/train" --set train.resume=true
+            --set "model.heads_init=$init/fitted/1")
       for o in $(overrides "$v"); do sets+=(--set "$o"); done
       "$MIPIC" train --config configs/mipic_minilm.yaml "${sets[@]}"
       "$MIPIC" export "$run/train/final" "$run/model" --name "$v" --heads checkpoint --budget-items 0

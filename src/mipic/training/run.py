@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from transformers import Trainer, set_seed
+from transformers import Trainer, TrainerState, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
 from mipic.training.config import TrainSection
@@ -76,6 +77,12 @@ def warn_if_config_changed(
     return changed
 
 
+def finished_at(checkpoint: Path) -> int:
+    """The global step a ``checkpoint-N`` directory was saved at (0 when it has no trainer state)."""
+    path = checkpoint / TRAINER_STATE_NAME
+    return TrainerState.load_from_json(str(path)).global_step if path.is_file() else 0
+
+
 @dataclass
 class RunSpec:
     """What one kind of run (train, pretrain) brings to :func:`run`."""
@@ -119,9 +126,17 @@ def run(spec: RunSpec) -> TrainResult:
         spec.on_resume(resume)
         logger.info("resuming from %s", resume)
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    if resume is not None and finished_at(resume) >= spec.train.max_steps:
+        # The Trainer would still take one step past max_steps when resumed at it: a finished run is only
+        # loaded, so a rerun of a script (or a retrain resumed after training) writes the same final weights.
+        logger.info("%s already reached %d steps: loading it, not training", resume, spec.train.max_steps)
+        trainer._load_from_checkpoint(str(resume))
+        trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME))
+        metrics: dict[str, float] = {}
+    else:
+        output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)}
     seconds = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in output.metrics.items() if isinstance(v, int | float)}
     metrics["wall_seconds"] = seconds
     final_dir = out / FINAL_DIR
     main_process = trainer.is_world_process_zero()

@@ -3,6 +3,7 @@ LoRA adapters that merge exactly, weak pairs, and exact resume."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from mipic.modeldir.heads import HEADS_FILE, load_heads, save_heads  # noqa: E40
 from mipic.training.config import TrainConfig, load_config  # noqa: E402
 from mipic.training.losses import EncoderOutputs, SelfDistillLoss  # noqa: E402
 from mipic.training.model import build_model, load_encoder, merged_encoder, trained_budgets, wrap_lora  # noqa: E402
+from mipic.training.release import checkpoint_heads  # noqa: E402
 from mipic.training.trainer import SentenceCollator, train  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -133,6 +135,11 @@ def test_training_with_pairs_heads_and_lora_saves_adapter_heads_and_merged_encod
     state = load_file(str(final / "model.safetensors"))
     assert not any("lora" in k for k in state)  # merged: a plain encoder for eval and export
     assert (TINY_HIDDEN, 1) in trained_budgets(cfg.objective, cfg.loss, TINY_HIDDEN, TINY_LAYERS)
+    found = checkpoint_heads(final)  # what export puts in the manifest: the recipe names the init by content
+    assert found is not None
+    recipe = found[1].recipe
+    assert recipe["heads_init"] == str(heads_file) and recipe["steps"] == cfg.train.max_steps
+    assert recipe["heads_init_sha256"] == hashlib.sha256(heads_file.read_bytes()).hexdigest()
 
 
 def test_resume_after_interruption_reproduces_weights_exactly(
@@ -152,6 +159,14 @@ def test_resume_after_interruption_reproduces_weights_exactly(
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     np.testing.assert_array_equal(load_heads(full.final_dir / HEADS_FILE, TINY_LAYERS, TINY_HIDDEN).weight,
                                   load_heads(resumed.final_dir / HEADS_FILE, TINY_LAYERS, TINY_HIDDEN).weight)
+    # resumed once more, at max_steps: loaded, not stepped (the Trainer alone would take a step STEPS + 1)
+    again = train(distill_config(ckpt, out, heads_file, "train.resume=true"), sentences=texts, positives=texts)
+    assert again.global_step == STEPS and (out / f"checkpoint-{STEPS}").is_dir()
+    c = load_file(str(again.final_dir / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], c[k], rtol=0, atol=0)
+    np.testing.assert_array_equal(load_heads(full.final_dir / HEADS_FILE, TINY_LAYERS, TINY_HIDDEN).weight,
+                                  load_heads(again.final_dir / HEADS_FILE, TINY_LAYERS, TINY_HIDDEN).weight)
 
 
 def test_readout_makes_losses_see_the_served_vectors() -> None:
