@@ -110,8 +110,11 @@ class SoakResult:
 def run_soak(model: Path, factor: float = 8.0, texts_per_request: int = 16, queue_size: int = 64,
              capacity_seconds: float = 4.0, burst_seconds: float = 8.0, max_requests: int = 4000,
              extra_env: dict[str, str] | None = None) -> SoakResult:
+    from mipic.service.settings import Settings
+
     # a request may not be larger than the queue (Settings refuses that): cap inputs per request at its size
-    env = {"MIPIC_MAX_QUEUE_SIZE": str(queue_size), "MIPIC_MAX_INPUTS_PER_REQUEST": str(min(queue_size, 2048)),
+    max_inputs = min(queue_size, Settings().max_inputs_per_request)
+    env = {"MIPIC_MAX_QUEUE_SIZE": str(queue_size), "MIPIC_MAX_INPUTS_PER_REQUEST": str(max_inputs),
            "MIPIC_REQUEST_TIMEOUT_MS": "10000", **(extra_env or {})}
     port = free_port()
     proc = start_server(model, port, env)
