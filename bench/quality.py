@@ -26,7 +26,8 @@ KEY_BUDGETS = [(384, 6), (128, 6), (64, 6), (64, 3), (32, 2), (16, 1)]  # (dim, 
 def load_grids(runs: Path) -> dict[str, dict[str, Any]]:
     """variant name → grid.json content, for every ``runs/<variant>/eval/grid.json`` and
     ``runs/<group>/<variant>/eval/grid.json`` (``scripts/train_ablations.sh``: ``runs/ablations/<variant>_s<seed>``)
-    that exists; a variant's name is its directory name."""
+    that exists; a variant's name is its run directory relative to ``runs`` (``ablations/mipic_s43``), so the
+    same variant name in two groups (150 and 600 steps) stays two rows."""
     out = {}
     for path in sorted({*runs.glob("*/eval/grid.json"), *runs.glob("*/*/eval/grid.json")}):
         try:
@@ -34,7 +35,7 @@ def load_grids(runs: Path) -> dict[str, dict[str, Any]]:
         except (OSError, json.JSONDecodeError):
             continue
         if grid.get("main_metrics") and grid.get("scores"):
-            out[path.parent.parent.name] = grid
+            out[path.parent.parent.relative_to(runs).as_posix()] = grid
     return out
 
 

@@ -20,7 +20,7 @@ from bench.common import (
 )
 from bench.engine import EngineGrid, markdown, scaling_checks
 from bench.loadgen import LoadResult, poisson_schedule
-from bench.quality import analyse, pareto_3d
+from bench.quality import analyse, load_grids, pareto_3d
 from bench.run_all import targets
 from bench.served import saturation
 
@@ -272,3 +272,13 @@ def test_noisy_encoder_moves_vectors_to_the_asked_cosine() -> None:
     x, y = base.encode_all_layers(["a"] * 200), NoisyEncoder(base, 0.999).encode_all_layers(["a"] * 200)
     cos = (x * y).sum(-1) / np.linalg.norm(x, axis=-1) / np.linalg.norm(y, axis=-1)
     assert float(cos.mean()) == pytest.approx(0.999, abs=2e-4)
+
+
+def test_quality_keeps_the_same_variant_name_from_two_groups_apart(tmp_path: Path) -> None:
+    grid = {"main_metrics": {"s": "m"}, "scores": {"s": {"m": [[0.5]]}}, "layers": [1], "dims": [16]}
+    for where in ("ablations/mipic_s43", "steps600/mipic_s43", "single"):
+        (tmp_path / where / "eval").mkdir(parents=True)
+        (tmp_path / where / "eval" / "grid.json").write_text(json.dumps(grid))
+    (tmp_path / "broken" / "eval").mkdir(parents=True)
+    (tmp_path / "broken" / "eval" / "grid.json").write_text("{")
+    assert sorted(load_grids(tmp_path)) == ["ablations/mipic_s43", "single", "steps600/mipic_s43"]
