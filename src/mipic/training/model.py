@@ -248,19 +248,24 @@ class ExitHeadsModule(nn.Module):
         return ExitHeads(weight.astype(np.float32), bias.astype(np.float32))
 
 
-def load_heads_init(spec: Path | str, num_layers: int, hidden_size: int) -> ExitHeads:
-    """``heads_init``: 'default' (the committed heads of the default model), a model directory with
-    ``heads.npz``, or the file itself."""
-    from mipic.modeldir.heads import HEADS_FILE, load_heads
+def heads_init_path(spec: Path | str) -> Path:
+    """The heads file ``model.heads_init`` names: 'default' (the committed heads of the default model), a
+    model directory with ``heads.npz``, or the file itself."""
+    from mipic.modeldir.heads import HEADS_FILE
 
     if str(spec) == "default":
         from mipic.training.release import DEFAULT_HEADS_ASSET
 
-        path = DEFAULT_HEADS_ASSET
-    else:
-        path = Path(spec)
-        path = path / HEADS_FILE if path.is_dir() else path
-    return load_heads(path, num_layers, hidden_size)
+        return DEFAULT_HEADS_ASSET
+    path = Path(spec)
+    return path / HEADS_FILE if path.is_dir() else path
+
+
+def load_heads_init(spec: Path | str, num_layers: int, hidden_size: int) -> ExitHeads:
+    """The exit heads training starts from (``model.heads_init``, see :func:`heads_init_path`)."""
+    from mipic.modeldir.heads import load_heads
+
+    return load_heads(heads_init_path(spec), num_layers, hidden_size)
 
 
 # --------------------------------------------------------------------------- wrapper

@@ -180,30 +180,20 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
     recipe: dict[str, str | int | float | bool] = {"checkpoint": str(checkpoint)}
     fitted: list[Budget] = []
     if (Path(checkpoint) / CONFIG_FILE).is_file():
-        from mipic.training.model import trained_budgets
+        from mipic.training.model import heads_init_path, trained_budgets
 
         cfg = load_config(Path(checkpoint) / CONFIG_FILE)
         recipe.update({"objective": cfg.objective, "steps": cfg.train.max_steps, "seed": cfg.seed,
                        "distill_weight": cfg.loss.distill_weight, "heads_init": str(cfg.model.heads_init)})
-        init = _heads_init_file(cfg.model.heads_init)
-        if init is not None:  # which heads training started from, by content (a path alone can be rewritten)
+        # the heads training started from, by content: a path (or 'default') can be rewritten after the run
+        init = heads_init_path(cfg.model.heads_init) if cfg.model.heads_init is not None else None
+        if init is not None and init.is_file():
             recipe["heads_init_sha256"] = hashlib.sha256(init.read_bytes()).hexdigest()
         fitted = [Budget(dim=d, layer=ly) for d, ly in trained_budgets(
             cfg.objective, cfg.loss, int(hf["hidden_size"]), int(hf["num_hidden_layers"]))]
     spec = HeadsSpec(method="trained", recipe=recipe, fitted_budgets=fitted,
                      data={"split": "train", "note": "trained jointly with the encoder by `mipic train`"})
     return heads, spec
-
-
-def _heads_init_file(spec: Path | str | None) -> Path | None:
-    """The heads file ``model.heads_init`` named, when it still exists; 'default' is the committed asset."""
-    from mipic.modeldir.heads import HEADS_FILE
-
-    if spec is None:
-        return None
-    path = DEFAULT_HEADS_ASSET if str(spec) == "default" else Path(spec)
-    path = path / HEADS_FILE if path.is_dir() else path
-    return path if path.is_file() else None
 
 
 def export_with_heads(

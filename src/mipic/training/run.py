@@ -77,10 +77,10 @@ def warn_if_config_changed(
     return changed
 
 
-def finished_at(checkpoint: Path) -> int:
-    """The global step a ``checkpoint-N`` directory was saved at (0 when it has no trainer state)."""
+def saved_state(checkpoint: Path) -> TrainerState | None:
+    """The Trainer state a ``checkpoint-N`` directory was saved with (None when it has none)."""
     path = checkpoint / TRAINER_STATE_NAME
-    return TrainerState.load_from_json(str(path)).global_step if path.is_file() else 0
+    return TrainerState.load_from_json(str(path)) if path.is_file() else None
 
 
 @dataclass
@@ -126,12 +126,13 @@ def run(spec: RunSpec) -> TrainResult:
         spec.on_resume(resume)
         logger.info("resuming from %s", resume)
     start = time.perf_counter()
-    if resume is not None and finished_at(resume) >= spec.train.max_steps:
+    state = saved_state(resume) if resume is not None else None
+    if resume is not None and state is not None and state.global_step >= spec.train.max_steps:
         # The Trainer would still take one step past max_steps when resumed at it: a finished run is only
         # loaded, so a rerun of a script (or a retrain resumed after training) writes the same final weights.
         logger.info("%s already reached %d steps: loading it, not training", resume, spec.train.max_steps)
         trainer._load_from_checkpoint(str(resume))
-        trainer.state = TrainerState.load_from_json(str(resume / TRAINER_STATE_NAME))
+        trainer.state = state
         metrics: dict[str, float] = {}
     else:
         output = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
