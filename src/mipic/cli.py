@@ -311,6 +311,7 @@ app.add_typer(heads_app, name="heads")
 class HeadMethod(str, Enum):
     distill = "distill"
     pca = "pca"
+    lstsq = "lstsq"
 
 
 class ExportHeads(str, Enum):
@@ -328,7 +329,9 @@ class LastLayerHead(str, Enum):
     identity = "identity"
 
 
-MethodOption = Annotated[HeadMethod, typer.Option(help="distill (KL to the teacher) | pca (closed-form rotation).")]
+MethodOption = Annotated[HeadMethod, typer.Option(
+    help="distill (KL to the teacher, + align) | pca (closed-form rotation) | lstsq (closed-form map onto the "
+         "last layer).")]
 
 
 @heads_app.command("fit")
@@ -355,6 +358,13 @@ def heads_fit(
         LastLayerHead,
         typer.Option(help="The last layer's head: pca or orthogonal keep the full budget's similarities exactly."),
     ] = LastLayerHead(_HEADS.last_layer),
+    align_weight: Annotated[
+        float, typer.Option(min=0.0, help="distill: weight of the term that keeps every exit in the last layer's "
+                            "space (a query at any exit can search a last-layer index); 0 = exits unrelated.")
+    ] = _HEADS.align_weight,
+    ridge: Annotated[
+        float, typer.Option(min=0.0, help="lstsq (and distill's start): ridge λ, relative.")
+    ] = _HEADS.ridge,
     seed: Annotated[int, typer.Option(help="Seed of the text sample and the batches.")] = _HEADS.seed,
     max_length: Annotated[int, typer.Option(min=2, help="Max tokens per fitting text.")] = _HEADS.max_length,
     version: Annotated[str | None, typer.Option(help="Version of the written model (default: MODEL's).")] = None,
@@ -377,7 +387,8 @@ def heads_fit(
     try:
         cfg = HeadFitConfig(method=method.value, sentences=sentences, passages=passages, steps=steps,
                             batch_size=batch_size, lr=lr, temperature=temperature, teacher_layer=teacher_layer,
-                            teacher_dim=teacher_dim, last_layer=last_layer.value, max_length=max_length, seed=seed)
+                            teacher_dim=teacher_dim, last_layer=last_layer.value, max_length=max_length, seed=seed,
+                            align_weight=align_weight, ridge=ridge)
     except ValueError as exc:
         raise UserError(one_line(exc)) from None
     loaded = LoadedModel(model, provider="cpu", max_seq_length=max_length)

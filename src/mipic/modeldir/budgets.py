@@ -1,4 +1,5 @@
-"""What each (dim, layer) budget costs and buys: measured stage times, relative cost, the Pareto set.
+"""What each (dim, layer) budget costs and buys: measured stage times, relative cost, the Pareto set, and
+whether a budget's vectors can search an index built at the last layer (the exits' shared space).
 
 Export measures quality on the built-in suites (training side) and hands the scores here; the cost
 comes from timing the model's own stages on this machine. The server only reads the resulting
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from mipic.modeldir.manifest import BudgetRow, BudgetTable
+from mipic.modeldir.manifest import SHARED_SPACE_MIN_COSINE, Budget, BudgetRow, BudgetTable, ExitSpace
 from mipic.modeldir.runner import LoadedModel
 
 
@@ -79,6 +80,18 @@ def pareto_flags(points: list[tuple[float, float]]) -> list[bool]:
     return flags
 
 
+def exit_space(rows: Sequence[BudgetRow], min_cosine: float = SHARED_SPACE_MIN_COSINE) -> ExitSpace | None:
+    """Whether the exits share one space: the worst ``cosine_to_last`` over the rows against ``min_cosine``
+    (None when no row has it, e.g. a table measured before issue 18)."""
+    measured = [r for r in rows if r.cosine_to_last is not None]
+    if not measured:
+        return None
+    worst = min(measured, key=lambda r: (r.cosine_to_last, r.layer, r.dim))
+    cos = float(worst.cosine_to_last)  # type: ignore[arg-type]  # filtered above
+    return ExitSpace(shared=cos >= min_cosine, worst_cosine=round(cos, 4),
+                     worst_budget=Budget(dim=worst.dim, layer=worst.layer), min_cosine_required=min_cosine)
+
+
 def build_table(
     scores: Mapping[tuple[int, int], Mapping[str, float]],
     suites: Mapping[str, str],
@@ -88,19 +101,38 @@ def build_table(
     *,
     timing_batch: str = "",
     eval_items: int = 0,
+    index_scores: Mapping[tuple[int, int], Mapping[str, float]] | None = None,
+    index_suites: Mapping[str, str] | None = None,
+    cosine_to_last: Mapping[tuple[int, int], float] | None = None,
 ) -> BudgetTable:
-    """``scores[(dim, layer)][suite]`` = that suite's main metric → the manifest's budget table."""
+    """``scores[(dim, layer)][suite]`` = that suite's main metric → the manifest's budget table.
+
+    Optional cross-budget measurements (issue 18): ``index_scores[(dim, layer)][suite]`` = a retrieval suite's
+    main metric with queries at the budget and documents at (dim, last layer), ``cosine_to_last[(dim, layer)]``
+    = the mean cosine of a text's vectors at the budget and at (dim, last layer); with them the table says
+    whether the exits share one space (:func:`exit_space`)."""
     keys = sorted(scores, key=lambda k: (k[1], k[0]))
     costs = [relative_cost(stage_ms, head_ms, layer, dim, hidden) for dim, layer in keys]
     quality = [float(np.mean(list(scores[k].values()))) if scores[k] else float("nan") for k in keys]
     flags = pareto_flags(list(zip(costs, quality, strict=True)))
-    rows = [
-        BudgetRow(dim=d, layer=ly, relative_cost=round(c, 4), quality=round(q, 4),
-                  scores={s: round(float(v), 4) for s, v in scores[(d, ly)].items()}, pareto=p)
-        for (d, ly), c, q, p in zip(keys, costs, quality, flags, strict=True)
-    ]
+    index_scores = index_scores or {}
+    cosine_to_last = cosine_to_last or {}
+
+    def index_of(key: tuple[int, int]) -> tuple[float | None, dict[str, float]]:
+        per_suite = {s: round(float(v), 4) for s, v in index_scores.get(key, {}).items()}
+        return (round(float(np.mean(list(per_suite.values()))), 4) if per_suite else None), per_suite
+
+    rows = []
+    for (d, ly), c, q, p in zip(keys, costs, quality, flags, strict=True):
+        index_q, index_s = index_of((d, ly))
+        cos = cosine_to_last.get((d, ly))
+        rows.append(BudgetRow(dim=d, layer=ly, relative_cost=round(c, 4), quality=round(q, 4),
+                              scores={s: round(float(v), 4) for s, v in scores[(d, ly)].items()}, pareto=p,
+                              index_quality=index_q, index_scores=index_s,
+                              cosine_to_last=None if cos is None else round(float(cos), 4)))
     return BudgetTable(
         suites=dict(suites), rows=rows, stage_ms=[round(x, 3) for x in stage_ms], head_ms=round(head_ms, 4),
         timing_batch=timing_batch,
         timing_machine=machine_name(), eval_items=eval_items,
+        index_suites=dict(index_suites or {}), exit_space=exit_space(rows),
     )

@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 MANIFEST_FILE = "manifest.json"
 GOLDEN_FILE = "golden.json"
 SCHEMA_VERSION = 1
+#: A model's exits share one space when every budget's mean cosine to (dim, last layer) is at least this.
+#: Plain truncation of MiniLM's layers scores 0.23–0.51 and independently rotated heads about 0; heads aligned
+#: to the last layer (``mipic heads fit``, issue 18) 0.68 and more (README, "One index, any exit").
+SHARED_SPACE_MIN_COSINE = 0.5
 
 
 class ManifestError(ValueError):
@@ -78,6 +82,27 @@ class BudgetRow(BaseModel):
     quality: float = Field(description="mean of the suites' main metrics")
     scores: dict[str, float] = Field(default_factory=dict, description="suite → main metric")
     pareto: bool = Field(False, description="no other budget is at least as good for at most the cost")
+    index_quality: float | None = Field(
+        None, description="mean over the retrieval suites of their main metric with queries at this budget and "
+        "documents at (dim, last layer): how well it searches an index built at full depth")
+    index_scores: dict[str, float] = Field(default_factory=dict, description="retrieval suite → index metric")
+    cosine_to_last: float | None = Field(
+        None, description="mean cosine between a text's vector at this budget and at (dim, last layer)")
+
+
+class ExitSpace(BaseModel):
+    """Whether the model's exits share one embedding space (issue 18): a query embedded at any (dim, layer)
+    can search an index built at (dim, last layer). Measured at export from the budget table:
+    ``shared`` is true when every budget's ``cosine_to_last`` is at least ``min_cosine_required`` (the
+    criterion ``modeldir.budgets.exit_space`` applies); ``worst_cosine`` / ``worst_budget`` say where it is
+    weakest."""
+
+    model_config = ConfigDict(frozen=True)
+
+    shared: bool
+    worst_cosine: float
+    worst_budget: Budget
+    min_cosine_required: float = Field(gt=0, le=1)
 
 
 class BudgetTable(BaseModel):
@@ -97,6 +122,10 @@ class BudgetTable(BaseModel):
     timing_batch: str = ""
     timing_machine: str = ""
     eval_items: int = 0
+    index_suites: dict[str, str] = Field(
+        default_factory=dict, description="retrieval suite → its main metric, scored against a last-layer index")
+    exit_space: ExitSpace | None = Field(
+        None, description="do the exits share one space (from the rows' cosine_to_last); None = not measured")
 
 
 class CalibrationRange(BaseModel):

@@ -144,6 +144,9 @@ class LossSection(_Section):
     distill_dims: list[int] | None = Field(default=None, description="Prefixes per layer; None = dims.")
     anchor_weight: float = Field(default=loss_default(SelfDistillLoss, "anchor_weight"), ge=0,
                                  description="Last layer, full width: 1 - cos to the teacher.")
+    align_weight: float = Field(default=loss_default(SelfDistillLoss, "align_weight"), ge=0,
+                                description="Every distilled (dim, layer): 1 - cos to the teacher's first dim "
+                                "coordinates in the last layer's head coordinates (one space for every exit).")
 
 
 class DataSection(_Section):

@@ -1,23 +1,36 @@
-"""Fit exit heads on a model directory: closed-form PCA rotations, or KL self-distillation to a teacher.
+"""Fit exit heads on a model directory: closed-form PCA rotations or least squares, or KL self-distillation.
 
 A head per exit layer l maps the pooled state x of that layer to ``z = W_l x + b_l`` before the
-Matryoshka cut (``mipic.modeldir.vector.embed``). Two methods:
+Matryoshka cut (``mipic.modeldir.vector.embed``). Three methods:
 
 ``pca``
     W_l = the principal axes (rows, by decreasing variance) of the layer's *centred, L2-normalised*
     pooled states, b_l = 0: an orthogonal rotation, so full-width cosine similarities are untouched
     and each prefix keeps the most variance it can. No training.
 
-``distill`` (default)
-    Start from the PCA rotation (with b_l = −W_l μ_l centring the layer's raw pooled mean), then
-    minimise, over batches of fitting sentences,
+``lstsq``
+    One space for every exit (issue 18). The last layer keeps its PCA rotation W_L; every other layer gets
+    the closed-form ridge regression onto the last layer's unit vector in those coordinates,
 
-        L = 1/|S| Σ_{(l, d) ∈ S} KL( P_T ‖ P_{l,d} ),
+        [W_l b_l] = argmin Σ_i ‖W_l x_i^(l) + b_l − y_i‖² + λ‖W_l‖²_F,   y_i = W_L x_i^(L) / ‖x_i^(L)‖,
+
+    so the served (d, l) vector approximates the first d coordinates of the (H, L) vector text by text.
+    Least squares treats each output coordinate separately, so the first d rows of W_l are also the best
+    map onto the first d coordinates alone: one fit serves every prefix. λ = ``ridge`` × mean diag(XᵀX).
+
+``distill`` (default)
+    Start from the ``lstsq`` solution (with ``align_weight`` > 0; otherwise from the PCA rotation with
+    b_l = −W_l μ_l centring the layer's raw pooled mean, the recipe before issue 18), then minimise, over
+    batches of fitting sentences,
+
+        L = 1/|S| Σ_{(l, d) ∈ S} [ KL( P_T ‖ P_{l,d} ) + w_align · mean_i (1 − cos(z_i[:d], y_i[:d])) ],
         P_T[i, :]     = softmax_{j≠i}( cos(t_i, t_j) / τ ),   t = teacher vectors (frozen),
         P_{l,d}[i, :] = softmax_{j≠i}( cos(z_i[:d], z_j[:d]) / τ ),  z = W_l x + b_l,
 
-    where S is every exit layer l with every served dim d (nested prefixes), τ the temperature (0.05)
-    and the diagonal is masked (a text's similarity with itself carries no information). The teacher
+    where S is every exit layer l with every served dim d (nested prefixes), τ the temperature (0.05),
+    y the target of ``lstsq`` (the teacher's vector through the last layer's head), w_align =
+    ``align_weight`` (30: measured on MiniLM, README), and the diagonal is masked (a text's similarity with
+    itself carries no information). The teacher
     is, by default, the model's own last layer at full width without a head (``teacher_layer``,
     ``teacher_dim`` change it): it is a fixed array of features, so it cannot drift.
 
@@ -59,8 +72,8 @@ from mipic.training.losses.distill import distill_kl, similarity_logits
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HeadFitConfig", "HeadFitResult", "extract_features", "fit_distill", "fit_heads", "fit_pca",
-           "fitting_texts", "pca_rotation", "texts_digest"]
+__all__ = ["HeadFitConfig", "HeadFitResult", "extract_features", "fit_distill", "fit_heads", "fit_lstsq",
+           "fit_pca", "fitting_texts", "last_layer_targets", "pca_rotation", "ridge_map", "texts_digest"]
 
 
 @dataclass
@@ -148,6 +161,42 @@ def fit_pca(features: np.ndarray) -> ExitHeads:
     return ExitHeads(weight, np.zeros(weight.shape[:2], np.float32))
 
 
+def last_layer_targets(features: np.ndarray, last_weight: np.ndarray) -> np.ndarray:
+    """(N, H) unit vectors of the last layer in its head's coordinates: y = W_L x^(L) / ‖x^(L)‖."""
+    x = features[-1].astype(np.float64)
+    x /= np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+    return (x @ last_weight.astype(np.float64).T).astype(np.float32)
+
+
+def ridge_map(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
+    """argmin_{W, b} ‖x Wᵀ + b − y‖² + λ‖W‖² (bias not penalised), λ = ridge × mean diag(xᵀx) of the
+    centred x. Returns W (H_out, H_in), b (H_out,)."""
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    mx, my = x64.mean(axis=0), y64.mean(axis=0)
+    xc, yc = x64 - mx, y64 - my
+    gram = xc.T @ xc  # (H_in, H_in)
+    lam = ridge * float(np.trace(gram)) / gram.shape[0]
+    w = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), xc.T @ yc).T  # (H_out, H_in)
+    b = my - w @ mx
+    return w.astype(np.float32), b.astype(np.float32)
+
+
+def fit_lstsq(features: np.ndarray, ridge: float = 1e-3, last_weight: np.ndarray | None = None) -> ExitHeads:
+    """Heads sharing one space (see the module docstring): the last layer's PCA rotation (or ``last_weight``),
+    every other layer the ridge map onto the last layer's unit vector in that rotation's coordinates."""
+    num_layers, _, hidden = features.shape
+    last = pca_rotation(features[-1]) if last_weight is None else last_weight.astype(np.float32)
+    y = last_layer_targets(features, last)
+    weights, biases = [], []
+    for layer in range(num_layers - 1):
+        w, b = ridge_map(features[layer], y, ridge)
+        weights.append(w)
+        biases.append(b)
+    weights.append(last)
+    biases.append(np.zeros(hidden, np.float32))
+    return ExitHeads(np.stack(weights), np.stack(biases))
+
+
 # --------------------------------------------------------------------------- distillation
 
 
@@ -214,6 +263,11 @@ def fit_distill(
         init = ExitHeads(
             np.concatenate([init.weight[:-1], np.eye(hidden, dtype=np.float32)[None]]), init.bias
         )
+    if cfg.align_weight > 0:
+        # start where the absolute term is at its closed-form optimum (the last layer's head is unchanged)
+        aligned = fit_lstsq(features, cfg.ridge, last_weight=init.weight[-1])
+        init = ExitHeads(np.concatenate([aligned.weight[:-1], init.weight[-1:]]),
+                         np.concatenate([aligned.bias[:-1], init.bias[-1:]]))
     model = _Heads(init, cfg.last_layer)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -222,6 +276,8 @@ def fit_distill(
     )
     feats = torch.from_numpy(features)
     teacher_all = feats[t_layer - 1, :, :t_dim]
+    # align target: the last layer's unit vector in its (PCA) head's coordinates, as `lstsq` regresses onto
+    align_all = torch.from_numpy(last_layer_targets(features, init.weight[-1]))
     batch = min(cfg.batch_size, n)
     fixed_last = cfg.last_layer in ("identity", "pca")
     layers = [ly for ly in range(1, num_layers + 1) if not (ly == num_layers and fixed_last)]
@@ -233,10 +289,14 @@ def fit_distill(
             t_log = F.log_softmax(similarity_logits(teacher_all[idx], cfg.temperature), dim=-1)
         total = torch.zeros(())
         count = 0
+        y = align_all[idx]  # (B, H)
         for ly in layers:
             z = model(ly, feats[ly - 1, idx])  # (B, H)
             for d in dims:
-                total = total + distill_kl(z[:, :d], t_log, cfg.temperature)
+                term = distill_kl(z[:, :d], t_log, cfg.temperature)
+                if cfg.align_weight > 0:
+                    term = term + cfg.align_weight * (1 - F.cosine_similarity(z[:, :d], y[:, :d], dim=-1)).mean()
+                total = total + term
                 count += 1
         loss = total / max(1, count)
         opt.zero_grad(set_to_none=True)
@@ -289,6 +349,8 @@ def fit_heads(
     curve: list[float] = []
     if cfg.method == "pca":
         heads = fit_pca(features)
+    elif cfg.method == "lstsq":
+        heads = fit_lstsq(features, cfg.ridge)
     else:
         heads, curve = fit_distill(features, cfg, dims, progress=progress)
     seconds["fit"] = time.perf_counter() - tick

@@ -175,7 +175,8 @@ def build_model(
         # the teacher is the base encoder as loaded, copied before any adapter touches it: it cannot drift
         teacher = copy.deepcopy(encoder)
         distill = SelfDistillLoss([(d, ly) for d, ly in distill_budgets(loss, hidden, num_layers)],
-                                  temperature=loss.distill_temperature, anchor_weight=loss.anchor_weight)
+                                  temperature=loss.distill_temperature, anchor_weight=loss.anchor_weight,
+                                  align_weight=loss.align_weight)
     heads = None
     if model_cfg.heads_init is not None:
         heads = ExitHeadsModule(load_heads_init(model_cfg.heads_init, num_layers, hidden),
@@ -360,7 +361,7 @@ class SimCSEModel(nn.Module):
                 target = torch.cat([mean_pool(t_a, attention_mask), mean_pool(t_b, pos_attention_mask)])  # (2B, H)
                 if readout is not None:
                     # the teacher in the student's last-layer coordinates: the KL does not care (the last head
-                    # is a rotation), the text-by-text anchor does
+                    # is a rotation), the text-by-text anchor and align terms do
                     target = readout(view_a.num_layers, target)
             readouts = [torch.cat([view_a.pooled(ly), view_b.pooled(ly)]) for ly in range(1, view_a.num_layers + 1)]
             value = self.distill(readouts, target)
@@ -368,6 +369,8 @@ class SimCSEModel(nn.Module):
             terms["distill_kl"] = float(self.distill.last_kl)
             if self.distill.anchor_weight > 0:
                 terms["distill_anchor"] = float(self.distill.last_anchor)
+            if self.distill.align_weight > 0:
+                terms["distill_align"] = float(self.distill.last_align)
         terms["total"] = float(total.detach())
         return {"loss": total, "terms": terms}
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from mipic.modeldir.manifest import load_manifest, write_manifest
+from mipic.modeldir.manifest import SHARED_SPACE_MIN_COSINE, load_manifest, write_manifest
 from mipic.modeldir.repository import ModelRepository
 
 logger = logging.getLogger(__name__)
@@ -65,6 +65,14 @@ class GateSection(BaseModel):
     max_cell_drop: float = Field(0.06, ge=0, description="any one suite at any one budget")
     must_improve: list[str] = Field(default_factory=list)
     min_gain: float = Field(0.0, ge=0, description="how much a must_improve budget has to gain")
+    min_exit_cosine: float | None = Field(
+        SHARED_SPACE_MIN_COSINE, gt=0, le=1,
+        description="the candidate's exits must share one space: at every budget the mean cosine between a "
+        "text's (dim, layer) and (dim, last layer) vectors reaches this (the manifest's exit_space criterion); "
+        "null = not checked")
+    max_index_drop: float = Field(
+        0.03, ge=0, description="per budget, mean over the retrieval suites of queries at the budget against a "
+        "last-layer index (checked where the served version was measured that way)")
 
 
 class RetrainConfig(BaseModel):
@@ -117,6 +125,9 @@ def plan(cfg: RetrainConfig) -> list[str]:
     g = cfg.gate
     gate = (f"drops at most {g.max_drop} per budget (mean of the suites), {g.max_suite_drop} per suite (mean of "
             f"the budgets), {g.max_cell_drop} in any one cell")
+    gate += f", {g.max_index_drop} per budget against a last-layer index"
+    if g.min_exit_cosine is not None:
+        gate += f"; exits share one space (cosine to the last layer >= {g.min_exit_cosine} at every budget)"
     if g.must_improve:
         gate += f"; {', '.join(g.must_improve)} must gain more than {g.min_gain}"
     promote = f"6. promote: CURRENT -> {version}" if cfg.promote else "6. promote: off (promote: false)"
@@ -231,14 +242,13 @@ class Pipeline:
         baseline = score(self.repo.version_dir(served), self.dir / "eval_served") if served else None
         # the manifest carries its own scores per budget (the files' checksums do not change)
         from mipic.training.evaluation.result import GridResult
-        from mipic.training.release import measure_budgets
+        from mipic.training.release import budget_scores, measure_budgets
 
         export_dir = Path(self.state["export_dir"])
         grid = GridResult.from_dict(candidate)
-        suites = dict(grid.main_metrics)
-        scores = {(d, ly): {s: grid.value(s, m, ly, d) for s, m in suites.items()} for ly in grid.layers
-                  for d in grid.dims}
-        table = measure_budgets(export_dir, scores=scores, suites=suites, max_items=e.max_items)
+        scores, index_scores, index_suites, cosines = budget_scores(grid)
+        table = measure_budgets(export_dir, scores=scores, suites=dict(grid.main_metrics), max_items=e.max_items,
+                                index_scores=index_scores, index_suites=index_suites, cosine_to_last=cosines)
         manifest = load_manifest(export_dir)
         write_manifest(export_dir, manifest.model_copy(update={"eval": grid.by_budget(), "budgets": table}))
         (self.dir / "eval_candidate.json").write_text(json.dumps(candidate))
@@ -327,9 +337,50 @@ def quality_gate(candidate: Any, served: Any, gate: GateSection) -> dict[str, An
         gains[key] = round(gain, 5)
         if not gain > gate.min_gain:
             failures.append(f"{key} must improve by more than {gate.min_gain}: gained {gain:+.4f}")
+    cross = cross_exit_gate(candidate, served, gate, layers, dims, failures)
     return {"failures": failures, "max_drop": max(budget_drops.values(), default=0.0),
             "max_cell_drop": max(cells.values(), default=0.0), "budget_drops": budget_drops,
-            "suite_drops": suite_drops, "gains": gains, "drops": drops}
+            "suite_drops": suite_drops, "gains": gains, "drops": drops, **cross}
+
+
+def cross_exit_gate(candidate: Any, served: Any, gate: GateSection, layers: list[int], dims: list[int],
+                    failures: list[str]) -> dict[str, Any]:
+    """The compatibility bounds (issue 18): the candidate's exits share one space (``min_exit_cosine``), and
+    queries at each budget against a last-layer index lose at most ``max_index_drop`` against the served
+    version (mean over the retrieval suites both measured that way). Appends to ``failures``."""
+    from mipic.training.evaluation.result import EXIT_COSINE, EXITS_SUITE, INDEX_PREFIX
+
+    out: dict[str, Any] = {}
+    cosines = candidate.scores.get(EXITS_SUITE, {}).get(EXIT_COSINE)
+    if gate.min_exit_cosine is not None:
+        if cosines is None:
+            failures.append("the candidate was not measured across exits (no exits/cosine_to_last): cannot tell "
+                            "whether its exits share one space")
+        else:
+            worst, where = math.inf, ""
+            for i, layer in enumerate(candidate.layers):
+                for j, dim in enumerate(candidate.dims):
+                    v = cosines[i][j]
+                    if not math.isnan(v) and v < worst:
+                        worst, where = v, f"d{dim}_l{layer}"
+            out["worst_exit_cosine"] = {where: round(worst, 5)}
+            if worst < gate.min_exit_cosine:
+                failures.append(f"exits do not share one space: mean cosine to the last layer at {where} is "
+                                f"{worst:.4f} (< {gate.min_exit_cosine})")
+    index = [(s, INDEX_PREFIX + m) for s, m in candidate.main_metrics.items()
+             if INDEX_PREFIX + m in candidate.scores.get(s, {}) and INDEX_PREFIX + m in served.scores.get(s, {})]
+    index_drops: dict[str, float] = {}
+    for layer in layers:
+        for dim in dims:
+            values = [served.value(s, m, layer, dim) - candidate.value(s, m, layer, dim) for s, m in index]
+            values = [v for v in values if not math.isnan(v)]
+            if values:
+                index_drops[f"d{dim}_l{layer}"] = round(sum(values) / len(values), 5)
+    for key, drop in index_drops.items():
+        if drop > gate.max_index_drop:
+            failures.append(f"{key}: queries against a last-layer index dropped {drop:.4f} (> {gate.max_index_drop})")
+    out["index_drops"] = index_drops
+    return out
 
 
 def cleanup(run_dir: Path) -> None:

@@ -14,7 +14,7 @@ import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mipic.modeldir.heads import ExitHeads
 from mipic.modeldir.manifest import (
@@ -32,6 +32,10 @@ from mipic.modeldir.runner import LoadedModel
 from mipic.training.export import ExportOptions, attach_heads, export_pretrained, packaged_minilm_path
 from mipic.training.heads_config import HeadFitConfig
 
+if TYPE_CHECKING:
+    from mipic.training.evaluation.result import GridResult
+    from mipic.training.evaluation.suites import Suite
+
 logger = logging.getLogger(__name__)
 
 
@@ -44,12 +48,18 @@ def measure_budgets(
     max_length: int = 128,
     scores: dict[tuple[int, int], dict[str, float]] | None = None,
     suites: dict[str, str] | None = None,
+    index_scores: dict[tuple[int, int], dict[str, float]] | None = None,
+    index_suites: dict[str, str] | None = None,
+    cosine_to_last: dict[tuple[int, int], float] | None = None,
+    eval_suites: Sequence[Suite] | None = None,
 ) -> BudgetTable:
     """The budget table of an exported model: each budget's main metric on every built-in suite (through
-    the served read-out), unless ``scores``/``suites`` are given, and the relative cost from timing
-    this model's stages on this machine (a batch of 32 texts × 32 tokens)."""
+    the served read-out), its retrieval against a last-layer index and its cosine to the last layer (issue
+    18), unless ``scores``/``suites`` are given, and the relative cost from timing this model's stages on this
+    machine (a batch of 32 texts × 32 tokens). ``eval_suites`` replaces the built-in suites."""
     from mipic.modeldir.budgets import build_table, measure_stage_ms
 
+    cosines = cosine_to_last
     if scores is None or suites is None:
         from mipic.training.evaluation.grid import run_grid
         from mipic.training.evaluation.onnx_encoder import OnnxBudgetEncoder
@@ -57,11 +67,10 @@ def measure_budgets(
         from mipic.training.evaluation.variants import HeadsEncoder
 
         enc = OnnxBudgetEncoder(model_dir, max_length=max_length)
-        grid = run_grid(HeadsEncoder(enc, enc.heads), builtin_suites(data_dir, size=max_items, seed=seed),
-                        geometry=False, seed=seed)
+        chosen = list(eval_suites) if eval_suites is not None else builtin_suites(data_dir, size=max_items, seed=seed)
+        grid = run_grid(HeadsEncoder(enc, enc.heads), chosen, geometry=False, seed=seed)
         suites = dict(grid.main_metrics)
-        scores = {(d, ly): {s: grid.value(s, m, ly, d) for s, m in suites.items()}
-                  for ly in grid.layers for d in grid.dims}
+        scores, index_scores, index_suites, cosines = budget_scores(grid)
     loaded = LoadedModel(model_dir, provider="cpu")
     try:
         stage_ms, head_ms = measure_stage_ms(loaded)
@@ -69,7 +78,26 @@ def measure_budgets(
         loaded.close()
     m = load_manifest(model_dir, verify=False)
     return build_table(scores, suites, stage_ms, head_ms, m.hidden_size, timing_batch="32 texts x 32 tokens",
-                       eval_items=max_items)
+                       eval_items=max_items, index_scores=index_scores, index_suites=index_suites,
+                       cosine_to_last=cosines)
+
+
+def budget_scores(grid: GridResult) -> tuple[dict[tuple[int, int], dict[str, float]],
+                                             dict[tuple[int, int], dict[str, float]],
+                                             dict[str, str], dict[tuple[int, int], float]]:
+    """A grid → per (dim, layer): each suite's main metric; each retrieval suite's main metric against a
+    last-layer index (``index_<metric>``); the mean cosine to the last layer; and the index suites."""
+    from mipic.training.evaluation.result import EXIT_COSINE, EXITS_SUITE, INDEX_PREFIX
+
+    suites = dict(grid.main_metrics)
+    index_suites = {s: m for s, m in suites.items() if INDEX_PREFIX + m in grid.scores.get(s, {})}
+    keys = [(d, ly) for ly in grid.layers for d in grid.dims]
+    scores = {(d, ly): {s: grid.value(s, m, ly, d) for s, m in suites.items()} for d, ly in keys}
+    index_scores = {(d, ly): {s: grid.value(s, INDEX_PREFIX + m, ly, d) for s, m in index_suites.items()}
+                    for d, ly in keys}
+    cosines = ({(d, ly): grid.value(EXITS_SUITE, EXIT_COSINE, ly, d) for d, ly in keys}
+               if EXIT_COSINE in grid.scores.get(EXITS_SUITE, {}) else {})
+    return scores, index_scores, index_suites, cosines
 
 
 def write_budgets(model_dir: Path, table: BudgetTable) -> Manifest:
@@ -256,7 +284,9 @@ def save_default_heads(
         "budgets": {
             "suites": manifest.budgets.suites,
             "eval_items": manifest.budgets.eval_items,
-            "rows": [{"dim": r.dim, "layer": r.layer, "scores": r.scores} for r in manifest.budgets.rows],
+            "index_suites": manifest.budgets.index_suites,
+            "rows": [{"dim": r.dim, "layer": r.layer, "scores": r.scores, "index_scores": r.index_scores,
+                      "cosine_to_last": r.cosine_to_last} for r in manifest.budgets.rows],
         },
         "fitted_on": {"model": manifest.model_id, "graphs_sha256": {s.path: manifest.files[s.path] for s in
                                                                     manifest.stages},
@@ -336,7 +366,12 @@ def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
     if "calibration" in meta:  # measured on the fitting texts when the heads were saved (~1 min: not at bootstrap)
         calibration = Calibration.model_validate(meta["calibration"])
         write_manifest(out_dir, load_manifest(out_dir).model_copy(update={"calibration": calibration}))
-    scores = {(int(r["dim"]), int(r["layer"])): r["scores"] for r in meta["budgets"]["rows"]}
+    rows = meta["budgets"]["rows"]
+    scores = {(int(r["dim"]), int(r["layer"])): r["scores"] for r in rows}
+    index_scores = {(int(r["dim"]), int(r["layer"])): r.get("index_scores") or {} for r in rows}
+    cosines = {(int(r["dim"]), int(r["layer"])): float(r["cosine_to_last"]) for r in rows
+               if r.get("cosine_to_last") is not None}
     table = measure_budgets(out_dir, scores=scores, suites=meta["budgets"]["suites"],
-                            max_items=int(meta["budgets"]["eval_items"]))
+                            max_items=int(meta["budgets"]["eval_items"]), index_scores=index_scores,
+                            index_suites=meta["budgets"].get("index_suites") or {}, cosine_to_last=cosines)
     return write_budgets(out_dir, table)

@@ -88,9 +88,43 @@ def test_embed_goes_through_the_heads(client: TestClient, heads_dir_with_budgets
     np.testing.assert_allclose(got, ref, atol=1e-6)
 
 
+def test_exit_space_not_measured_says_so(client: TestClient) -> None:
+    """A table measured before issue 18 (no cross-exit numbers): the model loads and says it does not know."""
+    space = client.get("/info").json()["exit_space"]
+    assert space["shared"] is None and "not measured" in space["note"]
+    body = client.get("/budgets").json()
+    assert body["exit_space"]["shared"] is None and body["index_suites"] == {}
+    assert all(b["index_quality"] is None and b["cosine_to_last"] is None for b in body["budgets"])
+
+
+@pytest.mark.parametrize("cos_l1, shared", [(0.81, True), (0.05, False)])
+def test_info_and_budgets_report_the_shared_space(heads_dir_with_budgets: Path, tmp_path: Path,
+                                                    cos_l1: float, shared: bool) -> None:
+    from mipic.training.release import measure_budgets, write_budgets
+
+    d = tmp_path / "1"
+    shutil.copytree(heads_dir_with_budgets, d)
+    keys = [(dim, ly) for ly in range(1, TINY_LAYERS + 1) for dim in TINY_DIMS]
+    cos = {1: cos_l1, 2: 0.9, 3: 1.0}
+    write_budgets(d, measure_budgets(
+        d, scores={k: {"r": 0.5} for k in keys}, suites={"r": "ndcg@10"}, max_items=7,
+        index_scores={k: {"r": 0.4 + k[1] / 10} for k in keys}, index_suites={"r": "ndcg@10"},
+        cosine_to_last={k: cos[k[1]] for k in keys}))
+    with TestClient(create_app(settings(d))) as c:
+        space = c.get("/info").json()["exit_space"]
+        assert space["shared"] is shared and space["worst_cosine"] == cos_l1
+        assert space["worst_budget"]["layer"] == 1 and space["min_cosine_required"] == 0.5
+        assert ("any (dim, layer)" in space["note"]) is shared
+        body = c.get("/budgets").json()
+        assert body["index_suites"] == {"r": "ndcg@10"} and body["exit_space"] == space
+        row = next(b for b in body["budgets"] if (b["dim"], b["layer"]) == (16, 2))
+        assert row["index_quality"] == 0.6 and row["index_scores"] == {"r": 0.6} and row["cosine_to_last"] == 0.9
+
+
 def test_model_without_heads_or_budgets(tiny_model_dir: Path) -> None:
     with TestClient(create_app(settings(tiny_model_dir))) as c:
         assert c.get("/info").json()["heads"] is None
+        assert c.get("/info").json()["exit_space"]["shared"] is None
         body = c.get("/budgets?min_quality=0.5").json()
         assert body["available"] is False and body["budgets"] == [] and body["recommended"] is None
 

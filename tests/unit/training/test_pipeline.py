@@ -69,9 +69,9 @@ def test_gate_failure_leaves_the_served_version(setup) -> None:  # type: ignore[
 def test_quality_gate_rules() -> None:
     from mipic.training.evaluation.result import GridResult
 
-    def grid(v: float) -> GridResult:
-        return GridResult(model="m", layers=[1, 2], dims=[8, 16],
-                          scores={"s": {"acc": [[v, v], [v, v + 0.1]]}}, main_metrics={"s": "acc"})
+    def grid(v: float) -> GridResult:  # exits measured and shared: only the quality rules are at play here
+        return GridResult(model="m", layers=[1, 2], dims=[8, 16], main_metrics={"s": "acc"},
+                          scores={"s": {"acc": [[v, v], [v, v + 0.1]]}, "exits": {"cosine_to_last": [[0.9] * 2] * 2}})
 
     assert quality_gate(grid(0.5), grid(0.5), GateSection(max_drop=0.0))["failures"] == []
     report = quality_gate(grid(0.47), grid(0.5), GateSection(max_drop=0.02, max_suite_drop=0.05))
@@ -90,10 +90,35 @@ def test_quality_gate_tolerates_one_noisy_cell_but_not_a_real_drop() -> None:
                           scores={"a": {"acc": [[a, 0.5], [0.5, 0.5]]}, "b": {"ndcg@10": [[b, b], [b, b]]}})
 
     served = grid(0.5, 0.5)
-    gate = GateSection(max_drop=0.02, max_suite_drop=0.01, max_cell_drop=0.04)
+    gate = GateSection(max_drop=0.02, max_suite_drop=0.01, max_cell_drop=0.04, min_exit_cosine=None)
     # one sentiment-like cell 0.03 down, everything else level: within the cell bound; budget mean 0.015 down
     assert quality_gate(grid(0.47, 0.5), served, gate)["failures"] == []
     # a retrieval suite 0.015 down everywhere: each budget's mean drops 0.0075, the suite's mean 0.015 → refused
     report = quality_gate(grid(0.5, 0.485), served, gate)
     assert report["failures"] == ["b: mean over budgets dropped 0.0150 (> 0.01)"]
     assert quality_gate(grid(0.45, 0.5), served, gate)["failures"][0].startswith("a at dim 8 layer 1 dropped 0.05")
+
+
+def test_quality_gate_refuses_a_candidate_whose_exits_do_not_share_one_space() -> None:
+    from mipic.training.evaluation.result import GridResult
+
+    def grid(cos_l1: float, index_l1: float, with_exits: bool = True) -> GridResult:
+        scores = {"r": {"ndcg@10": [[0.5, 0.5], [0.7, 0.7]], "index_ndcg@10": [[index_l1, index_l1], [0.7, 0.7]]}}
+        if with_exits:
+            scores["exits"] = {"cosine_to_last": [[cos_l1, cos_l1 + 0.1], [1.0, 1.0]]}
+        return GridResult(model="m", layers=[1, 2], dims=[8, 16], main_metrics={"r": "ndcg@10"}, scores=scores)
+
+    served = grid(0.8, 0.6)
+    gate = GateSection()
+    assert quality_gate(grid(0.8, 0.6), served, gate)["failures"] == []
+    report = quality_gate(grid(0.2, 0.6), served, gate)  # same-budget quality unchanged, exits unrelated
+    assert report["failures"] == ["exits do not share one space: mean cosine to the last layer at d8_l1 is "
+                                  "0.2000 (< 0.5)"]
+    assert report["worst_exit_cosine"] == {"d8_l1": 0.2}
+    report = quality_gate(grid(0.8, 0.5), served, gate)  # a shallow query against the index got worse
+    assert report["failures"] == ["d8_l1: queries against a last-layer index dropped 0.1000 (> 0.03)",
+                                  "d16_l1: queries against a last-layer index dropped 0.1000 (> 0.03)"]
+    assert report["index_drops"]["d8_l2"] == 0.0
+    report = quality_gate(grid(0.8, 0.6, with_exits=False), served, gate)
+    assert report["failures"][0].startswith("the candidate was not measured across exits")
+    assert quality_gate(grid(0.2, 0.6), served, GateSection(min_exit_cosine=None))["failures"] == []

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 
 from mipic.modeldir.manifest import Manifest
 from mipic.service.api.deps import EngineDep
-from mipic.service.api.schemas import BudgetEntry, BudgetsResponse
+from mipic.service.api.schemas import BudgetEntry, BudgetInfo, BudgetsResponse, ExitSpaceInfo
 
 router = APIRouter(tags=["budgets"])
 
@@ -20,6 +20,19 @@ def budget_entries(manifest: Manifest) -> list[BudgetEntry]:
         return []
     rows = sorted(manifest.budgets.rows, key=lambda r: (r.relative_cost, -r.quality, r.layer, r.dim))
     return [BudgetEntry.model_validate(r.model_dump()) for r in rows]
+
+
+def exit_space_info(manifest: Manifest) -> ExitSpaceInfo:
+    """What the manifest says about the exits' shared space (measured at export with the budget table)."""
+    space = manifest.budgets.exit_space if manifest.budgets is not None else None
+    if space is None:
+        return ExitSpaceInfo(shared=None, note="not measured (a model exported before cross-exit measurements): "
+                             "query and index with the same layer")
+    note = ("a query at any (dim, layer) can search an index built at (dim, last layer)" if space.shared else
+            "exits do not share one space: query and index must use the same layer")
+    return ExitSpaceInfo(shared=space.shared, worst_cosine=space.worst_cosine,
+                         worst_budget=BudgetInfo(dim=space.worst_budget.dim, layer=space.worst_budget.layer),
+                         min_cosine_required=space.min_cosine_required, note=note)
 
 
 @router.get("/budgets", response_model=BudgetsResponse)
@@ -48,4 +61,6 @@ async def budgets(
         stage_ms=list(table.stage_ms) if table else [],
         timing_machine=table.timing_machine if table else "",
         eval_items=table.eval_items if table else 0,
+        index_suites=dict(table.index_suites) if table else {},
+        exit_space=exit_space_info(m),
     )

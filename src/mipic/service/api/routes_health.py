@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep
-from mipic.service.api.routes_budgets import budget_entries
+from mipic.service.api.routes_budgets import budget_entries, exit_space_info
 from mipic.service.api.schemas import BudgetInfo, HeadsInfo, InfoResponse
 from mipic.service.engine.errors import NotReady
 
@@ -55,6 +55,7 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
         if m.heads is not None
         else None,
         pareto_budgets=[e for e in budget_entries(m) if e.pareto],
+        exit_space=exit_space_info(m),
     )
 
 

@@ -115,6 +115,23 @@ class BudgetEntry(BaseModel):
     quality: float = Field(description="mean of the built-in suites' main metrics, measured at export")
     scores: dict[str, float] = Field(default_factory=dict)
     pareto: bool = Field(description="no other budget is at least as good for at most the cost")
+    index_quality: float | None = Field(
+        None, description="retrieval quality with queries at this budget against documents embedded at (dim, "
+        "last layer): what this exit is worth against an index built at full depth (null: not measured)")
+    index_scores: dict[str, float] = Field(default_factory=dict, description="retrieval suite → index metric")
+    cosine_to_last: float | None = Field(
+        None, description="mean cosine between a text's vector here and at (dim, last layer) (null: not measured)")
+
+
+class ExitSpaceInfo(BaseModel):
+    """Whether vectors from different exits can be compared (a query at any layer against a last-layer index)."""
+
+    shared: bool | None = Field(description="true: every exit shares the last layer's space; false: each exit "
+                                "has its own, so query and index must use the same layer; null: not measured")
+    worst_cosine: float | None = Field(None, description="lowest mean cosine of a budget to (dim, last layer)")
+    worst_budget: BudgetInfo | None = None
+    min_cosine_required: float | None = None
+    note: str = ""
 
 
 class BudgetsResponse(BaseModel):
@@ -130,6 +147,10 @@ class BudgetsResponse(BaseModel):
     stage_ms: list[float] = Field(default_factory=list, description="measured ms: embeddings, layer 1..L")
     timing_machine: str = ""
     eval_items: int = 0
+    index_suites: dict[str, str] = Field(
+        default_factory=dict, description="retrieval suites behind index_quality (queries here, documents at the "
+        "last layer) → their main metric")
+    exit_space: ExitSpaceInfo | None = None
 
 
 class InfoResponse(BaseModel):
@@ -151,6 +172,7 @@ class InfoResponse(BaseModel):
     pareto_budgets: list[BudgetEntry] = Field(
         default_factory=list, description="the Pareto-optimal budgets of GET /budgets (cheapest first)"
     )
+    exit_space: ExitSpaceInfo = Field(description="do vectors from different exit layers share one space?")
 
 
 class ErrorDetail(BaseModel):

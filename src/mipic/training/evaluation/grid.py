@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder
 from mipic.training.evaluation.pooling import truncate_normalize
 from mipic.training.evaluation.report import write_report
-from mipic.training.evaluation.result import GridResult
+from mipic.training.evaluation.result import EXIT_COSINE, EXITS_SUITE, GridResult
 from mipic.training.evaluation.suites import Embed, Suite, geometry_suite
 
 logger = logging.getLogger(__name__)
@@ -44,11 +44,17 @@ def run_grid(
     dims: Sequence[int] | None = None,
     *,
     geometry: bool = True,
+    cross: bool = True,
     out_dir: Path | None = None,
     model_name: str = "",
     seed: int = 0,
 ) -> GridResult:
     """Score every (layer, dim) on every suite (plus a ``geometry`` suite unless disabled).
+
+    With ``cross`` (default) each budget is also compared with the same dim at the encoder's last layer:
+    retrieval suites get ``index_<metric>`` (queries at (d, l) against documents at (d, L): can a shallow
+    query search an index built at full depth?) and the ``exits`` pseudo-suite ``cosine_to_last`` (mean
+    cosine between a text's (d, l) and (d, L) vectors).
 
     Every distinct text is embedded once: through ``encode_all_layers`` when the encoder has it
     (one forward pass for the whole grid), else one ``encode`` call per budget. Writes
@@ -57,8 +63,8 @@ def run_grid(
     if not suites:
         raise ValueError("no eval suites given")
     names = [s.name for s in suites]
-    if len(set(names)) != len(names) or "geometry" in names:
-        raise ValueError(f"suite names must be unique and not 'geometry', got {names}")
+    if len(set(names)) != len(names) or "geometry" in names or EXITS_SUITE in names:
+        raise ValueError(f"suite names must be unique and not 'geometry' or '{EXITS_SUITE}', got {names}")
     layers = sorted(set(layers or range(1, encoder.num_layers + 1)))
     # an encoder that knows its served dims (an ONNX export) is scored on exactly those
     dims = sorted(set(dims or getattr(encoder, "dims", None) or default_dims(encoder.hidden_size)))
@@ -75,23 +81,52 @@ def run_grid(
     encode_seconds = time.perf_counter() - start
 
     scores: dict[str, dict[str, list[list[float]]]] = {s.name: {} for s in all_suites}
+    if cross:
+        scores[EXITS_SUITE] = {}
+
+    def put(suite_name: str, metric: str, i: int, j: int, v: float) -> None:
+        table = scores[suite_name].setdefault(metric, [[math.nan] * len(dims) for _ in layers])
+        table[i][j] = v
+
+    last = encoder.num_layers
+    last_layer_vectors: dict[int, np.ndarray] = {}  # dim → (N, dim): each is the reference of a whole column
+
+    def budget(layer: int, dim: int) -> np.ndarray:
+        nonlocal encode_seconds
+        if all_layers is not None:
+            return truncate_normalize(all_layers[layer - 1], dim)  # (N, dim)
+        if layer == last and dim in last_layer_vectors:
+            return last_layer_vectors[dim]
+        tick = time.perf_counter()
+        out = encoder.encode(texts, layer, dim)
+        encode_seconds += time.perf_counter() - tick
+        if layer == last:
+            last_layer_vectors[dim] = out
+        return out
+
     bar = tqdm(total=len(layers) * len(dims), desc="scoring budgets", unit="budget", leave=False)
     for i, layer in enumerate(layers):
         for j, dim in enumerate(dims):
-            if all_layers is not None:
-                emb = truncate_normalize(all_layers[layer - 1], dim)  # (N, dim)
-            else:
-                tick = time.perf_counter()
-                emb = encoder.encode(texts, layer, dim)
-                encode_seconds += time.perf_counter() - tick
+            emb = budget(layer, dim)
 
             def embed(batch: Sequence[str], emb: np.ndarray = emb) -> np.ndarray:
                 return emb[[row_of[t] for t in batch]]
 
             for suite in all_suites:
                 for metric, v in _evaluate(suite, embed).items():
-                    table = scores[suite.name].setdefault(metric, [[math.nan] * len(dims) for _ in layers])
-                    table[i][j] = v
+                    put(suite.name, metric, i, j, v)
+            if cross:
+                ref = emb if layer == last else budget(last, dim)
+
+                def embed_ref(batch: Sequence[str], ref: np.ndarray = ref) -> np.ndarray:
+                    return ref[[row_of[t] for t in batch]]
+
+                put(EXITS_SUITE, EXIT_COSINE, i, j, float(np.mean(np.sum(emb * ref, axis=1))))
+                for suite in suites:
+                    index = getattr(suite, "evaluate_index", None)
+                    if index is not None:
+                        for metric, v in index(embed, embed_ref).items():
+                            put(suite.name, metric, i, j, float(v))
             logger.debug("grid: layer %d dim %d done", layer, dim)
             bar.update()
     bar.close()

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mipic.training.evaluation.result import GridResult
+from mipic.training.evaluation.result import EXIT_COSINE, EXITS_SUITE, INDEX_PREFIX, GridResult
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ def grid_markdown(result: GridResult) -> str:
     """One table per (suite, metric): rows are layers, columns are dims."""
     lines = [f"# Budget grid: {result.model or 'model'}", ""]
     lines.append(f"{result.n_texts} distinct texts, {result.seconds:.1f} s.")
+    lines.append(cross_exit_markdown(result).rstrip("\n"))
     header = "| layer | " + " | ".join(f"d={d}" for d in result.dims) + " |"
     rule = "|---:|" + "---:|" * len(result.dims)
     for suite, metrics in result.scores.items():
@@ -83,14 +84,49 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def cross_exit_metrics(result: GridResult) -> list[tuple[str, str]]:
+    """(suite, metric) of the cross-exit measurements the grid has: each retrieval suite against a last-layer
+    index (``index_<main metric>``) and the exits' cosine to the last layer."""
+    out = [(s, INDEX_PREFIX + m) for s, m in result.main_metrics.items() if INDEX_PREFIX + m in result.scores[s]]
+    if EXIT_COSINE in result.scores.get(EXITS_SUITE, {}):
+        out.append((EXITS_SUITE, EXIT_COSINE))
+    return out
+
+
+def cross_exit_markdown(result: GridResult) -> str:
+    """The cross-exit summary at the top of ``grid.md``: mean over the retrieval suites of queries at (d, l)
+    against documents at (d, last layer), its ratio to both sides at (d, last layer), and the cosine."""
+    index = [(s, m) for s, m in cross_exit_metrics(result) if s != EXITS_SUITE]
+    if not index or (EXITS_SUITE, EXIT_COSINE) not in cross_exit_metrics(result):
+        return ""
+    same = np.mean([result.table(s, m.removeprefix(INDEX_PREFIX)) for s, m in index], axis=0)
+    cross = np.mean([result.table(s, m) for s, m in index], axis=0)
+    cos = result.table(EXITS_SUITE, EXIT_COSINE)
+    header = "| layer | " + " | ".join(f"d={d}" for d in result.dims) + " |"
+    rule = "|---:|" + "---:|" * len(result.dims)
+    suites = ", ".join(s for s, _ in index)
+    lines = ["", "## One index, any exit", "",
+             f"Queries at (dim, layer) against documents at (dim, last layer): mean of {suites}; in brackets the "
+             "ratio to both sides at (dim, last layer).", "", header, rule]
+    for i, layer in enumerate(result.layers):
+        cells = [f"{cross[i, j]:.4f} ({cross[i, j] / same[-1, j]:.2f})" if same[-1, j] > 0 else _fmt(cross[i, j])
+                 for j in range(len(result.dims))]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines += ["", "Mean cosine between a text's vector at (dim, layer) and at (dim, last layer):", "", header, rule]
+    for i, layer in enumerate(result.layers):
+        lines.append(f"| {layer} | " + " | ".join(_fmt(v) for v in cos[i]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(result: GridResult, out_dir: Path) -> list[Path]:
-    """Write ``grid.json``, ``grid.md`` and ``heatmap_<suite>_<metric>.png`` per main metric."""
+    """Write ``grid.json``, ``grid.md`` and ``heatmap_<suite>_<metric>.png`` per main metric and per cross-exit
+    metric (queries against a last-layer index, cosine to the last layer)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "grid.json", out_dir / "grid.md"]
     written[0].write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     written[1].write_text(grid_markdown(result), encoding="utf-8")
-    for suite, metric in result.main_metrics.items():
+    for suite, metric in [*result.main_metrics.items(), *cross_exit_metrics(result)]:
         path = out_dir / f"heatmap_{_safe(suite)}_{_safe(metric)}.png"
         plot_heatmap(
             result.table(suite, metric),

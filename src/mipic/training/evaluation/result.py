@@ -10,6 +10,13 @@ import numpy as np
 
 from mipic.modeldir.manifest import budget_key
 
+#: The pseudo-suite of cross-exit metrics: ``cosine_to_last`` = mean over the grid's texts of
+#: cos(v_(d, l), v_(d, L)), the same text's vectors at this budget and at the same dim of the last layer.
+EXITS_SUITE = "exits"
+EXIT_COSINE = "cosine_to_last"
+#: Prefix of a retrieval suite's metrics with queries at the budget and documents at (d, L).
+INDEX_PREFIX = "index_"
+
 
 @dataclass
 class GridResult:

@@ -29,6 +29,16 @@ def distill_kl(student: Tensor, teacher_log_probs: Tensor, temperature: float) -
     return terms.sum(dim=-1).mean()
 
 
+def align_loss(readouts: Sequence[Tensor], target: Tensor, budgets: Sequence[tuple[int, int]]) -> Tensor:
+    """Mean over budgets (d, l) and rows of 1 − cos(readouts[l − 1][:, :d], target[:, :d]): each budget's
+    vector against the same prefix of the target, in the same coordinates (no gradient reaches ``target``)."""
+    target = target.detach().float()
+    return torch.stack([
+        (1 - F.cosine_similarity(readouts[layer - 1][:, :d].float(), target[:, :d], dim=-1)).mean()
+        for d, layer in budgets
+    ]).mean()
+
+
 class SelfDistillLoss(nn.Module):
     r"""Self-distillation of every trained budget from a frozen teacher.
 
@@ -36,6 +46,8 @@ class SelfDistillLoss(nn.Module):
 
         \mathcal{L}_{distill} = \frac{1}{|S|}\sum_{(l, d) \in S} \mathrm{KL}\big(P_T \,\|\, P_{l,d}\big)
             + w_{anchor}\,\frac{1}{B}\sum_i \big(1 - \cos(z^{(L)}_i, t_i)\big)
+            + w_{align}\,\frac{1}{|S|}\sum_{(l, d) \in S} \frac{1}{B}\sum_i
+              \big(1 - \cos(z^{(l)}_i[{:}d], t_i[{:}d])\big)
 
     with :math:`P_T[i, :] = \mathrm{softmax}_{j \ne i}(\cos(t_i, t_j)/\tau)` from the teacher vectors
     :math:`t` (the frozen base model's last layer at full width, no gradient) and
@@ -46,8 +58,16 @@ class SelfDistillLoss(nn.Module):
 
     The anchor term (optional, ``anchor_weight``) ties the student's last layer at full width to the
     teacher text by text; with the KL term at (L, H) it keeps the full budget where the base model had it.
-    Both terms are zero when the student is the teacher (same network, last layer, full width, an
-    orthogonal or identity head).
+    The align term (optional, ``align_weight``; issue 18) is the *absolute* counterpart of the KL: the KL
+    matches in-batch similarity distributions, which any rotation of z leaves unchanged, so alone it lets
+    every exit live in its own coordinates, and a query at layer 3 cannot search an index built at layer 6.
+    The align term pulls each budget's vector onto the first d coordinates of the teacher vector ``t`` *in
+    the served last-layer coordinates* (the caller passes t through the last layer's head, a rotation),
+    so (d, l) ≈ (d, L) text by text and every exit shares one space. Cosine rather than MSE: the served
+    vector is re-normalised after the cut, so only the direction of each prefix matters.
+
+    Every term is zero when the student is the teacher (same network, last layer, full width, an
+    orthogonal or identity head); the align term then is also zero at (d, L) for every d.
 
     Inputs: ``readouts`` — the student's read-out per layer (index l − 1 for layer l), each (B, H);
     ``teacher`` — (B, H_t). Returns a scalar; :meth:`terms` gives the parts from the last call.
@@ -60,6 +80,7 @@ class SelfDistillLoss(nn.Module):
         budgets: Sequence[tuple[int, int]],
         temperature: float = 0.05,
         anchor_weight: float = 0.0,
+        align_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if not budgets:
@@ -70,8 +91,10 @@ class SelfDistillLoss(nn.Module):
         self.budgets = tuple((int(d), int(layer)) for d, layer in budgets)
         self.temperature = check_positive("temperature", temperature)
         self.anchor_weight = check_non_negative("anchor_weight", anchor_weight)
+        self.align_weight = check_non_negative("align_weight", align_weight)
         self.last_kl = torch.zeros(())
         self.last_anchor = torch.zeros(())
+        self.last_align = torch.zeros(())
 
     def forward(self, readouts: Sequence[Tensor], teacher: Tensor) -> Tensor:
         with torch.no_grad():
@@ -85,7 +108,12 @@ class SelfDistillLoss(nn.Module):
             anchor = (1 - F.cosine_similarity(last.float(), teacher.detach().float(), dim=-1)).mean()
             self.last_anchor = anchor.detach()
             total = total + self.anchor_weight * anchor
+        if self.align_weight > 0:
+            align = align_loss(readouts, teacher.detach(), self.budgets)
+            self.last_align = align.detach()
+            total = total + self.align_weight * align
         return total
 
     def extra_repr(self) -> str:
-        return f"budgets={len(self.budgets)}, temperature={self.temperature}, anchor_weight={self.anchor_weight}"
+        return (f"budgets={len(self.budgets)}, temperature={self.temperature}, anchor_weight={self.anchor_weight}, "
+                f"align_weight={self.align_weight}")

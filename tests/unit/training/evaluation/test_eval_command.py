@@ -21,10 +21,10 @@ def test_eval_command_on_saved_checkpoint(tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = eval_command(str(model_dir), out, pair_labels=pairs, layers=[2], dims=[8, 32], max_items=100,
                           variants=["plain"])
-    assert list(result.scores) == ["pairs", "geometry"]
+    assert list(result.scores) == ["pairs", "geometry", "exits"]  # exits: cosine to the last layer per budget
     assert result.table("pairs", "ap").shape == (1, 2)
     assert {p.name for p in out.iterdir()} == {"grid.json", "grid.md", "heatmap_pairs_ap.png", "compare.md",
-                                               "compare.json", "variants"}
+                                               "compare.json", "variants", "heatmap_exits_cosine_to_last.png"}
 
 
 def test_eval_compares_plain_pca_and_heads_on_a_model_with_heads(tiny_heads_model_dir: Path, tmp_path: Path) -> None:

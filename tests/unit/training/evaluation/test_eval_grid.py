@@ -108,14 +108,19 @@ def test_run_grid_writes_outputs(encoder: TorchBudgetEncoder, tmp_path: Path) ->
     assert GridResult.from_dict(data).scores == result.scores
     md = (tmp_path / "grid.md").read_text()
     assert "## ret · ndcg@10 (main)" in md and "| layer | d=4 | d=8 | d=32 |" in md
-    assert md.count("\n| 2 | ") == sum(len(m) for m in result.scores.values())
+    # one row per metric table, plus the two tables of the cross-exit summary
+    assert md.count("\n| 2 | ") == sum(len(m) for m in result.scores.values()) + 2
+    assert "## One index, any exit" in md and "## ret · index_ndcg@10" in md
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == [
         "heatmap_cls_accuracy.png",
+        "heatmap_exits_cosine_to_last.png",
         "heatmap_pairs_ap.png",
+        "heatmap_ret_index_ndcg_10.png",
         "heatmap_ret_ndcg_10.png",
         "heatmap_sts_spearman.png",
     ]
+    np.testing.assert_allclose(result.table("exits", "cosine_to_last")[-1], 1.0, atol=1e-6)  # last layer vs itself
     assert all((tmp_path / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
 
     by_budget = result.by_budget()
