@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Reproduce the default model's committed exit heads (src/mipic/training/assets/minilm_heads.{npz,json}):
+# The heads-only default (before the MIPIC adapter became the default; scripts/train_default_model.sh rebuilds
+# the shipped assets now): exit heads on the untouched encoder, stored as src/mipic/training/assets/minilm_heads.*:
 # export the packaged MiniLM without heads, fit them on the training split (seeded), calibrate int8/uint8 on
 # the same texts, measure the budget table on the built-in suites, and store heads + measured quality +
 # calibration as the assets `mipic bootstrap` attaches.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the default model's committed MIPIC assets (src/mipic/training/assets/), from the untouched base:
-#   1. exit heads fitted on the untouched packaged MiniLM (`mipic heads fit`, seed 0: the heads-only default);
+#   1. exit heads fitted on the untouched packaged MiniLM (`mipic heads fit`, seed 0: KL + align, so they start
+#      in the last layer's space);
 #   2. the MIPIC recipe (configs/mipic_minilm.yaml: LoRA adapter + exit heads trained jointly), its heads
 #      starting from (1) — never from the committed assets, so a rebuild does not depend on the last release;
 #   3. export with the heads it trained, the budget table and int8 calibration (export does both);

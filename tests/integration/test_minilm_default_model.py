@@ -71,6 +71,19 @@ def test_serves_dim64_layer6(minilm_dir: Path, live_server_factory) -> None:  # 
     budgets = httpx.get(srv.url + "/budgets", params={"min_quality": 0.7}).json()
     assert budgets["available"] and budgets["recommended"]["quality"] >= 0.7
     assert budgets["recommended"]["relative_cost"] < 0.5  # a shallow exit already reaches 0.7
+    # one space for every exit: layer-3 queries land next to their own layer-6 vectors
+    space = info["exit_space"]
+    assert space["shared"] is True and space["worst_cosine"] >= 0.5 and budgets["exit_space"] == space
+    row = next(b for b in budgets["budgets"] if (b["dim"], b["layer"]) == (64, 3))
+    full = next(b for b in budgets["budgets"] if (b["dim"], b["layer"]) == (64, 6))
+    assert row["cosine_to_last"] > 0.85 and row["index_quality"] >= 0.9 * full["index_quality"]
+    shallow = np.array(httpx.post(srv.url + "/embed?dim=64&layer=3", json={"inputs": SENTENCES}, timeout=30)
+                       .json()["embeddings"])
+    cos = shallow @ emb.T  # (4, 4): each layer-3 vector against every layer-6 vector
+    # measured 0.65 / 0.70 / 0.90 / 0.77 (short sentences sit below the suites' mean of 0.89); the previous
+    # default, whose exits did not share a space, gave about 0.0
+    assert np.all(np.diag(cos) > 0.6)
+    assert np.all(np.argmax(cos, axis=1) == np.arange(len(SENTENCES)))
 
 
 def test_save_default_ships_the_adapter_with_the_heads(minilm_dir: Path, tmp_path: Path) -> None:
