@@ -116,24 +116,21 @@ class RetrievalSuite:
         ]
 
     def evaluate(self, embed: Embed) -> dict[str, float]:
-        doc_ids = list(self.corpus)
-        row_of = {d: i for i, d in enumerate(doc_ids)}
-        query_ids = list(self.queries)
-        rels = [{row_of[d]: g for d, g in self.qrels.get(q, {}).items() if d in row_of} for q in query_ids]
-        q_emb = embed([self.queries[q] for q in query_ids])
-        d_emb = embed([self.corpus[d] for d in doc_ids])
-        return retrieval_metrics(q_emb, d_emb, rels, k=10)
+        return self._rank(embed, embed)
 
     def evaluate_index(self, embed_query: Embed, embed_doc: Embed) -> dict[str, float]:
         """Queries embedded by ``embed_query`` against documents embedded by ``embed_doc`` (e.g. a query at
         a shallow exit against an index built at the last layer); metrics named ``index_<metric>``."""
+        return {f"index_{k}": v for k, v in self._rank(embed_query, embed_doc).items()}
+
+    def _rank(self, embed_query: Embed, embed_doc: Embed) -> dict[str, float]:
         doc_ids = list(self.corpus)
         row_of = {d: i for i, d in enumerate(doc_ids)}
         query_ids = list(self.queries)
         rels = [{row_of[d]: g for d, g in self.qrels.get(q, {}).items() if d in row_of} for q in query_ids]
         q_emb = embed_query([self.queries[q] for q in query_ids])
         d_emb = embed_doc([self.corpus[d] for d in doc_ids])
-        return {f"index_{k}": v for k, v in retrieval_metrics(q_emb, d_emb, rels, k=10).items()}
+        return retrieval_metrics(q_emb, d_emb, rels, k=10)
 
 
 @dataclass
