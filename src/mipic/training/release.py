@@ -59,7 +59,6 @@ def measure_budgets(
     machine (a batch of 32 texts × 32 tokens). ``eval_suites`` replaces the built-in suites."""
     from mipic.modeldir.budgets import build_table, measure_stage_ms
 
-    cosines = cosine_to_last
     if scores is None or suites is None:
         from mipic.training.evaluation.grid import run_grid
         from mipic.training.evaluation.onnx_encoder import OnnxBudgetEncoder
@@ -70,7 +69,7 @@ def measure_budgets(
         chosen = list(eval_suites) if eval_suites is not None else builtin_suites(data_dir, size=max_items, seed=seed)
         grid = run_grid(HeadsEncoder(enc, enc.heads), chosen, geometry=False, seed=seed)
         suites = dict(grid.main_metrics)
-        scores, index_scores, index_suites, cosines = budget_scores(grid)
+        scores, index_scores, index_suites, cosine_to_last = budget_scores(grid)
     loaded = LoadedModel(model_dir, provider="cpu")
     try:
         stage_ms, head_ms = measure_stage_ms(loaded)
@@ -79,7 +78,7 @@ def measure_budgets(
     m = load_manifest(model_dir, verify=False)
     return build_table(scores, suites, stage_ms, head_ms, m.hidden_size, timing_batch="32 texts x 32 tokens",
                        eval_items=max_items, index_scores=index_scores, index_suites=index_suites,
-                       cosine_to_last=cosines)
+                       cosine_to_last=cosine_to_last)
 
 
 def budget_scores(grid: GridResult) -> tuple[dict[tuple[int, int], dict[str, float]],

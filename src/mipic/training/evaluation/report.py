@@ -96,8 +96,9 @@ def cross_exit_metrics(result: GridResult) -> list[tuple[str, str]]:
 def cross_exit_markdown(result: GridResult) -> str:
     """The cross-exit summary at the top of ``grid.md``: mean over the retrieval suites of queries at (d, l)
     against documents at (d, last layer), its ratio to both sides at (d, last layer), and the cosine."""
-    index = [(s, m) for s, m in cross_exit_metrics(result) if s != EXITS_SUITE]
-    if not index or (EXITS_SUITE, EXIT_COSINE) not in cross_exit_metrics(result):
+    metrics = cross_exit_metrics(result)
+    index = [(s, m) for s, m in metrics if s != EXITS_SUITE]
+    if not index or (EXITS_SUITE, EXIT_COSINE) not in metrics:
         return ""
     same = np.mean([result.table(s, m.removeprefix(INDEX_PREFIX)) for s, m in index], axis=0)
     cross = np.mean([result.table(s, m) for s, m in index], axis=0)
