@@ -30,6 +30,7 @@ from bench.servers import free_port, start_server
 class Phase:
     statuses: Counter[int] = field(default_factory=Counter)
     latencies_ok: list[float] = field(default_factory=list)
+    server_latencies_ok: list[float] = field(default_factory=list)
     retry_after_missing: int = 0
     seconds: float = 0.0
 
@@ -37,7 +38,8 @@ class Phase:
         ok = self.statuses.get(200, 0)
         return {"statuses": dict(self.statuses), "ok_per_s": ok / self.seconds if self.seconds else 0.0,
                 "retry_after_missing": self.retry_after_missing,
-                **({"ok_latency": percentiles(self.latencies_ok)} if self.latencies_ok else {})}
+                **({"ok_latency": percentiles(self.latencies_ok)} if self.latencies_ok else {}),
+                **({"ok_server_latency": percentiles(self.server_latencies_ok)} if self.server_latencies_ok else {})}
 
 
 async def _one(client: httpx.AsyncClient, texts: list[str], phase: Phase) -> None:
@@ -52,6 +54,7 @@ async def _one(client: httpx.AsyncClient, texts: list[str], phase: Phase) -> Non
     phase.statuses[status] += 1
     if status == 200:
         phase.latencies_ok.append(time.perf_counter() - t0)
+        phase.server_latencies_ok.append(float(r.headers["x-total-time"]) / 1000.0)
 
 
 async def closed_loop(url: str, batches: list[list[str]], concurrency: int, seconds: float) -> Phase:
@@ -166,18 +169,17 @@ def main() -> None:
     env = environment() | {"loadavg_1m_at_start": load}
     b, c, v = r.burst, r.capacity, r.recovery
     rows = [
-        ["capacity (closed loop, 4 clients)", f"{c['ok_per_s']:.1f}", c["statuses"],
-         c.get("ok_latency", {}).get("p99_ms", 0.0)],
-        [f"burst: open loop at {r.offered_rate:.1f} req/s ({args.factor:g}x)", f"{b['ok_per_s']:.1f}", b["statuses"],
-         b.get("ok_latency", {}).get("p99_ms", 0.0)],
-        ["recovery (closed loop)", f"{v['ok_per_s']:.1f}", v["statuses"],
-         v.get("ok_latency", {}).get("p99_ms", 0.0)],
+        [name, f"{p['ok_per_s']:.1f}", p["statuses"], p.get("ok_latency", {}).get("p99_ms", 0.0),
+         p.get("ok_server_latency", {}).get("p99_ms", 0.0)]
+        for name, p in [("capacity (closed loop, 4 clients)", c),
+                        (f"burst: open loop at {r.offered_rate:.1f} req/s ({args.factor:g}x)", b),
+                        ("recovery (closed loop)", v)]
     ]
     md = (f"Overload soak, {args.texts_per_request} texts/request, queue {args.queue_size} inputs, "
           f"{env['cpu']} ({env['cores']} cores, load {load:.2f} at start). RSS MB before/peak/after: "
           f"{r.rss_mb['before']:.0f}/{r.rss_mb['peak']:.0f}/{r.rss_mb['after']:.0f}; "
           f"429/503 without Retry-After: {b['retry_after_missing']}.\n\n"
-          + md_table(["phase", "ok req/s", "statuses", "ok p99 ms"], rows))
+          + md_table(["phase", "ok req/s", "statuses", "ok p99 ms (client)", "ok p99 ms (server)"], rows))
     path = write_results("overload", {"env": env, "args": vars(args) | {"model": str(args.model)},
                                       "result": r.__dict__}, md)
     print(md)

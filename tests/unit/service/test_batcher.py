@@ -76,6 +76,31 @@ async def test_full_queue_refuses_at_once() -> None:
     await b.stop()
 
 
+async def test_reservation_counts_against_the_bound_before_rows_are_queued() -> None:
+    """Rows being tokenized already hold their place: a second request is refused while the first is still
+    in the tokenizer, the reservation becomes queued rows on submit, and an error releases it."""
+    model = FakeModel()
+    model.gate.clear()
+    b = await _batcher(max_queue_size=4, max_batch_size=1, max_wait_ms=0)
+    with b.reserve(3):
+        assert b.busy and b.depth == 0
+        with pytest.raises(Overloaded, match="queue is full"), b.reserve(2):
+            pass
+        with b.reserve(1):  # exactly fills the bound
+            pass
+        futs = b.submit(model, [row(i) for i in range(3)], timeout_s=5, reserved=True)  # type: ignore[arg-type]
+    with pytest.raises(Overloaded):  # 3 queued/in flight + 2 > 4
+        b.submit(model, [row(7), row(8)], timeout_s=5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError), b.reserve(1):  # a tokenizer error releases the place
+        raise ValueError("bad input")
+    assert b._reserved == 0
+    model.gate.set()
+    assert [int(r.vector[0]) for r in await asyncio.gather(*futs)] == [0, 1, 2]
+    with b.reserve(4):  # everything released: the whole bound is free again
+        pass
+    await b.stop()
+
+
 async def test_cancelled_and_expired_rows_are_dropped_before_compute() -> None:
     model = FakeModel()
     model.gate.clear()

@@ -83,6 +83,7 @@ class Batcher:
         self._on_batch = on_batch
         self._requests: collections.deque[PendingRequest] = collections.deque()  # arrival order
         self._queued = 0  # rows in ``_requests``
+        self._reserved = 0  # rows admitted by ``reserve`` and not submitted yet (being tokenized)
         self._wakeup = asyncio.Event()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mipic-infer")
         self._task: asyncio.Task[None] | None = None
@@ -118,7 +119,7 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        return self._queued > 0 or self._in_flight > 0
+        return self._queued > 0 or self._in_flight > 0 or self._reserved > 0
 
     def _rows(self) -> Iterator[WorkItem]:
         """Queued rows, request by request in arrival order."""
@@ -127,13 +128,32 @@ class Batcher:
 
     # ------------------------------------------------------------------ producer side
 
-    def submit(
-        self, model: LoadedModel, rows: list[Row], timeout_s: float
-    ) -> list[asyncio.Future[RowResult]]:
-        """Queue rows (all or none) and return one future per row."""
+    @contextlib.contextmanager
+    def reserve(self, n: int) -> Iterator[None]:
+        """Admit ``n`` rows before they are tokenized: they count against the queue bound from here on, so an
+        overloaded server refuses a request before spending tokenizer time on it, and admitted requests never
+        wait in the tokenizer pool behind ones that will be refused. ``submit`` of those rows inside the block
+        turns the reservation into queued rows; leaving the block (also by an exception) releases what is left.
+        """
         if self._closing:
             raise Draining("server is shutting down")
-        if self._queued + len(rows) > self.max_queue_size:
+        if self._queued + self._reserved + n > self.max_queue_size:
+            raise Overloaded(f"queue is full ({self.max_queue_size} inputs); retry later")
+        self._reserved += n
+        try:
+            yield
+        finally:
+            self._reserved -= n
+
+    def submit(
+        self, model: LoadedModel, rows: list[Row], timeout_s: float, reserved: bool = False
+    ) -> list[asyncio.Future[RowResult]]:
+        """Queue rows (all or none) and return one future per row. ``reserved``: the rows were admitted by an
+        enclosing :meth:`reserve` block, so they are not counted against the bound a second time."""
+        if self._closing:
+            raise Draining("server is shutting down")
+        others = self._reserved - len(rows) if reserved else self._reserved
+        if self._queued + others + len(rows) > self.max_queue_size:
             raise Overloaded(f"queue is full ({self.max_queue_size} inputs); retry later")
         loop = asyncio.get_running_loop()
         now = time.perf_counter()

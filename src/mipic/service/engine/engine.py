@@ -264,15 +264,18 @@ class Engine:
             raise InvalidRequest("input must not be empty", param="input")
         self.active_requests += 1
         try:
-            t0 = time.perf_counter()
-            encoded = await asyncio.get_running_loop().run_in_executor(
-                self._tokenize_pool,
-                functools.partial(model.tokenizer.encode, texts, truncate=truncate, direction=direction,
-                                  param=input_param),
-            )
-            t_tok = time.perf_counter() - t0
-            rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
-            futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0)
+            # admitted (or refused with 429) before the tokenizer spends anything on it
+            with self.batcher.reserve(len(texts)):
+                t0 = time.perf_counter()
+                encoded = await asyncio.get_running_loop().run_in_executor(
+                    self._tokenize_pool,
+                    functools.partial(model.tokenizer.encode, texts, truncate=truncate, direction=direction,
+                                      param=input_param),
+                )
+                t_tok = time.perf_counter() - t0
+                rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
+                futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
+                                              reserved=True)
             try:
                 results = await asyncio.gather(*futures)
             except BaseException:
