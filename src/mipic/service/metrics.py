@@ -73,6 +73,12 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter("mipic_tokens_total", "Tokens embedded.", ["model_version"], registry=r)
+        self.exit_layer_requests = Counter(
+            "mipic_exit_layer_requests_total",
+            'Embed requests by the exit layer served and how it was chosen (mode: "fixed" by the client, "auto" '
+            "by the server under its latency target).",
+            ["mode", "layer", "model_version"], registry=r,
+        )
         self.model_info = Gauge(
             "mipic_model_info", "1 for the model version being served.",
             ["model", "model_version", "provider"], registry=r,

@@ -72,6 +72,16 @@ class Settings(BaseSettings):
         description="Queued inputs before 429. Bounds memory and latency under overload; must hold at least "
         "one full request (max_inputs_per_request), or such a request could only ever get 429.",
     )
+    auto_max_latency_ms: float = Field(
+        250.0, gt=0,
+        description="Latency target of a `layer: \"auto\"` request that gives no max_latency_ms: the server "
+        "serves the deepest exit it expects to finish within it (docs: adaptive depth).",
+    )
+    auto_depth_headroom: float = Field(
+        0.8, gt=0, le=1,
+        description="Share of the target an auto-depth choice may plan for; the rest absorbs the estimate's error. "
+        "Lower it if auto requests miss their target, raise it to serve deeper.",
+    )
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
     request_timeout_ms: float = Field(
         30000, gt=0, description="Per-request deadline: inputs still queued past it are dropped (504)."

@@ -9,6 +9,8 @@ from fastapi.testclient import TestClient
 from mipic.service.app import create_app
 from mipic.service.settings import Settings
 
+DEPTH = ("min_layer", "max_layer", "max_latency_ms")  # with layer "auto"
+
 
 def test_openapi_lists_every_route_and_field(tiny_model_dir: Path) -> None:
     app = create_app(Settings(model_dir=tiny_model_dir, provider="cpu", bootstrap_default=False))  # type: ignore[arg-type]
@@ -26,15 +28,19 @@ def test_openapi_lists_every_route_and_field(tiny_model_dir: Path) -> None:
         return set(schemas[name]["properties"])
 
     assert fields("TeiEmbedRequest") == {"inputs", "truncate", "truncation_direction", "prompt_name", "normalize",
-                                         "dimensions", "dim", "layer"}
+                                         "dimensions", "dim", "layer", *DEPTH}
     assert fields("TeiTokenizeRequest") == {"inputs", "add_special_tokens", "prompt_name"}
     assert fields("TeiDecodeRequest") == {"ids", "skip_special_tokens"}
     assert {"model_id", "max_input_length", "max_batch_tokens", "max_client_batch_size", "model_type"} <= fields(
         "TeiInfo")
-    assert fields("OpenAIEmbeddingRequest") == {"input", "model", "dimensions", "encoding_format", "user", "layer"}
+    assert fields("OpenAIEmbeddingRequest") == {"input", "model", "dimensions", "encoding_format", "user", "layer",
+                                                *DEPTH}
     assert schemas["OpenAIEmbeddingRequest"]["properties"]["encoding_format"]["enum"] == [
         "float", "base64", "int8", "uint8", "binary", "ubinary"]
-    assert fields("EmbedRequest") == {"inputs", "dim", "layer", "embedding_types"}
+    assert fields("EmbedRequest") == {"inputs", "dim", "layer", "embedding_types", *DEPTH}
+    # layer "auto" and its bounds are documented in the query too, where dim and layer may be given
+    embed_query = {p["name"] for p in doc["paths"]["/embed"]["post"]["parameters"]}
+    assert embed_query == {"dim", "layer", *DEPTH}
     assert fields("OpenAIModel") == {"id", "object", "created", "owned_by", "root", "version"}
     # TEI's routes document TEI's error body
     responses = doc["paths"]["/tei/embed"]["post"]["responses"]

@@ -6,11 +6,13 @@ import asyncio
 import base64
 import time
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from fastapi import Request
 
 from mipic.modeldir.tokenizer import Direction
+from mipic.service.engine.depth import AutoDepth
 from mipic.service.engine.engine import EmbedResult, Engine
 from mipic.service.engine.errors import EmptyInput, InvalidRequest
 from mipic.service.metrics import Metrics
@@ -43,6 +45,18 @@ def check_inputs(texts: Sequence[str | Sequence[int]], param: str, settings: Set
             raise InvalidRequest(f"{param}[{i}] is not valid Unicode (lone surrogate)", param=f"{param}[{i}]") from None
 
 
+def depth_of(layer: int | Literal["auto"] | None, min_layer: int | None = None, max_layer: int | None = None,
+             max_latency_ms: float | None = None) -> int | AutoDepth | None:
+    """What a request asked for its depth: a layer, ``"auto"`` with its bounds and target, or the default.
+    Bounds and a target without ``layer: "auto"`` are refused (they would be silently ignored)."""
+    if layer == "auto":
+        return AutoDepth(min_layer, max_layer, max_latency_ms)
+    for name, value in (("min_layer", min_layer), ("max_layer", max_layer), ("max_latency_ms", max_latency_ms)):
+        if value is not None:
+            raise InvalidRequest(f'{name} applies only with layer "auto" (got layer={layer})', param=name)
+    return layer
+
+
 async def _disconnected(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -57,7 +71,7 @@ async def embed_for_request(
     endpoint: str,
     texts: Sequence[str | Sequence[int]],
     dim: int | None,
-    layer: int | None,
+    layer: int | AutoDepth | None,
     dim_param: str,
     *,
     outputs: Sequence[str] = ("float",),
@@ -89,6 +103,7 @@ async def embed_for_request(
     metrics.request_duration.labels(endpoint, str(result.dim), str(result.layer), version).observe(total)
     metrics.tokenization_duration.labels(version).observe(result.tokenization_seconds)
     metrics.embeddings.labels(str(result.dim), str(result.layer), version).inc(len(result.vectors))
+    metrics.exit_layer_requests.labels("auto" if result.auto else "fixed", str(result.layer), version).inc()
     metrics.tokens.labels(version).inc(result.tokens)
     headers = {
         "x-total-time": f"{total * 1000:.3f}",
@@ -96,6 +111,8 @@ async def embed_for_request(
         "x-queue-time": f"{result.queue_seconds * 1000:.3f}",
         "x-inference-time": f"{result.inference_seconds * 1000:.3f}",
         "x-model-version": result.model_id,
+        "x-exit-layer": str(result.layer),
+        "x-exit-layer-mode": "auto" if result.auto else "fixed",
     }
     return result, headers
 

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Request
 
 from mipic.modeldir.runner import LoadedModel
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
-from mipic.service.api.embedding import check_inputs, embed_for_request, to_json
+from mipic.service.api.embedding import check_inputs, depth_of, embed_for_request, to_json
 from mipic.service.api.responses import VectorsJSONResponse
 from mipic.service.api.routes_embed import ERROR_RESPONSES
 from mipic.service.api.schemas import (
@@ -93,7 +93,8 @@ async def create_embeddings(
     check_inputs(strings, "input", settings)
     output = "float" if body.encoding_format == "base64" else body.encoding_format
     result, headers = await embed_for_request(
-        request, engine, metrics, "/v1/embeddings", strings, body.dimensions, body.layer, "dimensions",
+        request, engine, metrics, "/v1/embeddings", strings, body.dimensions,
+        depth_of(body.layer, body.min_layer, body.max_layer, body.max_latency_ms), "dimensions",
         outputs=(output,), output_param="encoding_format",
     )
     rows = to_json(result.outputs[output], body.encoding_format)
@@ -102,6 +103,7 @@ async def create_embeddings(
         "data": [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)],
         "model": name,
         "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens},
+        **({"layer": result.layer} if result.auto else {}),  # extension: the exit the server chose
     }
     return VectorsJSONResponse(payload, headers=headers)
 

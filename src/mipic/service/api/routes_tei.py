@@ -8,16 +8,17 @@ extensions, in the body or the query), ``POST /tei/tokenize``, ``POST /tei/decod
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated, TypeVar, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
-from mipic.service.api.embedding import check_inputs, embed_for_request
+from mipic.service.api.embedding import check_inputs, depth_of, embed_for_request
 from mipic.service.api.errors import TEI_PREFIX, ApiError
 from mipic.service.api.responses import VectorsJSONResponse
+from mipic.service.api.schemas import DepthQuery
 from mipic.service.api.schemas_tei import (
     TeiDecodeRequest,
     TeiEmbeddingModel,
@@ -31,6 +32,7 @@ from mipic.service.api.schemas_tei import (
 from mipic.service.engine.errors import EmptyInput, InvalidRequest, NotReady
 
 router = APIRouter(prefix=TEI_PREFIX, tags=["text-embeddings-inference"])
+T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": TeiErrorResponse} for code in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
@@ -45,12 +47,12 @@ def _no_prompt(prompt_name: str | None) -> None:
                              param="prompt_name")
 
 
-def _one(name: str, query: int | None, body: int | None, alias: int | None = None) -> int | None:
+def _one(name: str, query: T | None, body: T | None, alias: T | None = None) -> T | None:
     """One value from the query, the body and (for dim) TEI's ``dimensions``; all given ones must agree."""
-    given = {v for v in (query, body, alias) if v is not None}
+    given = list(dict.fromkeys(v for v in (query, body, alias) if v is not None))  # distinct, in that order
     if len(given) > 1:
-        raise ApiError(400, f"{name} given with different values: {sorted(given)}", "conflict", name)
-    return given.pop() if given else None
+        raise ApiError(400, f"{name} given with different values: {sorted(given, key=str)}", "conflict", name)
+    return given[0] if given else None
 
 
 async def _embed(
@@ -60,7 +62,7 @@ async def _embed(
     metrics: MetricsDep,
     settings: SettingsDep,
     dim: int | None,
-    layer: int | None,
+    depth: DepthQuery,
 ) -> JSONResponse:
     if not body.normalize:
         raise InvalidRequest("normalize=false is not supported: the vectors are always L2-normalised (the "
@@ -77,7 +79,11 @@ async def _embed(
     check_inputs(items, "inputs", settings)
     result, headers = await embed_for_request(
         request, engine, metrics, "/tei/embed", items,
-        _one("dim", dim, body.dim, body.dimensions), _one("layer", layer, body.layer), "dimensions",
+        _one("dim", dim, body.dim, body.dimensions),
+        depth_of(_one("layer", depth.layer, body.layer), _one("min_layer", depth.min_layer, body.min_layer),
+                 _one("max_layer", depth.max_layer, body.max_layer),
+                 _one("max_latency_ms", depth.max_latency_ms, body.max_latency_ms)),
+        "dimensions",
         truncate=body.truncate, direction="left" if body.truncation_direction.lower() == "left" else "right",
         input_param="inputs",
     )
@@ -85,21 +91,21 @@ async def _embed(
 
 
 DimQuery = Annotated[int | None, Query(description="Extension: output dimension (Matryoshka prefix)")]
-LayerQuery = Annotated[int | None, Query(description="Extension: exit layer, 1..num_layers")]
+DepthQueryParams = Annotated[DepthQuery, Query()]  # extension: layer (or "auto" with bounds and target)
 
 
 @router.post("", response_model=list[list[float]], responses=ERRORS, dependencies=JSON_IN,
              summary="Embed (TEI's POST / for embedding models)")
 async def embed_root(request: Request, body: TeiEmbedRequest, engine: EngineDep, metrics: MetricsDep,
-                     settings: SettingsDep, dim: DimQuery = None, layer: LayerQuery = None) -> JSONResponse:
-    return await _embed(request, body, engine, metrics, settings, dim, layer)
+                     settings: SettingsDep, depth: DepthQueryParams, dim: DimQuery = None) -> JSONResponse:
+    return await _embed(request, body, engine, metrics, settings, dim, depth)
 
 
 @router.post("/embed", response_model=list[list[float]], responses=ERRORS, dependencies=JSON_IN)
 async def embed(request: Request, body: TeiEmbedRequest, engine: EngineDep, metrics: MetricsDep,
-                settings: SettingsDep, dim: DimQuery = None, layer: LayerQuery = None) -> JSONResponse:
+                settings: SettingsDep, depth: DepthQueryParams, dim: DimQuery = None) -> JSONResponse:
     """Pooled, L2-normalised embeddings, one row per input (TEI's ``/embed``)."""
-    return await _embed(request, body, engine, metrics, settings, dim, layer)
+    return await _embed(request, body, engine, metrics, settings, dim, depth)
 
 
 @router.post("/tokenize", response_model=list[list[TeiToken]], responses=ERRORS, dependencies=JSON_IN)

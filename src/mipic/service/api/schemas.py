@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, Strict, StrictInt, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 # Output types of an embedding: float32 values, their base64 (little-endian float32 bytes, OpenAI's
 # format), or the quantised types of ``mipic.modeldir.vector.quantize``.
@@ -12,7 +14,49 @@ EmbeddingType = Literal["float", "base64", "int8", "uint8", "binary", "ubinary"]
 TokenId = Annotated[int, Strict()]
 
 
-class EmbedRequest(BaseModel):
+def _layer_choice(value: object, *, from_query: bool) -> int | str:
+    """An exit layer (a JSON integer; in a query string, digits) or ``"auto"``, with one clear message."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if from_query and isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    raise PydanticCustomError("layer_choice", 'must be an exit layer (an integer) or "auto", got {value}',
+                              {"value": repr(value)})
+
+
+_LAYER_SCHEMA = WithJsonSchema({"anyOf": [{"type": "integer"}, {"const": "auto", "type": "string"}]})
+# An exit layer, or "auto": the server picks the deepest one it expects to answer within the latency target.
+LayerChoice = Annotated[int | Literal["auto"], PlainValidator(partial(_layer_choice, from_query=False)), _LAYER_SCHEMA]
+LayerChoiceQuery = Annotated[int | Literal["auto"], PlainValidator(partial(_layer_choice, from_query=True)),
+                             _LAYER_SCHEMA]
+LAYER_DESCRIPTION = ('Exit layer, 1..num_layers, or "auto": the server picks the deepest exit within min_layer.. '
+                     "max_layer that it expects to answer within max_latency_ms (the layer served is in the "
+                     "x-exit-layer header); default the last layer")
+
+
+class DepthFields(BaseModel):
+    """The exit layer, or ``"auto"`` with its bounds and latency target (every embed surface takes these)."""
+
+    layer: LayerChoice | None = Field(None, description=LAYER_DESCRIPTION)
+    min_layer: StrictInt | None = Field(None, description='With layer "auto": the shallowest exit allowed (default 1)')
+    max_layer: StrictInt | None = Field(None, description='With layer "auto": the deepest exit allowed (default last)')
+    max_latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description='With layer "auto": the latency target (default: the server\'s auto_max_latency_ms)')
+
+
+class DepthQuery(BaseModel):
+    """The same depth fields in a query string (``?layer=auto&min_layer=2``): strings are parsed there."""
+
+    layer: LayerChoiceQuery | None = Field(None, description=LAYER_DESCRIPTION)
+    min_layer: int | None = Field(None, description='With layer "auto": the shallowest exit allowed')
+    max_layer: int | None = Field(None, description='With layer "auto": the deepest exit allowed')
+    max_latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description='With layer "auto": the latency target')
+
+
+class EmbedRequest(DepthFields):
     """``POST /embed``: ``dim``/``layer`` may be given here or in the query string."""
 
     model_config = ConfigDict(extra="forbid")
@@ -20,7 +64,6 @@ class EmbedRequest(BaseModel):
     inputs: str | list[str]
     # Strict: a JSON integer only, never true/false or "64" (a boolean would silently serve layer 1).
     dim: StrictInt | None = Field(None, description="Output dimension (Matryoshka prefix); default full width")
-    layer: StrictInt | None = Field(None, description="Exit layer, 1..num_layers; default the last layer")
     embedding_types: list[EmbeddingType] | None = Field(
         None,
         min_length=1,
@@ -44,8 +87,8 @@ class EmbedResponse(BaseModel):
     usage: Usage
 
 
-class OpenAIEmbeddingRequest(BaseModel):
-    """OpenAI's embeddings request, plus the ``layer`` extension."""
+class OpenAIEmbeddingRequest(DepthFields):
+    """OpenAI's embeddings request, plus the ``layer`` extension (with ``"auto"`` and its bounds)."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -59,7 +102,6 @@ class OpenAIEmbeddingRequest(BaseModel):
         "float", description="float, base64 (little-endian float32), int8, uint8, binary or ubinary"
     )
     user: str | None = Field(None, description="Accepted and ignored")
-    layer: StrictInt | None = Field(None, description="Extension: exit layer, 1..num_layers")
 
 
 class OpenAIEmbedding(BaseModel):

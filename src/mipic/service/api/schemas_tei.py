@@ -9,12 +9,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from mipic.service.api.schemas import TokenId
+from mipic.service.api.schemas import DepthFields, TokenId
 
 TeiInput = str | list[TokenId] | list[str | list[TokenId]]
 
 
-class TeiEmbedRequest(BaseModel):
+class TeiEmbedRequest(DepthFields):
     """``POST /tei`` and ``POST /tei/embed``."""
 
     model_config = ConfigDict(extra="ignore")
@@ -32,7 +32,6 @@ class TeiEmbedRequest(BaseModel):
     normalize: bool = Field(True, description="Must be true: vectors are always L2-normalised")
     dimensions: StrictInt | None = Field(None, description="Output dimension (Matryoshka prefix); same as `dim`")
     dim: StrictInt | None = Field(None, description="Extension: output dimension (Matryoshka prefix)")
-    layer: StrictInt | None = Field(None, description="Extension: exit layer, 1..num_layers")
 
 
 class TeiTokenizeRequest(BaseModel):

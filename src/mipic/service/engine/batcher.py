@@ -24,7 +24,11 @@ from typing import Any
 import numpy as np
 
 from mipic.modeldir.runner import DEFAULT_MAX_BATCH_TOKEN_PAIRS, LoadedModel, Row
+from mipic.service.engine.depth import QueueState
 from mipic.service.engine.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
+
+# Weight of the newest batch in the moving average of seconds per full-depth token.
+_RATE_ALPHA = 0.2
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class WorkItem:
     enqueued_at: float
     deadline: float
     started_at: float = 0.0
+    units: float = 0.0  # work in full-depth tokens (``depth.StageCosts.units``): what the queue state sums
 
 
 @dataclass
@@ -74,6 +79,7 @@ class Batcher:
         max_queue_size: int,
         on_batch: Callable[[BatchStats], None] | None = None,
         max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS,
+        seconds_per_unit: float = 2e-4,
     ) -> None:
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_token_pairs = max_batch_token_pairs
@@ -89,6 +95,11 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_flight = 0  # rows in the batch being executed
+        # queue state for adaptive depth (depth.py): work queued and running, measured speed
+        self._queued_units = 0.0
+        self._running_units = 0.0
+        self._running_since = 0.0
+        self.seconds_per_unit = seconds_per_unit  # corrected after every batch that carried work units
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -109,6 +120,7 @@ class Batcher:
                 item.future.set_exception(Draining("server is shutting down"))
         self._requests.clear()
         self._queued = 0
+        self._queued_units = 0.0
         # Not waiting for a batch still running: shutdown must finish within the drain budget, and that
         # batch's requests have been answered already (drain deadline) or cancelled.
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -120,6 +132,15 @@ class Batcher:
     @property
     def busy(self) -> bool:
         return self._queued > 0 or self._in_flight > 0 or self._reserved > 0
+
+    def state(self, fixed_s: float = 0.0) -> QueueState:
+        """The work ahead of a request submitted now (for :func:`depth.choose_layer`)."""
+        left = 0.0
+        if self._in_flight and self._running_units > 0:
+            expected = self._running_units * self.seconds_per_unit
+            elapsed = time.perf_counter() - self._running_since
+            left = self._running_units * max(0.0, 1.0 - elapsed / expected)
+        return QueueState(self._queued_units, left, self.seconds_per_unit, fixed_s)
 
     def _rows(self) -> Iterator[WorkItem]:
         """Queued rows, request by request in arrival order."""
@@ -146,10 +167,12 @@ class Batcher:
             self._reserved -= n
 
     def submit(
-        self, model: LoadedModel, rows: list[Row], timeout_s: float, reserved: bool = False
+        self, model: LoadedModel, rows: list[Row], timeout_s: float, reserved: bool = False,
+        units: list[float] | None = None,
     ) -> list[asyncio.Future[RowResult]]:
         """Queue rows (all or none) and return one future per row. ``reserved``: the rows were admitted by an
-        enclosing :meth:`reserve` block, so they are not counted against the bound a second time."""
+        enclosing :meth:`reserve` block, so they are not counted against the bound a second time. ``units``:
+        each row's work in full-depth tokens, for the queue state (0 when not given)."""
         if self._closing:
             raise Draining("server is shutting down")
         others = self._reserved - len(rows) if reserved else self._reserved
@@ -159,13 +182,14 @@ class Batcher:
         now = time.perf_counter()
         futures = []
         items: collections.deque[WorkItem] = collections.deque()
-        for row in rows:
+        for i, row in enumerate(rows):
             fut: asyncio.Future[RowResult] = loop.create_future()
-            items.append(WorkItem(row, model, fut, now, now + timeout_s))
+            items.append(WorkItem(row, model, fut, now, now + timeout_s, units=units[i] if units else 0.0))
             futures.append(fut)
         if items:
             self._requests.append(PendingRequest(model, items))
             self._queued += len(items)
+            self._queued_units += sum(item.units for item in items)
         self._wakeup.set()
         return futures
 
@@ -222,9 +246,11 @@ class Batcher:
             kept: collections.deque[WorkItem] = collections.deque()
             for item in request.items:
                 if item.future.done():
+                    self._queued_units -= item.units
                     continue
                 if now > item.deadline:
                     item.future.set_exception(DeadlineExceeded("request waited past its deadline in the queue"))
+                    self._queued_units -= item.units
                     continue
                 kept.append(item)
             self._queued -= len(request.items) - len(kept)
@@ -263,6 +289,8 @@ class Batcher:
         for item in batch:
             item.started_at = now
         self._queued -= len(batch)
+        # (float sums drift: an empty queue holds exactly no work)
+        self._queued_units = max(0.0, self._queued_units - sum(i.units for i in batch)) if self._queued else 0.0
         self._requests = collections.deque(r for r in self._requests if r.items)
         return batch
 
@@ -270,7 +298,8 @@ class Batcher:
         model = batch[0].model
         rows = [item.row for item in batch]
         self._in_flight = len(batch)
-        t0 = time.perf_counter()
+        self._running_units = sum(item.units for item in batch)
+        t0 = self._running_since = time.perf_counter()
         try:
             vectors = await asyncio.get_running_loop().run_in_executor(self._worker, model.run, rows)
         except Exception:
@@ -282,6 +311,9 @@ class Batcher:
         finally:
             self._in_flight = 0
         elapsed = time.perf_counter() - t0
+        if self._running_units > 0:
+            observed = elapsed / self._running_units
+            self.seconds_per_unit += _RATE_ALPHA * (observed - self.seconds_per_unit)
         for item, vec in zip(batch, vectors, strict=True):
             if not item.future.done():
                 item.future.set_result(RowResult(vec, item.started_at - item.enqueued_at, elapsed))

@@ -24,10 +24,31 @@ from mipic.modeldir.repository import ModelRepository, PointerState, RepositoryE
 from mipic.modeldir.runner import LoadedModel, Row
 from mipic.modeldir.tokenizer import Direction
 from mipic.service.engine.batcher import Batcher, BatchStats
-from mipic.service.engine.errors import Draining, InvalidRequest, ModelRejected, NotReady, PointerInvalid
+from mipic.service.engine.depth import AutoDepth, DepthBounds, StageCosts, choose_layer
+from mipic.service.engine.errors import (
+    Draining,
+    InvalidBudget,
+    InvalidRequest,
+    ModelRejected,
+    NotReady,
+    Overloaded,
+    PointerInvalid,
+)
 from mipic.service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+def _seconds_per_full_token(model: LoadedModel, fallback: float) -> float:
+    """First estimate of one full-depth token's compute, from the manifest's timing batch ("32 texts x 32
+    tokens"); the batcher corrects it after every batch, so a different machine only costs a few batches."""
+    table = model.manifest.budgets
+    if table is None or not table.stage_ms:
+        return fallback
+    numbers = [int(x) for x in table.timing_batch.replace("x", " ").split() if x.isdigit()]
+    if len(numbers) != 2 or numbers[0] * numbers[1] == 0:
+        return fallback
+    return sum(table.stage_ms) / 1000.0 / (numbers[0] * numbers[1])
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,7 @@ class EmbedResult:
     tokenization_seconds: float
     queue_seconds: float
     inference_seconds: float
+    auto: bool = False  # the layer was chosen by the server (``layer: "auto"``)
 
 
 class Engine:
@@ -55,6 +77,7 @@ class Engine:
     ) -> None:
         self.settings = settings
         self._model: LoadedModel | None = None
+        self._costs: dict[str, StageCosts] = {}  # model id → relative stage work (adaptive depth)
         self._on_swap = on_swap
         self._tokenize_pool = ThreadPoolExecutor(
             max_workers=settings.tokenizer_threads, thread_name_prefix="mipic-tok"
@@ -68,6 +91,7 @@ class Engine:
             on_batch=on_batch,
         )
         self.ready = False
+        self._tokenize_s = 0.0  # moving average of one request's tokenization, part of the expected latency
         self.draining = False
         self.active_requests = 0
         self.repository: ModelRepository | None = None
@@ -133,6 +157,7 @@ class Engine:
         new = await asyncio.to_thread(self.load, model_dir)
         if self.settings.warmup:
             await asyncio.to_thread(new.warmup)
+        self.batcher.seconds_per_unit = _seconds_per_full_token(new, self.batcher.seconds_per_unit)
         old, self._model = self._model, new  # atomic for every coroutine on this loop
         if self._on_swap is not None:
             self._on_swap(old, new)
@@ -238,11 +263,38 @@ class Engine:
 
     # ------------------------------------------------------------------ requests
 
+    def costs(self, model: LoadedModel) -> StageCosts:
+        """Relative work per token at each exit of ``model``, from its measured stage timings."""
+        costs = self._costs.get(model.model_id)
+        if costs is None:
+            m = model.manifest
+            costs = StageCosts.from_stage_ms(m.budgets.stage_ms if m.budgets else [], m.num_layers)
+            self._costs[model.model_id] = costs
+        return costs
+
+    def resolve_auto(self, model: LoadedModel, auto: AutoDepth | None) -> DepthBounds | None:
+        """An auto-depth request's bounds and target, defaults filled and checked against ``model`` (400 naming
+        the field)."""
+        if auto is None:
+            return None
+        n = model.manifest.num_layers
+        low = 1 if auto.min_layer is None else auto.min_layer
+        high = n if auto.max_layer is None else auto.max_layer
+        for name, value in (("min_layer", low), ("max_layer", high)):
+            if not 1 <= value <= n:
+                raise InvalidBudget(f"{name}={value} must be between 1 and {n}", param=name)
+        if low > high:
+            raise InvalidBudget(f"min_layer={low} is above max_layer={high}", param="min_layer")
+        target_ms = self.settings.auto_max_latency_ms if auto.max_latency_ms is None else auto.max_latency_ms
+        if not target_ms > 0:
+            raise InvalidRequest(f"max_latency_ms={target_ms} must be above 0", param="max_latency_ms")
+        return DepthBounds(low, high, target_ms / 1000.0)
+
     async def embed(
         self,
         texts: Sequence[str | Sequence[int]],
         dim: int | None,
-        layer: int | None,
+        layer: int | AutoDepth | None,
         dim_param: str = "dim",
         *,
         outputs: Sequence[str] = ("float",),
@@ -253,13 +305,17 @@ class Engine:
     ) -> EmbedResult:
         """Embed texts (or token-id lists in the model's vocabulary) at one (dim, layer) budget, in each of
         ``outputs`` (``vector.quantize``). Raises an :class:`EngineError` subclass on bad input, before any
-        compute."""
+        compute. ``layer`` as :class:`AutoDepth`: the server picks the layer within its bounds (depth.py)."""
         if self.draining:
             raise Draining("server is shutting down; retry on another replica")
         model = self.model  # pinned: a reload during this request does not change its version
-        d, ly = model.resolve_budget(dim, layer, dim_param)
+        auto = self.resolve_auto(model, layer if isinstance(layer, AutoDepth) else None)
+        d, ly = model.resolve_budget(dim, auto.max_layer if auto else layer if isinstance(layer, int) else None,
+                                     dim_param)
+        candidates = range(auto.min_layer, auto.max_layer + 1) if auto else (ly,)
         for output in outputs:
-            model.check_output(d, ly, output, output_param)
+            for candidate in candidates:  # every layer it may get must give this output
+                model.check_output(d, candidate, output, output_param)
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")
         self.active_requests += 1
@@ -273,9 +329,13 @@ class Engine:
                                       param=input_param),
                 )
                 t_tok = time.perf_counter() - t0
+                self._tokenize_s += 0.2 * (t_tok - self._tokenize_s)
+                costs = self.costs(model)
+                if auto is not None:
+                    ly = self._pick_layer(costs, auto, sum(e.length for e in encoded))
                 rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
-                                              reserved=True)
+                                              reserved=True, units=[costs.units(e.length, ly) for e in encoded])
             try:
                 results = await asyncio.gather(*futures)
             except BaseException:
@@ -297,4 +357,15 @@ class Engine:
             tokenization_seconds=t_tok,
             queue_seconds=max(r.queue_seconds for r in results),
             inference_seconds=max(r.inference_seconds for r in results),
+            auto=auto is not None,
         )
+
+    def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int) -> int:
+        """The layer an auto-depth request gets now; 429 when the queue ahead alone makes even ``min_layer``
+        miss its target (answering it late would break the deadline the client set)."""
+        fixed_s = self.settings.max_wait_ms / 1000.0 + self._tokenize_s
+        choice = choose_layer(self.batcher.state(fixed_s), costs, tokens, auto, self.settings.auto_depth_headroom)
+        if choice.blocked_by_queue:
+            raise Overloaded(f"cannot answer within max_latency_ms={auto.max_latency_s * 1000:g} even at layer "
+                             f"{auto.min_layer} (expected {choice.expected_s * 1000:.0f} ms); retry later")
+        return choice.layer

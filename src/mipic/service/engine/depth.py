@@ -1,0 +1,117 @@
+"""Adaptive depth: the exit layer a ``layer: "auto"`` request gets, from the queue and the measured stage costs.
+
+A request that leaves its depth to the server gives bounds ``[min_layer, max_layer]`` and a latency target.
+The server serves the deepest exit it expects to finish within the target:
+
+    expected(l) = fixed_s + (queued_units + running_units_left + own_tokens · w(l)) · seconds_per_unit
+
+where ``w(l)`` is the work of one token through the embeddings and layers 1..l relative to the full depth
+(from the manifest's measured ``stage_ms``; ``w(L) = 1``), ``queued_units`` the same work summed over the rows
+already queued (each at its own layer), ``running_units_left`` what is left of the batch being run, and
+``seconds_per_unit`` the measured time of one full-depth token, corrected online after every batch. The
+chosen layer is the deepest ``l`` with ``expected(l) <= headroom · target`` (the headroom absorbs the
+estimate's error); when none makes it, ``min_layer``. When even ``min_layer`` misses the target because of
+the queue ahead (not because the request alone is too large for it), the request is refused with 429 rather
+than answered late: the target is a deadline the client chose.
+
+Everything here is pure: the batcher keeps the queue's numbers, the engine calls :func:`choose_layer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Relative work of the embeddings stage when a manifest has no measured stage timings (its cost is a lookup
+# and a layer norm: about 1/25 of a MiniLM layer as measured).
+_EMBED_WEIGHT_DEFAULT = 0.04
+
+
+@dataclass(frozen=True)
+class AutoDepth:
+    """A request's depth left to the server, as asked: bounds and target, ``None`` = the server's default."""
+
+    min_layer: int | None = None
+    max_layer: int | None = None
+    max_latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class DepthBounds:
+    """An auto-depth request's bounds (inclusive, validated against the model) and its target in seconds."""
+
+    min_layer: int
+    max_layer: int
+    max_latency_s: float
+
+
+@dataclass(frozen=True)
+class StageCosts:
+    """Cumulative relative work per token at each exit: ``cumulative[l]`` for l in 1..L (index 0 unused)."""
+
+    cumulative: tuple[float, ...]
+
+    @classmethod
+    def from_stage_ms(cls, stage_ms: Sequence[float], num_layers: int) -> StageCosts:
+        """From measured ms of [embeddings, layer 1, ..., layer L]; uniform layers when not measured."""
+        if len(stage_ms) == num_layers + 1 and all(s > 0 for s in stage_ms):
+            weights = [float(s) for s in stage_ms]
+        else:
+            weights = [_EMBED_WEIGHT_DEFAULT] + [1.0] * num_layers
+        total = sum(weights)
+        cum = [0.0]
+        run = weights[0]
+        for w in weights[1:]:
+            run += w
+            cum.append(run / total)
+        return cls(tuple(cum))
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.cumulative) - 1
+
+    def units(self, tokens: int, layer: int) -> float:
+        """Work of one row of ``tokens`` tokens leaving at ``layer``, in full-depth tokens."""
+        return tokens * self.cumulative[layer]
+
+
+@dataclass(frozen=True)
+class QueueState:
+    """What is ahead of a new request, as the batcher measures it."""
+
+    queued_units: float  # rows waiting for a batch, in full-depth tokens
+    running_units_left: float  # the estimated rest of the batch being run
+    seconds_per_unit: float  # measured seconds per full-depth token (moving average over batches)
+    fixed_s: float = 0.0  # per-request time beyond compute: the batch-fill wait, tokenization
+
+
+@dataclass(frozen=True)
+class DepthChoice:
+    layer: int
+    expected_s: float  # expected latency at ``layer``
+    meets_target: bool  # expected_s <= headroom · target
+    blocked_by_queue: bool  # min_layer misses the target only because of the work ahead
+
+
+def expected_seconds(state: QueueState, costs: StageCosts, tokens: int, layer: int) -> float:
+    ahead = state.queued_units + state.running_units_left
+    return state.fixed_s + (ahead + costs.units(tokens, layer)) * state.seconds_per_unit
+
+
+def choose_layer(state: QueueState, costs: StageCosts, tokens: int, bounds: DepthBounds,
+                 headroom: float = 0.8) -> DepthChoice:
+    """The deepest layer in ``bounds`` expected within ``headroom · bounds.max_latency_s``, else ``min_layer``.
+
+    ``tokens``: the request's tokens (all its rows). Never outside ``[min_layer, max_layer]``.
+    """
+    if not 1 <= bounds.min_layer <= bounds.max_layer <= costs.num_layers:
+        raise ValueError(f"bounds {bounds.min_layer}..{bounds.max_layer} outside 1..{costs.num_layers}")
+    budget = headroom * bounds.max_latency_s
+    for layer in range(bounds.max_layer, bounds.min_layer - 1, -1):
+        expected = expected_seconds(state, costs, tokens, layer)
+        if expected <= budget:
+            return DepthChoice(layer, expected, True, False)
+    low = bounds.min_layer
+    expected = expected_seconds(state, costs, tokens, low)
+    alone = state.fixed_s + costs.units(tokens, low) * state.seconds_per_unit
+    return DepthChoice(low, expected, False, expected > bounds.max_latency_s and alone <= budget)

@@ -1,0 +1,80 @@
+"""Adaptive depth's policy on synthetic queue states: deepest exit within the target, bounds always kept,
+429 only when the queue (not the request's own size) makes even min_layer late."""
+
+from __future__ import annotations
+
+import pytest
+
+from mipic.service.engine.depth import DepthBounds, QueueState, StageCosts, choose_layer, expected_seconds
+
+# MiniLM's measured stage ms (embeddings, layers 1..6) from the shipped manifest
+COSTS = StageCosts.from_stage_ms([0.877, 23.645, 23.701, 24.204, 24.001, 23.898, 23.318], 6)
+SPU = 140e-6  # seconds per full-depth token, as measured on a 2-core EPYC
+BOUNDS = DepthBounds(1, 6, 0.250)
+
+
+def state(queued_tokens: float, running: float = 0.0) -> QueueState:
+    return QueueState(queued_units=queued_tokens, running_units_left=running, seconds_per_unit=SPU, fixed_s=0.004)
+
+
+def test_stage_costs_are_cumulative_and_full_depth_is_one() -> None:
+    assert COSTS.cumulative[6] == pytest.approx(1.0)
+    assert COSTS.cumulative[1] == pytest.approx((0.877 + 23.645) / 143.644, rel=1e-4)
+    assert list(COSTS.cumulative[1:]) == sorted(COSTS.cumulative[1:])
+    assert COSTS.units(10, 3) == pytest.approx(10 * COSTS.cumulative[3])
+    uniform = StageCosts.from_stage_ms([], 4)  # no timings measured: equal layers, a cheap embedding stage
+    assert uniform.cumulative[2] == pytest.approx((0.04 + 2) / 4.04)
+
+
+def test_idle_server_serves_max_layer() -> None:
+    choice = choose_layer(state(0), COSTS, tokens=16 * 20, bounds=BOUNDS)
+    assert choice.layer == 6 and choice.meets_target and not choice.blocked_by_queue
+    assert choice.expected_s == pytest.approx(0.004 + 320 * SPU)
+
+
+def test_the_deeper_the_queue_the_shallower_the_exit() -> None:
+    layers = [choose_layer(state(q), COSTS, 320, BOUNDS).layer for q in (0, 600, 1000, 1200, 1300, 1400)]
+    assert layers == sorted(layers, reverse=True)
+    assert layers[0] == 6 and layers[-1] == 1
+    # each choice is the deepest that fits 0.8 x target: one layer deeper would not
+    for q in (600, 1000, 1200, 1300):
+        c = choose_layer(state(q), COSTS, 320, BOUNDS)
+        assert c.meets_target and c.expected_s <= 0.2
+        if c.layer < 6:
+            assert expected_seconds(state(q), COSTS, 320, c.layer + 1) > 0.2
+
+
+def test_running_batch_counts_like_queued_work() -> None:
+    assert (choose_layer(state(0, running=1200), COSTS, 320, BOUNDS).layer
+            == choose_layer(state(1200), COSTS, 320, BOUNDS).layer)
+
+
+def test_bounds_are_never_left() -> None:
+    narrow = DepthBounds(3, 4, 0.250)
+    assert choose_layer(state(0), COSTS, 320, narrow).layer == 4  # idle: max_layer, not the last layer
+    late = choose_layer(state(10_000), COSTS, 320, narrow)
+    assert late.layer == 3 and not late.meets_target  # never below min_layer
+    for q in range(0, 20_000, 500):
+        assert 3 <= choose_layer(state(q), COSTS, 320, narrow).layer <= 4
+
+
+def test_refused_only_when_the_queue_is_the_reason() -> None:
+    # 3,000 queued full-depth tokens = 0.42 s of work ahead: even layer 1 misses 250 ms because of the queue
+    c = choose_layer(state(3000), COSTS, 320, BOUNDS)
+    assert c.layer == 1 and c.blocked_by_queue
+    # a request too large to make the target on an idle server is served at min_layer, not refused forever
+    huge = choose_layer(state(0), COSTS, 20_000, BOUNDS)
+    assert huge.layer == 1 and not huge.meets_target and not huge.blocked_by_queue
+
+
+def test_headroom_trades_depth_for_safety() -> None:
+    s = state(900)
+    assert choose_layer(s, COSTS, 320, BOUNDS, headroom=1.0).layer > choose_layer(s, COSTS, 320, BOUNDS,
+                                                                                  headroom=0.5).layer
+
+
+def test_bad_bounds_are_a_bug_not_a_choice() -> None:
+    with pytest.raises(ValueError, match="outside"):
+        choose_layer(state(0), COSTS, 10, DepthBounds(4, 3, 0.25))
+    with pytest.raises(ValueError, match="outside"):
+        choose_layer(state(0), COSTS, 10, DepthBounds(1, 7, 0.25))
