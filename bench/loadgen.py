@@ -37,6 +37,8 @@ class LoadResult:
     statuses: Counter[int] = field(default_factory=Counter)
     latencies_s: list[float] = field(default_factory=list)
     late_sends: int = 0  # sends that left > 5 ms after their scheduled time (client saturated)
+    served_layers: Counter[str] = field(default_factory=Counter)  # x-exit-layer of 200s (mipic only)
+    retry_after_missing: int = 0  # 429/503 answers without a Retry-After header
 
     @property
     def ok(self) -> int:
@@ -51,7 +53,13 @@ class LoadResult:
             "duration_s": self.duration_s, "achieved_rps": self.ok / self.duration_s if self.duration_s else 0.0,
             "achieved_texts_per_s": ok_texts / self.duration_s if self.duration_s else 0.0,
             "late_sends": self.late_sends, "latency": percentiles(self.latencies_s),
+            "served_layers": dict(sorted(self.served_layers.items(), key=lambda kv: int(kv[0]))),
+            "retry_after_missing": self.retry_after_missing,
         }
+
+    def share_ok_within(self, seconds: float) -> float:
+        """Share of the requests sent that got a 200 within ``seconds`` of their scheduled time."""
+        return sum(1 for s in self.latencies_s if s <= seconds) / self.sent if self.sent else 0.0
 
 
 def poisson_schedule(rate_rps: float, duration_s: float, max_requests: int, seed: int = 0) -> list[float]:
@@ -87,6 +95,11 @@ async def open_loop(target: Target, batches: list[list[str]], rate_rps: float, d
                 async with session.post(url, json=body) as r:
                     await r.read()
                     status = r.status
+                    layer = r.headers.get("x-exit-layer")
+                    if status == 200 and layer is not None:
+                        result.served_layers[layer] += 1
+                    if status in (429, 503) and "retry-after" not in r.headers:
+                        result.retry_after_missing += 1
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 status = -1  # transport error or client timeout
             now = time.perf_counter()

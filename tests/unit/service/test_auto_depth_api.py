@@ -66,6 +66,7 @@ def test_openai_and_tei_surfaces_take_auto(client: TestClient) -> None:
 def test_slow_server_answers_shallower_within_bounds(client: TestClient) -> None:
     engine = engine_of(client)
     saved = engine.batcher.seconds_per_unit
+    engine._depth_correction = 1.0  # what earlier requests in this module measured does not steer this test
     try:
         # every full-depth token now "costs" 5 ms: 2 texts of ~5 tokens at the last layer ≈ 50 ms, at layer 1 ~17
         engine.batcher.seconds_per_unit = 0.005
@@ -81,6 +82,7 @@ def test_slow_server_answers_shallower_within_bounds(client: TestClient) -> None
 def test_queue_that_makes_even_min_layer_late_is_a_429(client: TestClient) -> None:
     engine = engine_of(client)
     batcher = engine.batcher
+    engine._depth_correction = 1.0
     try:
         batcher._queued_units = 1e9  # as if a huge backlog were queued ahead
         r = client.post("/embed", json={"inputs": TEXTS, "layer": "auto"})

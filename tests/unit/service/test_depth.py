@@ -73,6 +73,15 @@ def test_headroom_trades_depth_for_safety() -> None:
                                                                                   headroom=0.5).layer
 
 
+def test_measured_correction_scales_every_expectation() -> None:
+    s = state(600)
+    plain = choose_layer(s, COSTS, 320, BOUNDS)
+    late = choose_layer(s, COSTS, 320, BOUNDS, correction=2.0)  # requests took twice what was expected
+    assert late.layer < plain.layer
+    assert late.expected_s == pytest.approx(2.0 * expected_seconds(s, COSTS, 320, late.layer))
+    assert choose_layer(state(1000), COSTS, 320, BOUNDS, correction=0.5).layer == 6  # faster than modelled
+
+
 def test_bad_bounds_are_a_bug_not_a_choice() -> None:
     with pytest.raises(ValueError, match="outside"):
         choose_layer(state(0), COSTS, 10, DepthBounds(4, 3, 0.25))

@@ -99,19 +99,21 @@ def expected_seconds(state: QueueState, costs: StageCosts, tokens: int, layer: i
 
 
 def choose_layer(state: QueueState, costs: StageCosts, tokens: int, bounds: DepthBounds,
-                 headroom: float = 0.8) -> DepthChoice:
+                 headroom: float = 0.8, correction: float = 1.0) -> DepthChoice:
     """The deepest layer in ``bounds`` expected within ``headroom · bounds.max_latency_s``, else ``min_layer``.
 
-    ``tokens``: the request's tokens (all its rows). Never outside ``[min_layer, max_layer]``.
+    ``tokens``: the request's tokens (all its rows). ``correction``: measured latency over expected latency of
+    recent auto-depth requests (what the model above misses: event-loop and thread contention); every
+    expectation is multiplied by it. Never outside ``[min_layer, max_layer]``.
     """
     if not 1 <= bounds.min_layer <= bounds.max_layer <= costs.num_layers:
         raise ValueError(f"bounds {bounds.min_layer}..{bounds.max_layer} outside 1..{costs.num_layers}")
     budget = headroom * bounds.max_latency_s
     for layer in range(bounds.max_layer, bounds.min_layer - 1, -1):
-        expected = expected_seconds(state, costs, tokens, layer)
+        expected = correction * expected_seconds(state, costs, tokens, layer)
         if expected <= budget:
             return DepthChoice(layer, expected, True, False)
     low = bounds.min_layer
-    expected = expected_seconds(state, costs, tokens, low)
-    alone = state.fixed_s + costs.units(tokens, low) * state.seconds_per_unit
+    expected = correction * expected_seconds(state, costs, tokens, low)
+    alone = correction * (state.fixed_s + costs.units(tokens, low) * state.seconds_per_unit)
     return DepthChoice(low, expected, False, expected > bounds.max_latency_s and alone <= budget)

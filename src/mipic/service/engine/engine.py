@@ -38,6 +38,10 @@ from mipic.service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+# Weight of the newest auto-depth request in the measured/expected latency average, and its bounds.
+_CORRECTION_ALPHA = 0.1
+_CORRECTION_RANGE = (0.5, 20.0)
+
 
 def _seconds_per_full_token(model: LoadedModel, fallback: float) -> float:
     """First estimate of one full-depth token's compute, from the manifest's timing batch ("32 texts x 32
@@ -92,6 +96,8 @@ class Engine:
         )
         self.ready = False
         self._tokenize_s = 0.0  # moving average of one request's tokenization, part of the expected latency
+        # moving average of measured / expected latency of auto-depth requests (depth.choose_layer's correction)
+        self._depth_correction = 1.0
         self.draining = False
         self.active_requests = 0
         self.repository: ModelRepository | None = None
@@ -319,6 +325,8 @@ class Engine:
         if not texts:
             raise InvalidRequest("input must not be empty", param="input")
         self.active_requests += 1
+        started = time.perf_counter()
+        expected_s = 0.0
         try:
             # admitted (or refused with 429) before the tokenizer spends anything on it
             with self.batcher.reserve(len(texts)):
@@ -332,7 +340,7 @@ class Engine:
                 self._tokenize_s += 0.2 * (t_tok - self._tokenize_s)
                 costs = self.costs(model)
                 if auto is not None:
-                    ly = self._pick_layer(costs, auto, sum(e.length for e in encoded))
+                    ly, expected_s = self._pick_layer(costs, auto, sum(e.length for e in encoded))
                 rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
                                               reserved=True, units=[costs.units(e.length, ly) for e in encoded])
@@ -344,6 +352,10 @@ class Engine:
                 raise
         finally:
             self.active_requests -= 1
+        if expected_s > 0:
+            measured = (time.perf_counter() - started) / expected_s
+            self._depth_correction += _CORRECTION_ALPHA * (measured - self._depth_correction)
+            self._depth_correction = min(max(self._depth_correction, _CORRECTION_RANGE[0]), _CORRECTION_RANGE[1])
         vectors = [r.vector for r in results]
         stacked = np.stack(vectors)  # (N, dim)
         return EmbedResult(
@@ -360,12 +372,13 @@ class Engine:
             auto=auto is not None,
         )
 
-    def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int) -> int:
-        """The layer an auto-depth request gets now; 429 when the queue ahead alone makes even ``min_layer``
-        miss its target (answering it late would break the deadline the client set)."""
+    def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int) -> tuple[int, float]:
+        """The layer an auto-depth request gets now and its expected latency (s); 429 when the queue ahead alone
+        makes even ``min_layer`` miss its target (answering it late would break the deadline the client set)."""
         fixed_s = self.settings.max_wait_ms / 1000.0 + self._tokenize_s
-        choice = choose_layer(self.batcher.state(fixed_s), costs, tokens, auto, self.settings.auto_depth_headroom)
+        choice = choose_layer(self.batcher.state(fixed_s), costs, tokens, auto, self.settings.auto_depth_headroom,
+                              self._depth_correction)
         if choice.blocked_by_queue:
             raise Overloaded(f"cannot answer within max_latency_ms={auto.max_latency_s * 1000:g} even at layer "
                              f"{auto.min_layer} (expected {choice.expected_s * 1000:.0f} ms); retry later")
-        return choice.layer
+        return choice.layer, choice.expected_s / self._depth_correction
