@@ -2,12 +2,13 @@
 # Debian packages the deploy tests use, installed only when missing (idempotent, safe to re-run).
 #   promtool + prometheus  (package `prometheus`)      -> tests/deploy: check config/rules, scrape test
 #   docker-compose v1.29.2 (package `docker-compose`)  -> tests/deploy: `docker-compose config`, no engine needed
+#   chromium               (package `chromium`)        -> tests/ui: the budget page in a headless browser
 # Needs root and apt-get; otherwise it only reports what is missing (the tests then skip with a reason).
 set -euo pipefail
 
-declare -A want=([promtool]=prometheus [prometheus]=prometheus [docker-compose]=docker-compose)
+declare -A want=([promtool]=prometheus [prometheus]=prometheus [docker-compose]=docker-compose [chromium]=chromium)
 missing=()
-for tool in promtool prometheus docker-compose; do
+for tool in promtool prometheus docker-compose chromium; do
   if command -v "$tool" >/dev/null 2>&1; then
     echo "ci_system_deps: $tool present ($(command -v "$tool"))"
   else
@@ -21,7 +22,7 @@ if [ "${#missing[@]}" -eq 0 ]; then
   exit 0
 fi
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-  echo "ci_system_deps: missing ${missing[*]} but not root or no apt-get; deploy tests that need them will skip"
+  echo "ci_system_deps: missing ${missing[*]} but not root or no apt-get; deploy and UI tests that need them will skip"
   exit 0
 fi
 
@@ -37,7 +38,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
 fi
 # --no-install-recommends keeps the prometheus package from pulling in its web UI assets and extras.
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-for tool in promtool prometheus docker-compose; do
+for tool in promtool prometheus docker-compose chromium; do
   if command -v "$tool" >/dev/null 2>&1; then
     echo "ci_system_deps: $tool -> $(command -v "$tool")"
   else

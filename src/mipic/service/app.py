@@ -20,6 +20,7 @@ from mipic.service.api import (
     routes_health,
     routes_openai,
     routes_tei,
+    routes_ui,
 )
 from mipic.service.api.errors import body_for_path, count_error, error_body, install_error_handlers
 from mipic.service.engine.batcher import BatchStats
@@ -168,7 +169,7 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
     app.state.engine = engine
     install_error_handlers(app, settings.retry_after_seconds)
     routers = (routes_embed.router, routes_openai.router, routes_tei.router, routes_health.router,
-               routes_budgets.router, routes_admin.router)
+               routes_budgets.router, routes_admin.router, routes_ui.router)
     for router in routers:
         app.include_router(router)
     # the bounded `endpoint` label values of error metrics (errors.endpoint_label)

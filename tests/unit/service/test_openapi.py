@@ -20,7 +20,7 @@ def test_openapi_lists_every_route_and_field(tiny_model_dir: Path) -> None:
         ("POST", "/embed"), ("POST", "/v1/embeddings"), ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"),
         ("POST", "/tei"), ("POST", "/tei/embed"), ("POST", "/tei/tokenize"), ("POST", "/tei/decode"),
         ("GET", "/tei/info"), ("GET", "/tei/health"), ("GET", "/health"), ("GET", "/ready"), ("GET", "/info"),
-        ("GET", "/metrics"), ("GET", "/budgets"), ("POST", "/admin/reload"),
+        ("GET", "/metrics"), ("GET", "/budgets"), ("GET", "/budgets/traffic"), ("POST", "/admin/reload"),
     }
     schemas = doc["components"]["schemas"]
 

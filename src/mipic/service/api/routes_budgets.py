@@ -1,17 +1,36 @@
 """``GET /budgets``: quality and relative compute of every (dim, layer), so a client can pick the cheapest
-budget that meets its quality bar."""
+budget that meets its quality bar; ``GET /budgets/traffic``: what each budget has served and how fast."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 
 from mipic.modeldir.manifest import Manifest
-from mipic.service.api.deps import EngineDep
+from mipic.service.api.deps import EngineDep, MetricsDep
 from mipic.service.api.schemas import BudgetEntry, BudgetInfo, BudgetsResponse, ExitSpaceInfo
+from mipic.service.traffic import latency_by_budget
 
 router = APIRouter(tags=["budgets"])
+
+
+class BudgetTraffic(BaseModel):
+    dim: int
+    layer: int
+    requests: int = Field(description="embed requests answered at this budget since the server started")
+    embeddings: int = Field(description="vectors returned at this budget")
+    mean_ms: float | None
+    p50_ms: float | None = Field(description="median latency, interpolated in the latency histogram's buckets")
+    p95_ms: float | None
+
+
+class TrafficResponse(BaseModel):
+    """``GET /budgets/traffic``: the latency histogram of ``/metrics`` per (dim, layer), for a page to poll."""
+
+    model: str
+    budgets: list[BudgetTraffic] = Field(description="budgets served at least once, by dim then layer")
 
 
 def budget_entries(manifest: Manifest) -> list[BudgetEntry]:
@@ -64,3 +83,16 @@ async def budgets(
         index_suites=dict(table.index_suites) if table else {},
         exit_space=exit_space_info(m),
     )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+@router.get("/budgets/traffic", response_model=TrafficResponse)
+async def traffic(engine: EngineDep, metrics: MetricsDep) -> TrafficResponse:
+    """Since start, every endpoint together; a rate is the difference of two polls."""
+    return TrafficResponse(model=engine.model.model_id, budgets=[
+        BudgetTraffic(dim=r.dim, layer=r.layer, requests=r.requests, embeddings=r.embeddings,
+                      mean_ms=_ms(r.mean_seconds), p50_ms=_ms(r.p50_seconds), p95_ms=_ms(r.p95_seconds))
+        for r in latency_by_budget(metrics)])
