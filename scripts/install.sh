@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # One install recipe for developers, CI and the Docker build stage.
-#   scripts/install.sh            -> venv with serving + training + dev extras (default)
+#   scripts/install.sh            -> venv with serving + training + dev + ray extras (default; ray: `mipic embed --ray`
+#                                    and its test against a local Ray instance)
 #   EXTRAS=train scripts/install.sh, EXTRAS= (empty) for the torch-free serving install
 #   VENV=/opt/venv scripts/install.sh ; EDITABLE=0 for a regular (non-editable) install
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
-EXTRAS="${EXTRAS-train,dev}"
+EXTRAS="${EXTRAS-train,dev,ray}"
 EDITABLE="${EDITABLE:-1}"
 PY="${PYTHON:-python3}"
 

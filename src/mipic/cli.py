@@ -828,6 +828,114 @@ def geometry(
     typer.echo(f"wrote {out}/geometry.md, geometry.json, spectrum.png")
 
 
+class EmbeddingType(str, Enum):
+    float = "float"
+    int8 = "int8"
+    uint8 = "uint8"
+    binary = "binary"
+    ubinary = "ubinary"
+
+
+class OnErrorChoice(str, Enum):
+    raise_ = "raise"
+    skip = "skip"
+
+
+def _budgets(dim: int | None, layer: int | None, budget: list[str] | None) -> list[tuple[int | None, int | None]]:
+    """``--budget 64:3`` (repeatable) or ``--dim/--layer``, not both; nothing given = the full model."""
+    if budget and (dim is not None or layer is not None):
+        raise typer.BadParameter("give --budget, or --dim/--layer, not both", param_hint="--budget")
+    if not budget:
+        return [(dim, layer)]
+    out: list[tuple[int | None, int | None]] = []
+    for b in budget:
+        d, sep, ly = b.partition(":")
+        if not sep or not d.strip().isdigit() or not ly.strip().isdigit():
+            raise typer.BadParameter(f"{b!r} is not DIM:LAYER (e.g. 64:3)", param_hint="--budget")
+        out.append((int(d), int(ly)))
+    return out
+
+
+@app.command()
+def embed(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="JSONL, CSV or Parquet, one text a row.")],
+    output: Annotated[Path, typer.Argument(help="Parquet (id + one vector column per budget), or .npy (one budget; "
+                                           "ids beside it in OUTPUT-stem.ids.jsonl).")],
+    model: Annotated[Path, typer.Option(help="Model directory, or a repository (its CURRENT version).")] = (
+        DEFAULT_MODEL_DIR),
+    dim: Annotated[int | None, typer.Option(help="Matryoshka dim: smaller makes the index smaller (default: full).")
+                   ] = None,
+    layer: Annotated[int | None, typer.Option(help="Exit layer: fewer layers embed faster (default: the last).")
+                     ] = None,
+    budget: Annotated[list[str] | None, typer.Option(
+        help="DIM:LAYER, repeatable instead of --dim/--layer: several budgets in one pass, shared layers run once "
+             "(--budget 64:3 --budget 384:6 runs layers 1-3 once).")] = None,
+    embedding_type: Annotated[EmbeddingType, typer.Option(
+        help="float, int8/uint8 (calibrated ranges, 4x smaller), binary/ubinary (1 bit a value, 32x smaller).")
+    ] = EmbeddingType.float,
+    text_field: Annotated[str, typer.Option(help="The field (JSONL) or column (CSV, Parquet) holding the text.")
+                          ] = "text",
+    id_field: Annotated[str | None, typer.Option(
+        help="A field holding each row's id, written as text (default: the 0-based row number).")] = None,
+    input_format: Annotated[str | None, typer.Option(help="jsonl, csv or parquet (default: from the suffix).")
+                            ] = None,
+    on_error: Annotated[OnErrorChoice, typer.Option(
+        help="raise: stop at the first bad row, naming it; skip: leave bad rows out and count them.")
+    ] = OnErrorChoice.raise_,
+    window: Annotated[int, typer.Option(min=1, help="Rows read, sorted by length and run together; also the unit "
+                                        "of resume. Larger groups lengths better, costs more memory.")] = 4096,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT and discard an unfinished run's parts.")] = False,
+    threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads (0 = every core).")] = 0,
+    progress: Annotated[bool, typer.Option(help="Progress bar with texts/s and ETA on stderr.")] = True,
+    ray: Annotated[str | None, typer.Option(
+        help="Run on Ray Data: 'local' starts Ray here, 'auto' or ray://HOST:10001 joins a cluster.")] = None,
+    ray_actors: Annotated[int | None, typer.Option(min=1, help="Ray actors, each loading the model once "
+                                                   "(default: the cluster's CPUs / --ray-cpus-per-actor).")] = None,
+    ray_cpus_per_actor: Annotated[int, typer.Option(min=1, help="CPUs (onnxruntime threads) per Ray actor.")] = 1,
+) -> None:
+    """Embed a corpus at a budget, in process (no HTTP), resumable: a re-run of an interrupted job continues,
+    and its output equals an uninterrupted run's."""
+    from mipic.corpus.inputs import CorpusError, Source, detect_format
+    from mipic.corpus.job import EmbedJob, embed_corpus
+    from mipic.modeldir.errors import EngineError
+    from mipic.modeldir.repository import resolve_model_dir
+
+    budgets = _budgets(dim, layer, budget)
+    _setup_logging("warning")
+    if model == DEFAULT_MODEL_DIR:
+        ensure_default_model(model)
+    _servable(model)
+    version_dir, _ = resolve_model_dir(model)
+    try:
+        source = Source(input_path, detect_format(input_path, input_format), text_field, id_field)
+        resolved = _resolve_budgets(version_dir, budgets)
+        job = EmbedJob(source, output, version_dir, resolved, embedding_type.value, window, on_error.value,
+                       overwrite, threads)
+        result = embed_corpus(job, progress=progress, ray_address=ray, ray_actors=ray_actors,
+                              ray_cpus_per_actor=ray_cpus_per_actor)
+    except (CorpusError, EngineError) as exc:
+        raise UserError(one_line(exc)) from None
+    for line in result.skipped_examples:
+        typer.echo(f"skipped: {line}", err=True)
+    skipped = f", skipped {result.skipped} bad rows" if result.skipped else ""
+    resumed = f", {result.resumed_windows} of {result.windows} windows from an earlier run" if (
+        result.resumed_windows) else ""
+    typer.echo(f"embedded {result.rows} texts at {', '.join(f'{d}:{ly}' for d, ly in resolved)} into {output} in "
+               f"{result.seconds:.1f} s ({result.texts_per_s:.0f} texts/s{skipped}{resumed})")
+
+
+def _resolve_budgets(model_dir: Path, budgets: list[tuple[int | None, int | None]]) -> tuple[tuple[int, int], ...]:
+    """Defaults filled in from the manifest (full width, last layer); the runner checks the rest."""
+    from mipic.modeldir.manifest import load_manifest
+
+    manifest = load_manifest(model_dir, verify=False)
+    out = tuple((manifest.hidden_size if d is None else d, manifest.num_layers if ly is None else ly)
+                for d, ly in budgets)
+    if len(set(out)) < len(out):
+        raise UserError(f"a budget is given twice: {', '.join(f'{d}:{ly}' for d, ly in out)}")
+    return out
+
+
 def main() -> None:
     app()
 

@@ -70,6 +70,10 @@ CASES: dict[str, tuple[tuple[Args, str], tuple[Args, str]]] = {
     "pretrain": ((lambda t, m: ["pretrain", "--config", MISSING + ".yaml"], "does not exist"),
                  (lambda t, m: ["pretrain", "--config", str(CONFIGS / "jepa_tiny.yaml"), "--set", "bogus.key=1"],
                   "bogus: Extra inputs are not permitted")),
+    "embed": ((lambda t, m: ["embed", MISSING + ".jsonl", str(t / "o.parquet"), "--model", str(m)],
+               f"cannot read {MISSING}.jsonl"),
+              (lambda t, m: ["embed", str(_file(t)), str(t / "o.parquet"), "--model", str(m), "--budget", "8"],
+               "'8' is not DIM:LAYER")),
     "geometry": ((lambda t, m: ["geometry", MISSING], f"model {MISSING} is not a directory"),
                  (lambda t, m: ["geometry", "packaged", "--window", "0"], "--window")),
 }

@@ -1,4 +1,5 @@
-"""Dependencies point one way: service → modeldir ← training; modeldir imports neither, and no torch."""
+"""Dependencies point one way: service → modeldir ← training, and corpus → modeldir (training may call corpus);
+modeldir imports none of them, and no torch."""
 
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ def imports_of(package: str) -> dict[str, set[str]]:
     [
         ("service", ("mipic.training", "torch", "transformers", "optimum")),
         ("training", ("mipic.service",)),
-        ("modeldir", ("mipic.service", "mipic.training", "mipic.cli", "torch", "fastapi", "transformers")),
+        ("modeldir", ("mipic.service", "mipic.training", "mipic.corpus", "mipic.cli", "torch", "fastapi",
+                      "transformers")),
+        ("corpus", ("mipic.service", "mipic.training", "mipic.cli", "torch", "fastapi", "transformers")),
     ],
 )
 def test_no_import_runs_back_up(package: str, forbidden: tuple[str, ...]) -> None:

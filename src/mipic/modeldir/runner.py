@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,20 +158,41 @@ class LoadedModel:
         k layers, whatever the other rows asked for.
         """
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(rows)
-        order = sorted(range(len(rows)), key=lambda i: rows[i].ids.shape[0], reverse=True)
+        for chunk in self.sub_batches([r.ids.shape[0] for r in rows]):
+            for i, vec in zip(chunk, self._run_chunk([rows[i] for i in chunk]), strict=True):
+                out[i] = vec
+        return out
+
+    def run_budgets(self, ids: list[np.ndarray], budgets: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Every input at several (dim, layer) budgets in one pass → one (N, dim) array per budget.
+
+        Layers up to the deepest budget run once per sub-batch and are pooled at each budget's layer, so
+        ``[(64, 3), (384, 6)]`` costs six layers, not nine. Sub-batches are cut as :meth:`run` cuts them.
+        """
+        layers = sorted({layer for _, layer in budgets})
+        out = [np.empty((len(ids), dim), dtype=np.float32) for dim, _ in budgets]
+        for chunk in self.sub_batches([i.shape[0] for i in ids]):
+            pooled = self.pool_all_layers([ids[i] for i in chunk], layers)  # (len(layers), B, H)
+            for b, (dim, layer) in enumerate(budgets):
+                out[b][chunk] = self.embed_pooled(pooled[layers.index(layer)], layer, dim)
+        return out
+
+    def sub_batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of rows cut as :meth:`run` runs them: longest first, similar lengths together, each
+        sub-batch within the padded token and token-pair limits."""
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+        cuts: list[list[int]] = []
         start = 0
         while start < len(order):
             end = start + 1
-            longest = rows[order[start]].ids.shape[0]  # sorted: the first row sets the padded width
+            longest = lengths[order[start]]  # sorted: the first row sets the padded width
             while end < len(order) and self.fits(end + 1 - start, longest) and (
-                end - start < MIN_SUB_BATCH or longest <= MAX_LENGTH_RATIO * rows[order[end]].ids.shape[0]
+                end - start < MIN_SUB_BATCH or longest <= MAX_LENGTH_RATIO * lengths[order[end]]
             ):
                 end += 1
-            chunk = order[start:end]
-            for i, vec in zip(chunk, self._run_chunk([rows[i] for i in chunk]), strict=True):
-                out[i] = vec
+            cuts.append(order[start:end])
             start = end
-        return out
+        return cuts
 
     def fits(self, rows: int, longest: int) -> bool:
         """Whether ``rows`` rows padded to ``longest`` tokens stay within the sub-batch limits."""
@@ -224,8 +246,11 @@ class LoadedModel:
         with _single_thread_blas():
             return np.asarray(embed(pooled, dim, self.heads.layer(layer)), dtype=np.float32)
 
-    def pool_all_layers(self, ids: list[np.ndarray]) -> np.ndarray:
-        """(L, N, H) pooled, unnormalised vectors at every layer in one pass (for offline evaluation)."""
+    def pool_all_layers(self, ids: list[np.ndarray], layers: Sequence[int] | None = None) -> np.ndarray:
+        """(L, N, H) pooled, unnormalised vectors at every layer (or only at ``layers``, ascending, running
+        no deeper than the last of them) in one pass."""
+        wanted = list(self.manifest.layers if layers is None else layers)
+        deepest = max(wanted)
         n = len(ids)
         lengths = np.array([i.shape[0] for i in ids])
         tokens = np.zeros((n, int(lengths.max())), dtype=np.int64)  # (B, T)
@@ -234,10 +259,11 @@ class LoadedModel:
             tokens[r, : lengths[r]] = row
             mask[r, : lengths[r]] = 1
         states = self.runtime.embed(tokens)
-        out = np.empty((self.manifest.num_layers, n, self.manifest.hidden_size), dtype=np.float32)
-        for layer in self.manifest.layers:
-            states = self.runtime.layer(layer, states, mask, last=layer == self.manifest.num_layers)
-            out[layer - 1] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
+        out = np.empty((len(wanted), n, self.manifest.hidden_size), dtype=np.float32)
+        for layer in range(1, deepest + 1):
+            states = self.runtime.layer(layer, states, mask, last=layer == deepest)
+            if layer in wanted:
+                out[wanted.index(layer)] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
         return out
 
     def verify_golden(self) -> float:

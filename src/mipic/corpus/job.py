@@ -1,0 +1,211 @@
+"""``mipic embed``: a corpus at one or several budgets, in process through the staged runner (no HTTP).
+
+The input is cut into windows of rows (``inputs.plan_windows``). A window is read and tokenized on a
+helper thread while the previous one runs, then goes to ``LoadedModel.run`` (one budget) or
+``LoadedModel.run_budgets`` (several: shared layers run once), which sorts the window by length and cuts it
+into sub-batches by padded tokens, as the server's runner does; each finished window is committed as a part
+(``outputs.Parts``). Memory stays bounded by two windows in flight, whatever the corpus size.
+
+Rows come out in input order (rows that ``--on-error skip`` leaves out are missing, and counted); the id is
+the ``--id-field`` value as text, or the 0-based row number.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from mipic.corpus.inputs import BadRow, CorpusError, Record, Source, Window, plan_windows, read_window
+from mipic.corpus.outputs import Layout, OutputFormat, Parts
+from mipic.modeldir.runner import LoadedModel, Row
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["raise", "skip"]
+# Rows per window: enough that sorting by length groups similar lengths, and that a sub-batch of short
+# texts fills the runner's 16384 padded tokens (1024 rows of 16 tokens); two windows in flight stay small.
+DEFAULT_WINDOW_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Everything a run depends on; what :meth:`signature` lists must match for a re-run to resume."""
+
+    source: Source
+    output: Path
+    model_dir: Path
+    budgets: tuple[tuple[int, int], ...]
+    embedding_type: str = "float"
+    window_rows: int = DEFAULT_WINDOW_ROWS
+    on_error: OnError = "raise"
+    overwrite: bool = False
+    intra_op_threads: int = 0  # onnxruntime threads; 0 = every core
+
+    @property
+    def output_format(self) -> OutputFormat:
+        return "npy" if self.output.suffix.lower() == ".npy" else "parquet"
+
+    def signature(self, model: LoadedModel) -> dict[str, Any]:
+        try:
+            stat = self.source.path.stat()
+        except OSError as exc:
+            raise CorpusError(f"cannot read {self.source.path}: {exc.strerror}") from None
+        return {
+            "input": str(self.source.path.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
+            "format": self.source.format, "text_field": self.source.text_field, "id_field": self.source.id_field,
+            "model": model.model_id, "budgets": [list(b) for b in self.budgets],
+            "embedding_type": self.embedding_type, "window_rows": self.window_rows, "on_error": self.on_error,
+            "output_format": self.output_format,
+        }
+
+
+@dataclass
+class EmbedResult:
+    output: Path
+    rows: int  # written
+    skipped: int
+    windows: int
+    resumed_windows: int  # finished by an earlier, interrupted run
+    seconds: float  # this run, from the first window to the renamed output (model load excluded)
+    skipped_examples: list[str] = field(default_factory=list)
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+
+class WindowEmbedder:
+    """One loaded model and the job's budgets: a window's records → its output table. Built once per
+    process (or per Ray actor), so the model loads once."""
+
+    def __init__(self, job: EmbedJob, intra_op_threads: int | None = None) -> None:
+        self.job = job
+        threads = job.intra_op_threads if intra_op_threads is None else intra_op_threads
+        self.model = LoadedModel(job.model_dir, provider="cpu", intra_op_threads=threads)
+        for dim, layer in job.budgets:
+            self.model.resolve_budget(dim, layer)
+            self.model.check_output(dim, layer, job.embedding_type, param="--embedding-type")
+        self.layout = Layout(job.budgets, job.embedding_type, text_ids=job.source.id_field is not None)
+        self.schema = self.layout.schema({
+            "model": self.model.model_id, "embedding_type": job.embedding_type,
+            "budgets": {c: {"dim": d, "layer": ly} for c, (d, ly) in zip(self.layout.columns, job.budgets,
+                                                                         strict=True)},
+            "ids": job.source.id_field or "row number",
+        })
+
+    def tokenize(self, records: Sequence[Record]) -> list[np.ndarray]:
+        return [e.ids for e in self.model.tokenizer.encode([r.text for r in records])]
+
+    def vectors(self, ids: list[np.ndarray]) -> list[np.ndarray]:
+        """Token ids → one (N, width) array of the output type per budget."""
+        if not ids:
+            return [np.empty((0, d), np.float32) for d, _ in self.job.budgets]
+        if len(self.job.budgets) == 1:
+            (dim, layer), = self.job.budgets
+            floats = [np.stack(self.model.run([Row(ids=i, dim=dim, layer=layer) for i in ids]))]
+        else:
+            floats = self.model.run_budgets(ids, self.job.budgets)
+        return [self.model.quantize(v, d, ly, self.job.embedding_type)
+                for v, (d, ly) in zip(floats, self.job.budgets, strict=True)]
+
+    def table(self, records: Sequence[Record], ids: list[np.ndarray]) -> pa.Table:
+        return self.layout.table([r.id for r in records], self.vectors(ids), self.schema)
+
+    def window(self, window: Window) -> tuple[pa.Table, list[BadRow]]:
+        """Read, tokenize and embed one window (what a Ray actor does)."""
+        records, bad = read_window(self.job.source, window)
+        return self.table(records, self.tokenize(records)), bad
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def check_bad(bad: list[BadRow], on_error: OnError) -> list[str]:
+    if bad and on_error == "raise":
+        raise CorpusError(f"{bad[0].message} (pass --on-error skip to leave such rows out"
+                          f"{f'; {len(bad)} bad rows in this window' if len(bad) > 1 else ''})")
+    return [b.message for b in bad]
+
+
+Progress = Callable[[int], None]
+
+
+def embed_corpus(job: EmbedJob, progress: bool = True, ray_address: str | None = None,
+                 ray_actors: int | None = None, ray_cpus_per_actor: int = 1) -> EmbedResult:
+    """Run (or resume) ``job``; locally, or on Ray when ``ray_address`` is given ("local" starts a Ray
+    instance here; an address joins a cluster; an already initialised Ray is used as it is)."""
+    embedder = WindowEmbedder(job)
+    try:
+        windows = plan_windows(job.source, job.window_rows)
+        if job.output_format == "npy" and len(job.budgets) != 1:
+            raise CorpusError("a .npy output holds one budget; write Parquet for several")
+        parts = Parts(job.output)
+        done = parts.open(job.signature(embedder.model), len(windows), job.overwrite)
+        todo = [w for w in windows if w.index not in done]
+        skipped = [m for d in done.values() for m in d.get("skipped_rows", [])]
+        n_skipped = sum(int(d.get("skipped", 0)) for d in done.values())
+        total = sum(w.rows for w in windows)
+        logger.info("embedding %d rows of %s in %d windows (%d done before) at %s", total, job.source.path,
+                    len(windows), len(done), ", ".join(f"{d}:{ly}" for d, ly in job.budgets))
+        bar = _bar(total, total - sum(w.rows for w in todo), progress)
+        t0 = time.perf_counter()
+        try:
+            if ray_address is None:
+                run = _run_local(embedder, todo, parts, job.on_error, bar.update)
+            else:
+                from mipic.corpus.ray_runner import run_on_ray
+
+                run = run_on_ray(job, todo, parts, bar.update, ray_address, ray_actors, ray_cpus_per_actor)
+        finally:
+            bar.close()
+        skipped += run
+        n_skipped += len(run)
+        rows = parts.finish(job.output_format, embedder.schema)
+        seconds = time.perf_counter() - t0
+    finally:
+        embedder.close()
+    return EmbedResult(job.output, rows, n_skipped, len(windows), len(done), seconds, skipped[:10])
+
+
+def _bar(total: int, initial: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="text", unit_scale=True, smoothing=0.1, disable=not enabled,
+                desc="embed", dynamic_ncols=True)
+
+
+def _run_local(embedder: WindowEmbedder, todo: list[Window], parts: Parts, on_error: OnError,
+               progress: Progress) -> list[str]:
+    """Windows in order; the next one is read and tokenized on a helper thread while this one runs."""
+    source = embedder.job.source
+
+    def load(w: Window) -> tuple[list[Record], list[BadRow], list[np.ndarray]]:
+        records, bad = read_window(source, w)
+        return records, bad, embedder.tokenize(records)
+
+    skipped: list[str] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-read") as pool:
+        pending: deque[tuple[Window, Future[tuple[list[Record], list[BadRow], list[np.ndarray]]]]] = deque()
+        queue = iter(todo)
+        for w in queue:
+            pending.append((w, pool.submit(load, w)))
+            break
+        while pending:
+            w, fut = pending.popleft()
+            records, bad, ids = fut.result()
+            nxt = next(queue, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(load, nxt)))
+            skipped += check_bad(bad, on_error)
+            parts.write(w.index, embedder.table(records, ids), [b.message for b in bad])
+            progress(w.rows)
+    return skipped
