@@ -847,13 +847,12 @@ def _budgets(dim: int | None, layer: int | None, budget: list[str] | None) -> li
         raise typer.BadParameter("give --budget, or --dim/--layer, not both", param_hint="--budget")
     if not budget:
         return [(dim, layer)]
-    out: list[tuple[int | None, int | None]] = []
-    for b in budget:
-        d, sep, ly = b.partition(":")
-        if not sep or not d.strip().isdigit() or not ly.strip().isdigit():
-            raise typer.BadParameter(f"{b!r} is not DIM:LAYER (e.g. 64:3)", param_hint="--budget")
-        out.append((int(d), int(ly)))
-    return out
+    from mipic.corpus.job import parse_budget
+
+    try:
+        return [parse_budget(b) for b in budget]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--budget") from None
 
 
 @app.command()

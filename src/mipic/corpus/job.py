@@ -36,6 +36,14 @@ OnError = Literal["raise", "skip"]
 DEFAULT_WINDOW_ROWS = 4096
 
 
+def parse_budget(text: str) -> tuple[int, int]:
+    """``"64:3"`` → (64, 3); anything else is a ``ValueError`` that quotes it."""
+    dim, sep, layer = text.partition(":")
+    if not sep or not dim.strip().isdigit() or not layer.strip().isdigit():
+        raise ValueError(f"{text!r} is not DIM:LAYER (e.g. 64:3)")
+    return int(dim), int(layer)
+
+
 @dataclass(frozen=True)
 class EmbedJob:
     """Everything a run depends on; what :meth:`signature` lists must match for a re-run to resume."""

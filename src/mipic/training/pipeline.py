@@ -1,11 +1,12 @@
-"""``mipic retrain``: train → export → evaluate → quality gate → register → promote, resumable.
+"""``mipic retrain``: train → export → evaluate → quality gate → register → promote (→ re-embed), resumable.
 
 Order: the candidate is exported (with its PyTorch parity check) *before* it is evaluated, so the
 gate scores exactly the ONNX graphs that would be served, through the serving engine's runner, on
 the same suites as the version being served. Every step records its outputs in
 ``<work_dir>/<run_id>/state.json``; rerunning the same run id skips finished steps. Nothing touches
 the repository's CURRENT pointer before the last step, so a failure anywhere leaves the served
-version as it was.
+version as it was. The optional last step re-embeds a corpus with the promoted version (``mipic embed``,
+``mipic.corpus``), so an index can follow the model; a re-run of the same run id resumes it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mipic.modeldir.repository import ModelRepository
 
 logger = logging.getLogger(__name__)
 
-STEPS = ("train", "export", "evaluate", "gate", "register", "promote")
+STEPS = ("train", "export", "evaluate", "gate", "register", "promote", "reembed")
 
 
 class EvalSection(BaseModel):
@@ -75,6 +76,23 @@ class GateSection(BaseModel):
         "last-layer index (checked where the served version was measured that way)")
 
 
+class ReembedSection(BaseModel):
+    """After promotion, embed a corpus with the new version (what ``mipic embed`` does)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Path = Field(description="JSONL, CSV or Parquet, one text a row")
+    output: Path = Field(description="Parquet or .npy; '{version}' in the path becomes the promoted version")
+    budgets: list[str] = Field(default_factory=lambda: ["384:6"], min_length=1, description="DIM:LAYER each")
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = "float"
+    text_field: str = "text"
+    id_field: str | None = None
+    on_error: Literal["raise", "skip"] = "raise"
+
+    def output_for(self, version: str) -> Path:
+        return Path(str(self.output).replace("{version}", version))
+
+
 class RetrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -92,6 +110,7 @@ class RetrainConfig(BaseModel):
     reload_url: str | None = Field(
         None, description="Optional server URL to POST /admin/reload after promotion (token: MIPIC_ADMIN_TOKEN)"
     )
+    reembed: ReembedSection | None = Field(None, description="Optional: re-embed a corpus after promotion")
 
 
 def load_retrain_config(path: Path, overrides: Sequence[str] = ()) -> RetrainConfig:
@@ -133,6 +152,10 @@ def plan(cfg: RetrainConfig) -> list[str]:
     promote = f"6. promote: CURRENT -> {version}" if cfg.promote else "6. promote: off (promote: false)"
     if cfg.promote and cfg.reload_url:
         promote += f", then POST {cfg.reload_url.rstrip('/')}/admin/reload"
+    r = cfg.reembed
+    reembed = "7. re-embed: off (no reembed section)" if r is None else (
+        f"7. re-embed: {r.input} -> {r.output_for(version)} at {', '.join(r.budgets)} ({r.embedding_type})"
+        if cfg.promote else "7. re-embed: off (runs after promotion only)")
     return [
         f"repository {cfg.repo}: serving {f'version {served}' if served else 'nothing yet'}; "
         f"the candidate becomes version {version}",
@@ -143,6 +166,7 @@ def plan(cfg: RetrainConfig) -> list[str]:
         f"4. gate: {gate}",
         f"5. register: version {version}",
         promote,
+        reembed,
     ]
 
 
@@ -174,6 +198,8 @@ class Pipeline:
                 logger.info("[%s] promote: disabled in config; version %s stays registered only",
                             self.run_id, self.state.get("version"))
                 break
+            if step == "reembed" and self.cfg.reembed is None:
+                continue
             logger.info("[%s] %s: starting", self.run_id, step)
             t0 = time.perf_counter()
             outputs = getattr(self, f"_{step}")()
@@ -287,6 +313,20 @@ class Pipeline:
                            headers={"authorization": f"Bearer {token}"}, timeout=120)
             logger.info("reload at %s answered %s %s", self.cfg.reload_url, r.status_code, r.text[:200])
         return {"promoted": version}
+
+    def _reembed(self) -> dict[str, Any]:
+        """The corpus with the promoted version; an interrupted step resumes from its parts on a re-run."""
+        from mipic.corpus.inputs import Source, detect_format
+        from mipic.corpus.job import EmbedJob, embed_corpus, parse_budget
+
+        r = self.cfg.reembed
+        assert r is not None
+        version = self.state["version"]
+        job = EmbedJob(Source(r.input, detect_format(r.input), r.text_field, r.id_field), r.output_for(version),
+                       self.repo.path / version, tuple(parse_budget(b) for b in r.budgets), r.embedding_type,
+                       on_error=r.on_error)
+        result = embed_corpus(job, progress=False)
+        return {"reembedded": str(result.output), "reembed_rows": result.rows, "reembed_skipped": result.skipped}
 
 
 def _mean_main(grid: Any, layer: int, dim: int) -> float:
