@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from typer.core import TyperGroup
 
+from mipic.corpus import DEFAULT_BATCH_TOKENS, DEFAULT_WINDOW_ROWS
 from mipic.logs import LogFormat, setup_logging
 from mipic.modeldir.manifest import ManifestError
 from mipic.modeldir.repository import RepositoryError
@@ -882,9 +883,13 @@ def embed(
         help="raise: stop at the first bad row, naming it; skip: leave bad rows out and count them.")
     ] = OnErrorChoice.raise_,
     window: Annotated[int, typer.Option(min=1, help="Rows read, sorted by length and run together; also the unit "
-                                        "of resume. Larger groups lengths better, costs more memory.")] = 4096,
+                                        "of resume. Larger groups lengths better, costs more memory.")
+                      ] = DEFAULT_WINDOW_ROWS,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT and discard an unfinished run's parts.")] = False,
     threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads (0 = every core).")] = 0,
+    max_batch_tokens: Annotated[int, typer.Option(min=1, help="Padded tokens per sub-batch: the fastest on 2 "
+                                                  "cores; raise it on machines with larger caches.")
+                                ] = DEFAULT_BATCH_TOKENS,
     progress: Annotated[bool, typer.Option(help="Progress bar with texts/s and ETA on stderr.")] = True,
     ray: Annotated[str | None, typer.Option(
         help="Run on Ray Data: 'local' starts Ray here, 'auto' or ray://HOST:10001 joins a cluster.")] = None,
@@ -909,7 +914,7 @@ def embed(
         source = Source(input_path, detect_format(input_path, input_format), text_field, id_field)
         resolved = _resolve_budgets(version_dir, budgets)
         job = EmbedJob(source, output, version_dir, resolved, embedding_type.value, window, on_error.value,
-                       overwrite, threads)
+                       overwrite, threads, max_batch_tokens)
         result = embed_corpus(job, progress=progress, ray_address=ray, ray_actors=ray_actors,
                               ray_cpus_per_actor=ray_cpus_per_actor)
     except (CorpusError, EngineError) as exc:

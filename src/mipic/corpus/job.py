@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from mipic.corpus import DEFAULT_BATCH_TOKENS, DEFAULT_WINDOW_ROWS
 from mipic.corpus.inputs import BadRow, CorpusError, Record, Source, Window, plan_windows, read_window
 from mipic.corpus.outputs import Layout, OutputFormat, Parts
 from mipic.modeldir.runner import LoadedModel, Row
@@ -31,9 +32,6 @@ from mipic.modeldir.runner import LoadedModel, Row
 logger = logging.getLogger(__name__)
 
 OnError = Literal["raise", "skip"]
-# Rows per window: enough that sorting by length groups similar lengths, and that a sub-batch of short
-# texts fills the runner's 16384 padded tokens (1024 rows of 16 tokens); two windows in flight stay small.
-DEFAULT_WINDOW_ROWS = 4096
 
 
 def parse_budget(text: str) -> tuple[int, int]:
@@ -57,6 +55,7 @@ class EmbedJob:
     on_error: OnError = "raise"
     overwrite: bool = False
     intra_op_threads: int = 0  # onnxruntime threads; 0 = every core
+    max_batch_tokens: int = DEFAULT_BATCH_TOKENS
 
     @property
     def output_format(self) -> OutputFormat:
@@ -71,7 +70,8 @@ class EmbedJob:
             "input": str(self.source.path.resolve()), "input_bytes": stat.st_size, "input_mtime_ns": stat.st_mtime_ns,
             "format": self.source.format, "text_field": self.source.text_field, "id_field": self.source.id_field,
             "model": model.model_id, "budgets": [list(b) for b in self.budgets],
-            "embedding_type": self.embedding_type, "window_rows": self.window_rows, "on_error": self.on_error,
+            "embedding_type": self.embedding_type, "window_rows": self.window_rows,
+            "max_batch_tokens": self.max_batch_tokens, "on_error": self.on_error,
             "output_format": self.output_format,
         }
 
@@ -98,7 +98,8 @@ class WindowEmbedder:
     def __init__(self, job: EmbedJob, intra_op_threads: int | None = None) -> None:
         self.job = job
         threads = job.intra_op_threads if intra_op_threads is None else intra_op_threads
-        self.model = LoadedModel(job.model_dir, provider="cpu", intra_op_threads=threads)
+        self.model = LoadedModel(job.model_dir, provider="cpu", intra_op_threads=threads,
+                                 max_batch_tokens=job.max_batch_tokens)
         for dim, layer in job.budgets:
             self.model.resolve_budget(dim, layer)
             self.model.check_output(dim, layer, job.embedding_type, param="--embedding-type")
@@ -153,6 +154,7 @@ def embed_corpus(job: EmbedJob, progress: bool = True, ray_address: str | None =
     instance here; an address joins a cluster; an already initialised Ray is used as it is)."""
     embedder = WindowEmbedder(job)
     try:
+        t0 = time.perf_counter()
         windows = plan_windows(job.source, job.window_rows)
         if job.output_format == "npy" and len(job.budgets) != 1:
             raise CorpusError("a .npy output holds one budget; write Parquet for several")
@@ -165,7 +167,6 @@ def embed_corpus(job: EmbedJob, progress: bool = True, ray_address: str | None =
         logger.info("embedding %d rows of %s in %d windows (%d done before) at %s", total, job.source.path,
                     len(windows), len(done), ", ".join(f"{d}:{ly}" for d, ly in job.budgets))
         bar = _bar(total, total - sum(w.rows for w in todo), progress)
-        t0 = time.perf_counter()
         try:
             if ray_address is None:
                 run = _run_local(embedder, todo, parts, job.on_error, bar.update)
