@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,6 +102,7 @@ class WindowEmbedder:
         for dim, layer in job.budgets:
             self.model.resolve_budget(dim, layer)
             self.model.check_output(dim, layer, job.embedding_type, param="--embedding-type")
+        self.model.warmup()  # each session runs once before the first window, as the server does
         self.layout = Layout(job.budgets, job.embedding_type, text_ids=job.source.id_field is not None)
         self.schema = self.layout.schema({
             "model": self.model.model_id, "embedding_type": job.embedding_type,
@@ -194,27 +194,35 @@ def _bar(total: int, initial: int, enabled: bool) -> Any:
 
 def _run_local(embedder: WindowEmbedder, todo: list[Window], parts: Parts, on_error: OnError,
                progress: Progress) -> list[str]:
-    """Windows in order; the next one is read and tokenized on a helper thread while this one runs."""
+    """Windows in order. While one runs, the next is read and tokenized on one helper thread and the last
+    one's part is written on another (Arrow and the tokenizer release the GIL), so the runner rarely waits."""
     source = embedder.job.source
 
     def load(w: Window) -> tuple[list[Record], list[BadRow], list[np.ndarray]]:
         records, bad = read_window(source, w)
         return records, bad, embedder.tokenize(records)
 
+    def commit(w: Window, table: pa.Table, bad: list[str]) -> None:
+        parts.write(w.index, table, bad)
+        progress(w.rows)
+
     skipped: list[str] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-read") as pool:
-        pending: deque[tuple[Window, Future[tuple[list[Record], list[BadRow], list[np.ndarray]]]]] = deque()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-read") as reader, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="corpus-write") as writer:
         queue = iter(todo)
-        for w in queue:
-            pending.append((w, pool.submit(load, w)))
-            break
-        while pending:
-            w, fut = pending.popleft()
+        first = next(queue, None)
+        loading = None if first is None else (first, reader.submit(load, first))
+        written: Future[None] | None = None
+        while loading is not None:
+            w, fut = loading
             records, bad, ids = fut.result()
             nxt = next(queue, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(load, nxt)))
+            loading = None if nxt is None else (nxt, reader.submit(load, nxt))
             skipped += check_bad(bad, on_error)
-            parts.write(w.index, embedder.table(records, ids), [b.message for b in bad])
-            progress(w.rows)
+            table = embedder.table(records, ids)
+            if written is not None:
+                written.result()  # one part in flight at most; a failed write stops the job here
+            written = writer.submit(commit, w, table, [b.message for b in bad])
+        if written is not None:
+            written.result()
     return skipped
