@@ -166,29 +166,37 @@ def main() -> None:
     if args.child:
         _child_engine(args)
         return
+    run(args.model, args.texts, args.tokens, args.reps, args.bounded,
+        command="python -m bench.corpus_embed " + " ".join(sys.argv[1:]))
+
+
+def run(model: Path, texts: int = 20_000, tokens: int = 16, reps: int = 2, bounded: int = 80_000,
+        results_dir: Path | None = None, command: str = "python -m bench.corpus_embed") -> dict[str, Any]:
+    """Measure, write ``corpus_embed.{json,md}`` and return the payload (``make bench``'s "corpus" section)."""
     TMP_DIR.mkdir(parents=True, exist_ok=True)
-    src = TMP_DIR / f"corpus_{args.texts}x{args.tokens}.jsonl"
-    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(args.texts, args.tokens, seed=22)))
-    payload: dict[str, Any] = {"env": environment(), "load_at_start": load_snapshot(), "texts": args.texts,
-                               "tokens": args.tokens, "reps": args.reps, "model": str(args.model),
-                               "command": "python -m bench.corpus_embed " + " ".join(sys.argv[1:])}
+    src = TMP_DIR / f"corpus_{texts}x{tokens}.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(texts, tokens, seed=22)))
+    payload: dict[str, Any] = {"env": environment(), "load_at_start": load_snapshot(), "texts": texts,
+                               "tokens": tokens, "reps": reps, "model": str(model), "command": command}
     points: list[dict[str, Any]] = []
-    for rep in range(args.reps):
-        print(f"rep {rep + 1}/{args.reps}", flush=True)
+    for rep in range(reps):
+        print(f"rep {rep + 1}/{reps}", flush=True)
         for dim, layer in BUDGETS:
             for variant in VARIANTS:
-                points.append({**measure(variant, args.model, src, dim, layer), "rep": rep})
+                points.append({**measure(variant, model, src, dim, layer), "rep": rep})
+    src.unlink()
     payload["points"] = points
     payload["load_at_end"] = load_snapshot()
-    if args.bounded:
-        big = TMP_DIR / f"corpus_{args.bounded}x{args.tokens}.jsonl"
-        big.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(args.bounded, args.tokens, seed=23)))
-        check = measure("embed", args.model, big, 64, 1)
+    if bounded:
+        big = TMP_DIR / f"corpus_{bounded}x{tokens}.jsonl"
+        big.write_text("".join(json.dumps({"text": t}) + "\n" for t in make_texts(bounded, tokens, seed=23)))
+        check = measure("embed", model, big, 64, 1)
         big.unlink()
-        payload["bounded_checks"] = [{**check, "texts": args.bounded, "command": f"`--bounded {args.bounded}`"}]
+        payload["bounded_checks"] = [{**check, "texts": bounded, "command": f"`--bounded {bounded}`"}]
     md = markdown(payload)
-    write_results("corpus_embed", payload, md, RESULTS_DIR)
+    write_results("corpus_embed", payload, md, results_dir or RESULTS_DIR)
     print(md)
+    return payload
 
 
 def rewrite() -> None:

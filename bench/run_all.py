@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import corpus_embed as corpus_bench
 from bench import engine as engine_bench
 from bench import memory as memory_bench
 from bench import peak as peak_bench
@@ -38,7 +39,7 @@ from bench.common import (
     write_results,
 )
 
-SECTIONS = ("peak", "precision", "engine", "memory", "served", "peers", "quality")
+SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "served", "peers", "quality")
 PEERS_RATIO_TARGET = 1.5
 
 
@@ -277,6 +278,9 @@ def main() -> None:
         if "int8" in copies:
             variants.append(engine_bench.Variant("int8", copies["int8"]))
         engine_bench.run(args.model, variants, grid, peak_gflops, out)
+    if section("corpus"):  # mipic embed against the engine (issue 22)
+        sizes: dict[str, int] = {"texts": 600, "reps": 1, "bounded": 0} if args.quick else {}
+        corpus_bench.run(args.model, results_dir=out, **sizes)
     if section("memory"):
         memory_bench.run(args.model, memory_bench.quick_config() if args.quick else memory_bench.MemoryConfig(), out)
     served_cfg = served_bench.quick_config() if args.quick else served_bench.ServedConfig()
