@@ -251,6 +251,10 @@ def test_the_cli(tmp_path: Path, tiny_model_dir: Path) -> None:
         (["--budget", "8:1", "--budget", "8:1"], "a budget is given twice"),
         (["--layer", "9"], "layer=9 must be between 1 and 3"),
         ([], "exists; pass --overwrite"),
+        (["--budget", "8:1", "--budget", "32:3", "--output-npy"], "a .npy output holds one budget"),
     ]:
-        bad = CliRunner().invoke(app, ["embed", str(src), str(out), "--model", str(tiny_model_dir), *argv])
+        target = tmp_path / "o.npy" if "--output-npy" in argv else out
+        argv = [a for a in argv if a != "--output-npy"]
+        bad = CliRunner().invoke(app, ["embed", str(src), str(target), "--model", str(tiny_model_dir), *argv])
         assert bad.exit_code == 2 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.parquet"]  # refusals leave nothing behind
