@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ class AdaptiveConfig:
     capacity_seconds: float = 5.0
     concurrency: int = 8
     max_requests: int = 6_000
+    settle_seconds: float = 5.0
 
 
 def batches(cfg: AdaptiveConfig, n: int = 64) -> list[list[str]]:
@@ -86,7 +88,9 @@ def run_mode(url: str, body: dict[str, Any], work: list[list[str]], rates: list[
     out = []
     target = Target(url, "/v1/embeddings", body)
     for i, rate in enumerate(rates):
-        asyncio.run(closed_loop(target, work, 2, 0.5))  # settle (and let a previous overload drain)
+        # settle: a previous point's backlog drains and the server's ~2 s memory of the arrival rate fades, so
+        # each point shows the steady behaviour at its own rate
+        time.sleep(cfg.settle_seconds)
         r = asyncio.run(open_loop(target, work, rate, cfg.seconds, cfg.max_requests, timeout_s=60, seed=i))
         s = summarise(r, cfg.target_ms / 1000, quality) | {"factor": cfg.factors[i], "mode": label}
         lat = s["latency"]

@@ -4,6 +4,7 @@ shed with 429 + Retry-After where even layer 1 would be late, never a 5xx. Loopb
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ def test_auto_depth_degrades_depth_not_availability(minilm_dir: Path) -> None:
         asyncio.run(closed_loop(fixed, work, 4, 1.0))  # warm
         saturation = asyncio.run(closed_loop(fixed, work, 4, 3.0)).summary()["achieved_rps"]
         target = Target(url, "/v1/embeddings", auto)
+        time.sleep(5.0)  # the server remembers ~2 s of arrivals: the saturation run must fade first
         calm = asyncio.run(open_loop(target, work, 0.3 * saturation, 4.0, 200))
         busy = asyncio.run(open_loop(target, work, 3.0 * saturation, 5.0, 1500, seed=1))
     assert set(calm.statuses) == {200}

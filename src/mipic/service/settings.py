@@ -82,6 +82,11 @@ class Settings(BaseSettings):
         description="Share of the target an auto-depth choice may plan for; the rest absorbs the estimate's error. "
         "Lower it if auto requests miss their target, raise it to serve deeper.",
     )
+    auto_max_utilisation: float = Field(
+        0.7, gt=0, le=1,
+        description="Sustained share of the compute an auto-depth choice may leave busy (measured arrivals x the "
+        "exit's cost): near saturation latency grows as 1 / (1 - utilisation), so the tail needs room.",
+    )
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
     request_timeout_ms: float = Field(
         30000, gt=0, description="Per-request deadline: inputs still queued past it are dropped (504)."

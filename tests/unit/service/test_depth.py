@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from mipic.service.engine.depth import DepthBounds, QueueState, StageCosts, choose_layer, expected_seconds
+from mipic.service.engine.depth import (
+    DepthBounds,
+    QueueState,
+    RateMeter,
+    StageCosts,
+    choose_layer,
+    expected_seconds,
+    utilisation,
+)
 
 # MiniLM's measured stage ms (embeddings, layers 1..6) from the shipped manifest
 COSTS = StageCosts.from_stage_ms([0.877, 23.645, 23.701, 24.204, 24.001, 23.898, 23.318], 6)
@@ -80,6 +88,33 @@ def test_measured_correction_scales_every_expectation() -> None:
     assert late.layer < plain.layer
     assert late.expected_s == pytest.approx(2.0 * expected_seconds(s, COSTS, 320, late.layer))
     assert choose_layer(state(1000), COSTS, 320, BOUNDS, correction=0.5).layer == 6  # faster than modelled
+
+
+def test_sustained_load_picks_the_exit_the_traffic_can_afford() -> None:
+    """An empty queue is not enough: auto traffic of 12,000 tokens/s keeps 1.68 of the compute busy at layer 6
+    and 0.29 at layer 1 (SPU 140 µs), so with 0.7 allowed the deepest affordable exit is layer 2 (0.56)."""
+    busy = QueueState(0.0, 0.0, SPU, 0.004, auto_tokens_per_s=12_000, capacity_seconds_per_unit=SPU)
+    assert utilisation(busy, COSTS, 6) == pytest.approx(12_000 * SPU)
+    assert utilisation(busy, COSTS, 2) == pytest.approx(12_000 * SPU * COSTS.cumulative[2])
+    assert choose_layer(busy, COSTS, 320, BOUNDS, max_utilisation=0.7).layer == 2
+    assert choose_layer(busy, COSTS, 320, BOUNDS, max_utilisation=1.0).layer == 3  # 0.85 (layer 4: 1.13)
+    calm = QueueState(0.0, 0.0, SPU, 0.004, auto_tokens_per_s=3_000, capacity_seconds_per_unit=SPU)
+    assert choose_layer(calm, COSTS, 320, BOUNDS, max_utilisation=0.7).layer == 6  # 0.42: no degradation
+    # fixed-layer traffic is work that auto requests cannot shrink: it comes off their share
+    # (0.42 fixed + 0.42 w(l) <= 0.7 → w(l) <= 0.67: layer 3, 0.50; layer 4 is 0.671)
+    mixed = QueueState(0.0, 0.0, SPU, 0.004, fixed_units_per_s=3_000, auto_tokens_per_s=3_000,
+                       capacity_seconds_per_unit=SPU)
+    assert choose_layer(mixed, COSTS, 320, BOUNDS, max_utilisation=0.7).layer == 3
+    # min_layer is served whatever the load (the queue check alone can refuse it)
+    assert choose_layer(busy, COSTS, 320, DepthBounds(4, 6, 0.25), max_utilisation=0.7).layer == 4
+
+
+def test_rate_meter_decays_over_its_window() -> None:
+    meter = RateMeter(window_s=2.0)
+    for i in range(200):  # 100 events/s of 10 units for 2 s
+        meter.add(10.0, i * 0.01)
+    assert 1_000 * (1 - 2.72 ** -1) * 0.95 < meter.rate(2.0) < 1_000  # building up towards 1,000/s
+    assert meter.rate(4.0) == pytest.approx(meter.rate(2.0) * 2.718281828 ** -1, rel=1e-6)
 
 
 def test_bad_bounds_are_a_bug_not_a_choice() -> None:

@@ -29,6 +29,9 @@ from mipic.service.engine.errors import DeadlineExceeded, Draining, InferenceFai
 
 # Weight of the newest batch in the moving average of seconds per full-depth token.
 _RATE_ALPHA = 0.2
+# Batches at least this large also update the throughput estimate (small batches cost more per token: they
+# say how long one request takes, not how much the compute can carry).
+_CAPACITY_MIN_ROWS = 32
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +103,7 @@ class Batcher:
         self._running_units = 0.0
         self._running_since = 0.0
         self.seconds_per_unit = seconds_per_unit  # corrected after every batch that carried work units
+        self.capacity_seconds_per_unit = seconds_per_unit  # the same, from large batches only
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -140,7 +144,8 @@ class Batcher:
             expected = self._running_units * self.seconds_per_unit
             elapsed = time.perf_counter() - self._running_since
             left = self._running_units * max(0.0, 1.0 - elapsed / expected)
-        return QueueState(self._queued_units, left, self.seconds_per_unit, fixed_s)
+        return QueueState(self._queued_units, left, self.seconds_per_unit, fixed_s,
+                          capacity_seconds_per_unit=self.capacity_seconds_per_unit)
 
     def _rows(self) -> Iterator[WorkItem]:
         """Queued rows, request by request in arrival order."""
@@ -314,6 +319,8 @@ class Batcher:
         if self._running_units > 0:
             observed = elapsed / self._running_units
             self.seconds_per_unit += _RATE_ALPHA * (observed - self.seconds_per_unit)
+            if len(batch) >= _CAPACITY_MIN_ROWS:
+                self.capacity_seconds_per_unit += _RATE_ALPHA * (observed - self.capacity_seconds_per_unit)
         for item, vec in zip(batch, vectors, strict=True):
             if not item.future.done():
                 item.future.set_result(RowResult(vec, item.started_at - item.enqueued_at, elapsed))

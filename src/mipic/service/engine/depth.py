@@ -10,7 +10,15 @@ where ``w(l)`` is the work of one token through the embeddings and layers 1..l r
 already queued (each at its own layer), ``running_units_left`` what is left of the batch being run, and
 ``seconds_per_unit`` the measured time of one full-depth token, corrected online after every batch. The
 chosen layer is the deepest ``l`` with ``expected(l) <= headroom · target`` (the headroom absorbs the
-estimate's error); when none makes it, ``min_layer``. When even ``min_layer`` misses the target because of
+estimate's error) whose *sustained* load also fits:
+
+    utilisation(l) = (fixed_units_per_s + auto_tokens_per_s · w(l)) · capacity_seconds_per_unit <= max_utilisation
+
+with the arrival rates measured over the last second or so (fixed-layer requests' work as it is, auto requests'
+tokens as if all were served at l). The queue alone reacts too late: a request that finds it empty goes deep,
+and the batch it rides in delays everything behind it; near saturation latency grows as 1 / (1 - utilisation),
+so the tail stays within the target only with the exit cheap enough for the traffic. When none makes it,
+``min_layer``. When even ``min_layer`` misses the target because of
 the queue ahead (not because the request alone is too large for it), the request is refused with 429 rather
 than answered late: the target is a deadline the client chose.
 
@@ -19,6 +27,7 @@ Everything here is pure: the batcher keeps the queue's numbers, the engine calls
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -83,6 +92,25 @@ class QueueState:
     running_units_left: float  # the estimated rest of the batch being run
     seconds_per_unit: float  # measured seconds per full-depth token (moving average over batches)
     fixed_s: float = 0.0  # per-request time beyond compute: the batch-fill wait, tokenization
+    fixed_units_per_s: float = 0.0  # arriving work of fixed-layer requests, full-depth tokens per second
+    auto_tokens_per_s: float = 0.0  # arriving tokens of auto-depth requests per second
+    capacity_seconds_per_unit: float | None = None  # seconds per full-depth token in large batches (throughput)
+
+
+class RateMeter:
+    """An exponentially decaying rate (amount per second over about ``window_s``), fed with events."""
+
+    def __init__(self, window_s: float = 2.0) -> None:
+        self.window_s = window_s
+        self._rate = 0.0
+        self._at = 0.0
+
+    def add(self, amount: float, now: float) -> None:
+        self._rate = self.rate(now) + amount / self.window_s
+        self._at = now
+
+    def rate(self, now: float) -> float:
+        return self._rate * math.exp(-max(0.0, now - self._at) / self.window_s)
 
 
 @dataclass(frozen=True)
@@ -98,20 +126,28 @@ def expected_seconds(state: QueueState, costs: StageCosts, tokens: int, layer: i
     return state.fixed_s + (ahead + costs.units(tokens, layer)) * state.seconds_per_unit
 
 
+def utilisation(state: QueueState, costs: StageCosts, layer: int) -> float:
+    """Share of the compute the measured arrivals would keep busy if auto requests were served at ``layer``."""
+    spu = state.capacity_seconds_per_unit or state.seconds_per_unit
+    return (state.fixed_units_per_s + state.auto_tokens_per_s * costs.cumulative[layer]) * spu
+
+
 def choose_layer(state: QueueState, costs: StageCosts, tokens: int, bounds: DepthBounds,
-                 headroom: float = 0.8, correction: float = 1.0) -> DepthChoice:
+                 headroom: float = 0.8, correction: float = 1.0, max_utilisation: float = 1.0) -> DepthChoice:
     """The deepest layer in ``bounds`` expected within ``headroom · bounds.max_latency_s``, else ``min_layer``.
 
     ``tokens``: the request's tokens (all its rows). ``correction``: measured latency over expected latency of
     recent auto-depth requests (what the model above misses: event-loop and thread contention); every
-    expectation is multiplied by it. Never outside ``[min_layer, max_layer]``.
+    expectation is multiplied by it. ``max_utilisation``: the sustained load a layer may leave on the compute
+    (:func:`utilisation`). Never outside ``[min_layer, max_layer]``.
     """
     if not 1 <= bounds.min_layer <= bounds.max_layer <= costs.num_layers:
         raise ValueError(f"bounds {bounds.min_layer}..{bounds.max_layer} outside 1..{costs.num_layers}")
     budget = headroom * bounds.max_latency_s
     for layer in range(bounds.max_layer, bounds.min_layer - 1, -1):
         expected = correction * expected_seconds(state, costs, tokens, layer)
-        if expected <= budget:
+        if expected <= budget and (layer == bounds.min_layer
+                                   or utilisation(state, costs, layer) <= max_utilisation):
             return DepthChoice(layer, expected, True, False)
     low = bounds.min_layer
     expected = correction * expected_seconds(state, costs, tokens, low)

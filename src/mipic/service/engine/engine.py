@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -24,7 +25,7 @@ from mipic.modeldir.repository import ModelRepository, PointerState, RepositoryE
 from mipic.modeldir.runner import LoadedModel, Row
 from mipic.modeldir.tokenizer import Direction
 from mipic.service.engine.batcher import Batcher, BatchStats
-from mipic.service.engine.depth import AutoDepth, DepthBounds, StageCosts, choose_layer
+from mipic.service.engine.depth import AutoDepth, DepthBounds, RateMeter, StageCosts, choose_layer
 from mipic.service.engine.errors import (
     Draining,
     InvalidBudget,
@@ -98,6 +99,9 @@ class Engine:
         self._tokenize_s = 0.0  # moving average of one request's tokenization, part of the expected latency
         # moving average of measured / expected latency of auto-depth requests (depth.choose_layer's correction)
         self._depth_correction = 1.0
+        # arrivals over the last second: fixed-layer work and auto-depth tokens (depth.utilisation)
+        self._fixed_units = RateMeter()
+        self._auto_tokens = RateMeter()
         self.draining = False
         self.active_requests = 0
         self.repository: ModelRepository | None = None
@@ -163,7 +167,8 @@ class Engine:
         new = await asyncio.to_thread(self.load, model_dir)
         if self.settings.warmup:
             await asyncio.to_thread(new.warmup)
-        self.batcher.seconds_per_unit = _seconds_per_full_token(new, self.batcher.seconds_per_unit)
+        spu = _seconds_per_full_token(new, self.batcher.seconds_per_unit)
+        self.batcher.seconds_per_unit = self.batcher.capacity_seconds_per_unit = spu
         old, self._model = self._model, new  # atomic for every coroutine on this loop
         if self._on_swap is not None:
             self._on_swap(old, new)
@@ -339,11 +344,18 @@ class Engine:
                 t_tok = time.perf_counter() - t0
                 self._tokenize_s += 0.2 * (t_tok - self._tokenize_s)
                 costs = self.costs(model)
+                tokens = sum(e.length for e in encoded)
                 if auto is not None:
-                    ly, expected_s = self._pick_layer(costs, auto, sum(e.length for e in encoded))
+                    ly, expected_s = self._pick_layer(costs, auto, tokens)
                 rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
+                units = [costs.units(e.length, ly) for e in encoded]
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
-                                              reserved=True, units=[costs.units(e.length, ly) for e in encoded])
+                                              reserved=True, units=units)
+                now = time.perf_counter()
+                if auto is not None:
+                    self._auto_tokens.add(tokens, now)
+                else:
+                    self._fixed_units.add(sum(units), now)
             try:
                 results = await asyncio.gather(*futures)
             except BaseException:
@@ -376,8 +388,11 @@ class Engine:
         """The layer an auto-depth request gets now and its expected latency (s); 429 when the queue ahead alone
         makes even ``min_layer`` miss its target (answering it late would break the deadline the client set)."""
         fixed_s = self.settings.max_wait_ms / 1000.0 + self._tokenize_s
-        choice = choose_layer(self.batcher.state(fixed_s), costs, tokens, auto, self.settings.auto_depth_headroom,
-                              self._depth_correction)
+        now = time.perf_counter()
+        state = dataclasses.replace(self.batcher.state(fixed_s), fixed_units_per_s=self._fixed_units.rate(now),
+                                    auto_tokens_per_s=self._auto_tokens.rate(now))
+        choice = choose_layer(state, costs, tokens, auto, self.settings.auto_depth_headroom, self._depth_correction,
+                              self.settings.auto_max_utilisation)
         if choice.blocked_by_queue:
             raise Overloaded(f"cannot answer within max_latency_ms={auto.max_latency_s * 1000:g} even at layer "
                              f"{auto.min_layer} (expected {choice.expected_s * 1000:.0f} ms); retry later")
