@@ -112,7 +112,8 @@ def infinity_runs(work: list[list[str]], rates: list[float], cfg: AdaptiveConfig
         return run_mode(url, {"model": INFINITY_MODEL_NAME}, work, rates, cfg, {}, "infinity")
 
 
-def run(model_dir: Path, cfg: AdaptiveConfig, with_infinity: bool = False) -> dict[str, Any]:
+def run(model_dir: Path, cfg: AdaptiveConfig, with_infinity: bool = False,
+        results_dir: Path | None = None) -> dict[str, Any]:
     load = load_snapshot()
     work = batches(cfg)
     with mipic_server(model_dir) as (url, _pid):
@@ -131,9 +132,30 @@ def run(model_dir: Path, cfg: AdaptiveConfig, with_infinity: bool = False) -> di
         runs += infinity_runs(work, rates, cfg)
     payload = {"env": environment(), "load_at_start": load, "config": cfg.__dict__, "model_dir": str(model_dir),
                "saturation_rps": sat, "capacity": cap, "index_quality": quality, "runs": runs}
-    write_results("adaptive", payload, markdown(payload))
-    plot(payload, RESULTS_DIR / "adaptive.png")
+    out = results_dir or RESULTS_DIR
+    write_results("adaptive", payload, markdown(payload), out)
+    plot(payload, out / "adaptive.png")
     return payload
+
+
+def target_rows(payload: dict[str, Any]) -> list[list[Any]]:
+    """Issue 20's targets as (asked, measured, met) rows for the bench summary."""
+    rows: list[list[Any]] = []
+    target = payload["config"]["target_ms"]
+    for r in payload["runs"]:
+        if r["mode"] != "auto":
+            continue
+        if r["factor"] == ACCEPT_FACTOR:
+            share = r["ok_within_target_share"]
+            rows.append([f"layer auto at {ACCEPT_FACTOR:g}x fixed layer 6's saturation: >= {100 * ACCEPT_SHARE:.0f} % "
+                         f"answered 200 within {target:g} ms, 0 x 5xx",
+                         f"{100 * share:.1f} %, {r['5xx']} x 5xx",
+                         "yes" if share >= ACCEPT_SHARE and r["5xx"] == 0 else "**no**"])
+        if r["factor"] <= 0.5:
+            deepest = r["served_layers"].get("6", 0) / max(1, r["ok"])
+            rows.append([f"layer auto at {r['factor']:g}x: >= 99 % served at max_layer", f"{100 * deepest:.1f} %",
+                         "yes" if deepest >= 0.99 else "**no**"])
+    return rows
 
 
 def _rows(payload: dict[str, Any]) -> Iterator[list[Any]]:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import adaptive as adaptive_bench
 from bench import corpus_embed as corpus_bench
 from bench import engine as engine_bench
 from bench import memory as memory_bench
@@ -39,7 +40,7 @@ from bench.common import (
     write_results,
 )
 
-SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "served", "peers", "quality")
+SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "served", "adaptive", "peers", "quality")
 PEERS_RATIO_TARGET = 1.5
 
 
@@ -85,6 +86,9 @@ def targets(out: Path) -> list[list[Any]]:
                          f"{s['peak_mb']:.0f} MB (idle {s['before_mb']:.0f} MB)", _yes(s["peak_ok"])])
             rows.append([f"RSS back within {mem['limits_mb']['settle']:.0f} MB of its pre-load value",
                          f"+{s['after_mb'] - s['before_mb']:.0f} MB ({s['after_mb']:.0f} MB)", _yes(s["settle_ok"])])
+    ada = _load(out, "adaptive")
+    if ada:
+        rows += adaptive_bench.target_rows(ada)
     srv = _load(out, "served")
     if srv:
         for r in srv["results"]:
@@ -286,6 +290,9 @@ def main() -> None:
     served_cfg = served_bench.quick_config() if args.quick else served_bench.ServedConfig()
     if section("served"):
         served_bench.run(args.model, served_cfg, out)
+    if section("adaptive"):  # layer "auto" against fixed layer 6 under load (issue 20)
+        adaptive_bench.run(args.model, adaptive_bench.AdaptiveConfig(
+            factors=(0.5, 3.0), seconds=4.0) if args.quick else adaptive_bench.AdaptiveConfig(), results_dir=out)
     if section("peers"):
         cfg = peers_bench.quick_config() if args.quick else peers_bench.PeersConfig()
         peers_bench.run(args.model, copies.get("int8"), cfg, served_cfg, _load(out, "served"),
