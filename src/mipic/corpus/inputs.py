@@ -228,6 +228,8 @@ def _record(obj: dict[str, object], source: Source, row: int) -> Record | str:
         return f"no field {source.text_field!r}" if source.text_field not in obj else f"{source.text_field!r} is null"
     if not isinstance(text, str):
         return f"{source.text_field!r} is not text ({type(text).__name__})"
+    if not text:  # as the server refuses it: an empty string has no tokens to embed but [CLS] [SEP]
+        return f"{source.text_field!r} is an empty string"
     if source.id_field is None:
         return Record(row, row, text)
     ident = obj.get(source.id_field)

@@ -178,6 +178,7 @@ BAD_JSONL = [
     ('{"text": "a cat"}\n\n{"text": "a dog"}\n', "in.jsonl line 2: empty line"),
     ('{"text": "a cat"}\n{"body": "a dog"}\n', "in.jsonl line 2: no field 'text'"),
     ('{"text": "a cat"}\n{"text": 42}\n', "in.jsonl line 2: 'text' is not text (int)"),
+    ('{"text": "a cat"}\n{"text": ""}\n', "in.jsonl line 2: 'text' is an empty string"),
     ('{"text": "a cat"}\n{"text": null}\n', "in.jsonl line 2: 'text' is null"),
     ('{"text": "a cat"}\n{"text": "a dog"\n', "in.jsonl line 2: not valid JSON"),
     ('{"text": "a cat"}\n["a dog"]\n', "in.jsonl line 2: not a JSON object (list)"),
