@@ -48,8 +48,10 @@ def _set_pointer(repo: ModelRepository, content: bytes | None) -> None:
     pointer = repo.path / "CURRENT"
     if content is None:
         pointer.unlink(missing_ok=True)
-    else:
-        pointer.write_bytes(content)
+    else:  # in one step, as an operator's `mv` would: the watcher never sees the truncated file in between
+        tmp = pointer.with_name("CURRENT.tmp")
+        tmp.write_bytes(content)
+        tmp.replace(pointer)
 
 
 def test_every_bad_current_is_one_warning_a_409_and_the_watcher_follows_the_next_promote(
