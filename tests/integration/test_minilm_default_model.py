@@ -26,7 +26,8 @@ def test_full_budget_matches_sentence_transformers(minilm_dir: Path, tmp_path: P
 
     from mipic.modeldir.manifest import load_manifest
     from mipic.modeldir.runner import LoadedModel, Row
-    from mipic.training.release import DEFAULT_HEADS_META, default_encoder
+    from mipic.training.default_assets import DEFAULT_HEADS_META
+    from mipic.training.release import default_encoder
 
     encoder = default_encoder(json.loads(DEFAULT_HEADS_META.read_text()), tmp_path / "encoder")
     st = SentenceTransformer(str(encoder), device="cpu")
@@ -89,7 +90,8 @@ def test_serves_dim64_layer6(minilm_dir: Path, live_server_factory) -> None:  # 
 def test_save_default_ships_the_adapter_with_the_heads(minilm_dir: Path, tmp_path: Path) -> None:
     """`mipic heads save-default --adapter` stores the adapter beside the heads and names it in the metadata
     (what bootstrap merges); without it, a stored adapter is removed (heads on the untouched base)."""
-    from mipic.training.release import ADAPTER_FILES, DEFAULT_ADAPTER_DIR, save_default_heads
+    from mipic.training.default_assets import ADAPTER_FILES, DEFAULT_ADAPTER_DIR
+    from mipic.training.release import save_default_heads
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

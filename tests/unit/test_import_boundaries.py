@@ -51,3 +51,12 @@ def test_mean_pooling_and_truncation_are_defined_once() -> None:
                                                                    "_pool_np"}:
                 defs.append(f"{path.relative_to(SRC)}:{node.name}")
     assert sorted(defs) == ["modeldir/vector.py:mean_pool", "modeldir/vector.py:truncate_normalize"]
+
+
+def test_the_trainable_model_does_not_import_the_release_floor() -> None:
+    """``release`` (export, save the default model) builds on ``model``; the reverse import made a circle for one
+    path constant, which now lives in the leaf ``training/default_assets.py``."""
+    names = imports_of("training")["training/model.py"]
+    assert not any(n == "mipic.training.release" or n.startswith("mipic.training.release.") for n in names)
+    leaf = imports_of("training")["training/default_assets.py"]
+    assert not any(n.startswith("mipic") for n in leaf)

@@ -22,6 +22,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from mipic.modeldir.heads import ExitHeads
 from mipic.training.config import LoraSection, LossSection, ModelSection, Objective
+from mipic.training.default_assets import DEFAULT_HEADS_ASSET
 from mipic.training.losses import (
     AdaptiveLayerMatryoshkaLoss,
     EncoderOutputs,
@@ -255,8 +256,6 @@ def heads_init_path(spec: Path | str) -> Path:
     from mipic.modeldir.heads import HEADS_FILE
 
     if str(spec) == "default":
-        from mipic.training.release import DEFAULT_HEADS_ASSET
-
         return DEFAULT_HEADS_ASSET
     path = Path(spec)
     return path / HEADS_FILE if path.is_dir() else path

@@ -29,6 +29,7 @@ from mipic.modeldir.manifest import (
     write_manifest,
 )
 from mipic.modeldir.runner import LoadedModel
+from mipic.training.default_assets import ADAPTER_FILES, DEFAULT_ADAPTER_DIR, DEFAULT_HEADS_ASSET, DEFAULT_HEADS_META
 from mipic.training.export import ExportOptions, attach_heads, export_pretrained, packaged_minilm_path
 from mipic.training.heads_config import HeadFitConfig
 
@@ -309,10 +310,6 @@ def save_default_heads(
 # --------------------------------------------------------------------------- the default model
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
-DEFAULT_HEADS_ASSET = Path(__file__).parent / "assets" / "minilm_heads.npz"
-DEFAULT_HEADS_META = Path(__file__).parent / "assets" / "minilm_heads.json"
-DEFAULT_ADAPTER_DIR = "minilm_adapter"
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 def default_encoder(meta: dict[str, Any], work: Path) -> Path:
