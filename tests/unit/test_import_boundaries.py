@@ -60,3 +60,16 @@ def test_the_trainable_model_does_not_import_the_release_floor() -> None:
     assert not any(n == "mipic.training.release" or n.startswith("mipic.training.release.") for n in names)
     leaf = imports_of("training")["training/default_assets.py"]
     assert not any(n.startswith("mipic") for n in leaf)
+
+
+def test_default_dims_have_one_home() -> None:
+    """The default Matryoshka prefixes are a contract fact: spelled once, in the manifest's module."""
+    homes: list[str] = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name.lstrip("_") == "default_dims":
+                homes.append(f"{path.relative_to(SRC)}:def")
+            elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DEFAULT_DIMS"
+                                                      for t in node.targets):
+                homes.append(f"{path.relative_to(SRC)}:DEFAULT_DIMS")
+    assert sorted(homes) == ["modeldir/manifest.py:DEFAULT_DIMS", "modeldir/manifest.py:def"]

@@ -23,6 +23,14 @@ SCHEMA_VERSION = 1
 #: Plain truncation of MiniLM's layers scores 0.23–0.51 and independently rotated heads about 0; heads aligned
 #: to the last layer (``mipic heads fit``, issue 18) 0.68 and more (README, "One index, any exit").
 SHARED_SPACE_MIN_COSINE = 0.5
+#: The Matryoshka prefixes a model serves unless its export says otherwise (plus the full width).
+DEFAULT_DIMS = (16, 32, 64, 128, 256)
+
+
+def default_dims(hidden_size: int) -> list[int]:
+    """The default prefixes below ``hidden_size`` plus the full width: what export serves, training trains and
+    evaluation measures when no dims are given."""
+    return sorted({d for d in DEFAULT_DIMS if d < hidden_size} | {hidden_size})
 
 
 class ManifestError(ValueError):

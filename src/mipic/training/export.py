@@ -43,6 +43,7 @@ from mipic.modeldir.manifest import (
     ManifestError,
     StageSpec,
     budget_key,
+    default_dims,
     load_manifest,
     write_manifest,
 )
@@ -51,7 +52,6 @@ from mipic.modeldir.vector import embed, pool
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DIMS = (16, 32, 64, 128, 256)
 OPSET = 17
 
 
@@ -172,10 +172,6 @@ def _load(model_path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerB
     return model.eval(), tokenizer
 
 
-def _default_dims(hidden: int) -> list[int]:
-    return sorted({d for d in DEFAULT_DIMS if d < hidden} | {hidden})
-
-
 def export_staged(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -196,7 +192,7 @@ def export_staged(
     num_layers = int(cfg.num_hidden_layers)
     hidden = int(cfg.hidden_size)
     # every trained dim is served, whatever the list says; the full width always is
-    base = set(options.dims) if options.dims else set(_default_dims(hidden))
+    base = set(options.dims) if options.dims else set(default_dims(hidden))
     dims = sorted(base | {d for d, _ in options.trained_budgets if d <= hidden} | {hidden})
     dims = [d for d in dims if d <= hidden]
     max_len = int(options.max_seq_length or min(getattr(tokenizer, "model_max_length", 512), 512))

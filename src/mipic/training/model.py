@@ -21,6 +21,7 @@ from torch.nn.utils import parametrizations
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mipic.modeldir.heads import ExitHeads
+from mipic.modeldir.manifest import default_dims
 from mipic.training.config import LoraSection, LossSection, ModelSection, Objective
 from mipic.training.default_assets import DEFAULT_HEADS_ASSET
 from mipic.training.losses import (
@@ -36,15 +37,9 @@ from mipic.training.losses import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DIMS = (16, 32, 64, 128, 256)
 #: Prefix of the objective's parameters in the wrapper's state dict (the encoder's is ``encoder.``).
 OBJECTIVE_PREFIX = "objective."
 ENCODER_PREFIX = "encoder."
-
-
-def default_dims(hidden_size: int) -> list[int]:
-    """The usual Matryoshka prefixes below ``hidden_size`` plus the full width (as the exporter serves)."""
-    return sorted({d for d in DEFAULT_DIMS if d < hidden_size} | {hidden_size})
 
 
 # --------------------------------------------------------------------------- objectives

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from mipic.modeldir.manifest import default_dims
 from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder
 from mipic.training.evaluation.pooling import truncate_normalize
 from mipic.training.evaluation.report import write_report
@@ -19,12 +20,6 @@ from mipic.training.evaluation.suites import Embed, Suite, geometry_suite
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DIMS = (16, 32, 64, 128, 256)
-
-
-def default_dims(hidden_size: int) -> list[int]:
-    """The Matryoshka prefixes below ``hidden_size``, plus the full width (as the exporter does)."""
-    return sorted({d for d in DEFAULT_DIMS if d < hidden_size} | {hidden_size})
 
 
 def _check_budgets(encoder: BudgetEncoder, layers: Sequence[int], dims: Sequence[int]) -> None:

@@ -30,6 +30,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mipic.modeldir.manifest import default_dims
 from mipic.training.evaluation.geometry import alignment, effective_rank, isotropy, uniformity
 from mipic.training.evaluation.pooling import PoolingVariant, l2_normalize, pool_hidden_states, truncate_normalize
 
@@ -38,17 +39,12 @@ logger = logging.getLogger(__name__)
 #: The four poolings of the diagnostics (``last_layers_avg``: mean pool of the average of the last
 #: ``window`` layers).
 DIAGNOSTIC_POOLINGS: tuple[PoolingVariant, ...] = ("cls", "mean", "max", "last_layers_avg")
-DEFAULT_DIMS = (16, 32, 64, 128, 256)
 #: Alias accepted for MODEL: the packaged all-MiniLM-L6-v2.
 PACKAGED = "packaged"
 REFERENCE_NOTE = (
     "Published reference (same uniformity definition): the MLM+JEPA hybrid reaches uniformity below "
     "−0.16 where pure MLM sits near −0.05."
 )
-
-
-def default_dims(hidden_size: int) -> list[int]:
-    return sorted({d for d in DEFAULT_DIMS if d < hidden_size} | {hidden_size})
 
 
 # --------------------------------------------------------------------------- metrics on arrays
