@@ -17,6 +17,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_LAYERS = 3
 TINY_HIDDEN = 32
 TINY_DIMS = [8, 16, 32]
+# Request limits small enough that the API tests can cross them cheaply.
+SMALL_LIMITS: dict[str, object] = {"max_inputs_per_request": 8, "max_request_bytes": 20_000}
+
+
+def make_settings(model_dir: Path, **kw: object):  # type: ignore[no-untyped-def]
+    """Service settings for an app on ``model_dir`` in a test: CPU, no default-model bootstrap, ``kw`` on top."""
+    from mipic.service.settings import Settings
+
+    return Settings(**{"model_dir": model_dir, "provider": "cpu", "bootstrap_default": False, **kw})
 
 
 def _tiny_tokenizer(path: Path):  # type: ignore[no-untyped-def]

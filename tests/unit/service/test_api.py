@@ -8,22 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import TINY_HIDDEN, TINY_LAYERS
+from tests.conftest import SMALL_LIMITS, TINY_HIDDEN, TINY_LAYERS, make_settings
 
 from mipic.service.app import create_app
-from mipic.service.settings import Settings
-
-
-def make_settings(model_dir: Path, **kw: object) -> Settings:
-    base: dict[str, object] = {"model_dir": model_dir, "provider": "cpu", "bootstrap_default": False,
-                               "max_inputs_per_request": 8, "max_request_bytes": 20_000}
-    base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tiny_model_dir))) as c:
+    with TestClient(create_app(make_settings(tiny_model_dir, **SMALL_LIMITS))) as c:
         yield c
 
 
@@ -149,7 +141,7 @@ def test_metrics_have_budget_labels(client: TestClient) -> None:
 
 def test_openai_client_round_trip(tiny_model_dir: Path, live_server_factory) -> None:  # type: ignore[no-untyped-def]
     openai = pytest.importorskip("openai")
-    srv = live_server_factory(create_app(make_settings(tiny_model_dir)))
+    srv = live_server_factory(create_app(make_settings(tiny_model_dir, **SMALL_LIMITS)))
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
     # default: the client asks for base64 and decodes it
     res = client.embeddings.create(model="tiny", input=["the cat", "a dog"], dimensions=16)

@@ -8,20 +8,17 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import TINY_LAYERS
+from tests.conftest import TINY_LAYERS, make_settings
 
 from mipic.service.app import create_app
 from mipic.service.engine.engine import Engine
-from mipic.service.settings import Settings
 
 TEXTS = ["the cat sat", "a dog barked twice"]
 
 
 @pytest.fixture(scope="module")
 def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_dir=tiny_model_dir, provider="cpu", bootstrap_default=False,  # type: ignore[call-arg]
-                        max_inputs_per_request=8)
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(make_settings(tiny_model_dir, max_inputs_per_request=8))) as c:
         yield c
 
 

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
+from tests.conftest import make_settings
 
 from mipic.service.app import create_app
-from mipic.service.settings import Settings
-
-
-def make_settings(model_dir: Path, **kw: object) -> Settings:
-    base: dict[str, object] = {"model_dir": model_dir, "provider": "cpu", "bootstrap_default": False}
-    base.update(kw)
-    return Settings(**base)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
