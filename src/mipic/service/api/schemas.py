@@ -36,24 +36,29 @@ LAYER_DESCRIPTION = ('Exit layer, 1..num_layers, or "auto": the server picks the
                      "x-exit-layer header); default the last layer")
 
 
+MIN_LAYER_DESCRIPTION = 'With layer "auto": the shallowest exit allowed (default 1)'
+MAX_LAYER_DESCRIPTION = 'With layer "auto": the deepest exit allowed (default the last)'
+LATENCY_DESCRIPTION = 'With layer "auto": the latency target (default: the server\'s auto_max_latency_ms)'
+LatencyMs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class DepthFields(BaseModel):
     """The exit layer, or ``"auto"`` with its bounds and latency target (every embed surface takes these)."""
 
     layer: LayerChoice | None = Field(None, description=LAYER_DESCRIPTION)
-    min_layer: StrictInt | None = Field(None, description='With layer "auto": the shallowest exit allowed (default 1)')
-    max_layer: StrictInt | None = Field(None, description='With layer "auto": the deepest exit allowed (default last)')
-    max_latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        None, description='With layer "auto": the latency target (default: the server\'s auto_max_latency_ms)')
+    min_layer: StrictInt | None = Field(None, description=MIN_LAYER_DESCRIPTION)
+    max_layer: StrictInt | None = Field(None, description=MAX_LAYER_DESCRIPTION)
+    max_latency_ms: LatencyMs | None = Field(None, description=LATENCY_DESCRIPTION)
 
 
 class DepthQuery(BaseModel):
-    """The same depth fields in a query string (``?layer=auto&min_layer=2``): strings are parsed there."""
+    """The same depth fields in a query string (``?layer=auto&min_layer=2``): the same fields, with the
+    integers parsed from text (the body's are strict JSON integers)."""
 
     layer: LayerChoiceQuery | None = Field(None, description=LAYER_DESCRIPTION)
-    min_layer: int | None = Field(None, description='With layer "auto": the shallowest exit allowed')
-    max_layer: int | None = Field(None, description='With layer "auto": the deepest exit allowed')
-    max_latency_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
-        None, description='With layer "auto": the latency target')
+    min_layer: int | None = Field(None, description=MIN_LAYER_DESCRIPTION)
+    max_layer: int | None = Field(None, description=MAX_LAYER_DESCRIPTION)
+    max_latency_ms: LatencyMs | None = Field(None, description=LATENCY_DESCRIPTION)
 
 
 class EmbedRequest(DepthFields):

@@ -377,7 +377,7 @@ class Engine:
             layer=ly,
             model_id=model.model_id,
             model_version=model.version,
-            tokens=sum(e.length for e in encoded),
+            tokens=tokens,
             tokenization_seconds=t_tok,
             queue_seconds=max(r.queue_seconds for r in results),
             inference_seconds=max(r.inference_seconds for r in results),
