@@ -139,3 +139,11 @@ def test_max_items_bound_is_what_works(tiny_model_dir: Path, tmp_path: Path) -> 
     for suite in ("bbc_topics", "rt_sentiment", "news_title_subtitle", "news_title_body"):
         assert suite in grid
     assert "embedding" in ok.stderr and "scoring budgets" in ok.stderr  # tqdm bars
+
+
+def test_embed_offers_every_output_type_the_runner_has() -> None:
+    """``mipic embed --embedding-type`` mirrors modeldir's output types (one list, kept in step here)."""
+    from mipic.cli import EmbeddingType
+    from mipic.modeldir.vector import OUTPUT_TYPES
+
+    assert [t.value for t in EmbeddingType] == list(OUTPUT_TYPES)
