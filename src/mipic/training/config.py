@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mipic.training.losses import AdaptiveLayerMatryoshkaLoss, MatryoshkaInfoNCELoss, MIPICLoss, SelfDistillLoss
+from mipic.training.losses.distill import AlignDimWeighting
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,9 @@ class LossSection(_Section):
     align_weight: float = Field(default=loss_default(SelfDistillLoss, "align_weight"), ge=0,
                                 description="Every distilled (dim, layer): 1 - cos to the teacher's first dim "
                                 "coordinates in the last layer's head coordinates (one space for every exit).")
+    align_dim_weighting: AlignDimWeighting = Field(
+        default=loss_default(SelfDistillLoss, "align_dim_weighting"),
+        description="Weights of the align term's budgets: 'uniform', or 'linear' (∝ dim: wide prefixes weigh most).")
 
 
 class DataSection(_Section):

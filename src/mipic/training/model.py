@@ -172,7 +172,8 @@ def build_model(
         teacher = copy.deepcopy(encoder)
         distill = SelfDistillLoss([(d, ly) for d, ly in distill_budgets(loss, hidden, num_layers)],
                                   temperature=loss.distill_temperature, anchor_weight=loss.anchor_weight,
-                                  align_weight=loss.align_weight)
+                                  align_weight=loss.align_weight,
+                                  align_dim_weighting=loss.align_dim_weighting)
     heads = None
     if model_cfg.heads_init is not None:
         heads = ExitHeadsModule(load_heads_init(model_cfg.heads_init, num_layers, hidden),

@@ -214,6 +214,8 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
         recipe.update({"objective": cfg.objective, "steps": cfg.train.max_steps, "seed": cfg.seed,
                        "distill_weight": cfg.loss.distill_weight, "align_weight": cfg.loss.align_weight,
                        "heads_init": str(cfg.model.heads_init)})
+        if cfg.loss.align_dim_weighting != "uniform":  # said only when set: older recipes' manifests stay as they were
+            recipe["align_dim_weighting"] = cfg.loss.align_dim_weighting
         # the heads training started from, by content: a path (or 'default') can be rewritten after the run
         init = heads_init_path(cfg.model.heads_init) if cfg.model.heads_init is not None else None
         if init is not None and init.is_file():

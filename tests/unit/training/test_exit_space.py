@@ -33,7 +33,7 @@ from mipic.training.heads import (  # noqa: E402
     last_layer_targets,
     ridge_map,
 )
-from mipic.training.losses.distill import SelfDistillLoss, align_loss  # noqa: E402
+from mipic.training.losses.distill import SelfDistillLoss, align_loss, align_weights  # noqa: E402
 from mipic.training.release import budget_scores, measure_budgets, write_budgets  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -78,6 +78,26 @@ def test_align_term_sees_a_rotation_that_the_kl_cannot() -> None:
     with_align = SelfDistillLoss([(8, 1)], temperature=0.05, align_weight=1.0)
     assert float(kl_only([rotated], teacher)) == pytest.approx(0.0, abs=1e-4)
     assert float(with_align([rotated], teacher)) > 0.5
+
+
+def test_linear_dim_weighting_weighs_wide_prefixes_by_their_width() -> None:
+    budgets = [(4, 1), (12, 1)]
+    w = align_weights(budgets, "linear")
+    assert w.tolist() == pytest.approx([0.5, 1.5])  # ∝ d, mean 1
+    assert align_weights(budgets, "uniform").tolist() == [1.0, 1.0]
+    teacher = torch.randn(16, 12)
+    student = teacher.clone()
+    student[:, 4:] = torch.randn(16, 8)  # the first 4 dims right, the tail wrong
+    per = [float(align_loss([student], teacher, [b])) for b in budgets]
+    assert per[0] == pytest.approx(0.0, abs=1e-6) and per[1] > 0.1
+    assert float(align_loss([student], teacher, budgets, w)) == pytest.approx((0.5 * per[0] + 1.5 * per[1]) / 2)
+    linear = SelfDistillLoss(budgets, align_weight=1.0, align_dim_weighting="linear")
+    uniform = SelfDistillLoss(budgets, align_weight=1.0)
+    linear([student], teacher)
+    uniform([student], teacher)
+    assert float(linear.last_align) > float(uniform.last_align)
+    with pytest.raises(ValueError, match="align_dim_weighting"):
+        SelfDistillLoss(budgets, align_dim_weighting="square")  # type: ignore[arg-type]
 
 
 def test_align_gradient_reaches_the_student_not_the_target() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +30,34 @@ def distill_kl(student: Tensor, teacher_log_probs: Tensor, temperature: float) -
     return terms.sum(dim=-1).mean()
 
 
-def align_loss(readouts: Sequence[Tensor], target: Tensor, budgets: Sequence[tuple[int, int]]) -> Tensor:
-    """Mean over budgets (d, l) and rows of 1 − cos(readouts[l − 1][:, :d], target[:, :d]): each budget's
-    vector against the same prefix of the target, in the same coordinates (no gradient reaches ``target``)."""
+AlignDimWeighting = Literal["uniform", "linear"]
+
+
+def align_weights(budgets: Sequence[tuple[int, int]], weighting: AlignDimWeighting) -> Tensor:
+    """Per-budget weights of the align term, mean 1: ``uniform`` (every (d, l) alike) or ``linear``
+    (w ∝ d: the wide prefixes, whose tail coordinates a shallow layer predicts worst, weigh most)."""
+    if weighting == "uniform":
+        w = torch.ones(len(budgets))
+    elif weighting == "linear":
+        w = torch.tensor([float(d) for d, _ in budgets])
+    else:
+        raise ValueError(f"align_dim_weighting must be 'uniform' or 'linear', got {weighting!r}")
+    return w * (len(budgets) / w.sum())
+
+
+def align_loss(readouts: Sequence[Tensor], target: Tensor, budgets: Sequence[tuple[int, int]],
+               weights: Tensor | None = None) -> Tensor:
+    """Weighted mean (``weights``, mean 1; None = uniform) over budgets (d, l) and rows of
+    1 − cos(readouts[l − 1][:, :d], target[:, :d]): each budget's vector against the same prefix of the
+    target, in the same coordinates (no gradient reaches ``target``)."""
     target = target.detach().float()
-    return torch.stack([
+    terms = torch.stack([
         (1 - F.cosine_similarity(readouts[layer - 1][:, :d].float(), target[:, :d], dim=-1)).mean()
         for d, layer in budgets
-    ]).mean()
+    ])
+    if weights is None:
+        return terms.mean()
+    return (terms * weights.to(terms.device)).mean()
 
 
 class SelfDistillLoss(nn.Module):
@@ -46,7 +67,7 @@ class SelfDistillLoss(nn.Module):
 
         \mathcal{L}_{distill} = \frac{1}{|S|}\sum_{(l, d) \in S} \mathrm{KL}\big(P_T \,\|\, P_{l,d}\big)
             + w_{anchor}\,\frac{1}{B}\sum_i \big(1 - \cos(z^{(L)}_i, t_i)\big)
-            + w_{align}\,\frac{1}{|S|}\sum_{(l, d) \in S} \frac{1}{B}\sum_i
+            + w_{align}\,\frac{1}{|S|}\sum_{(l, d) \in S} \omega_d\,\frac{1}{B}\sum_i
               \big(1 - \cos(z^{(l)}_i[{:}d], t_i[{:}d])\big)
 
     with :math:`P_T[i, :] = \mathrm{softmax}_{j \ne i}(\cos(t_i, t_j)/\tau)` from the teacher vectors
@@ -64,7 +85,10 @@ class SelfDistillLoss(nn.Module):
     The align term pulls each budget's vector onto the first d coordinates of the teacher vector ``t`` *in
     the served last-layer coordinates* (the caller passes t through the last layer's head, a rotation),
     so (d, l) ≈ (d, L) text by text and every exit shares one space. Cosine rather than MSE: the served
-    vector is re-normalised after the cut, so only the direction of each prefix matters.
+    vector is re-normalised after the cut, so only the direction of each prefix matters. The per-budget
+    weights :math:`\omega_d` (``align_dim_weighting``, mean 1 over S) are 1 (``uniform``) or ∝ d
+    (``linear``: the wide prefixes weigh most; the first 64 dims of a shallow exit are close to the last
+    layer's already, its tail coordinates are what it misses).
 
     Every term is zero when the student is the teacher (same network, last layer, full width, an
     orthogonal or identity head); the align term then is also zero at (d, L) for every d.
@@ -81,6 +105,7 @@ class SelfDistillLoss(nn.Module):
         temperature: float = 0.05,
         anchor_weight: float = 0.0,
         align_weight: float = 0.0,
+        align_dim_weighting: AlignDimWeighting = "uniform",
     ) -> None:
         super().__init__()
         if not budgets:
@@ -92,6 +117,9 @@ class SelfDistillLoss(nn.Module):
         self.temperature = check_positive("temperature", temperature)
         self.anchor_weight = check_non_negative("anchor_weight", anchor_weight)
         self.align_weight = check_non_negative("align_weight", align_weight)
+        self.align_dim_weighting = align_dim_weighting
+        self.align_weights: Tensor
+        self.register_buffer("align_weights", align_weights(self.budgets, align_dim_weighting), persistent=False)
         self.last_kl = torch.zeros(())
         self.last_anchor = torch.zeros(())
         self.last_align = torch.zeros(())
@@ -109,11 +137,11 @@ class SelfDistillLoss(nn.Module):
             self.last_anchor = anchor.detach()
             total = total + self.anchor_weight * anchor
         if self.align_weight > 0:
-            align = align_loss(readouts, teacher.detach(), self.budgets)
+            align = align_loss(readouts, teacher.detach(), self.budgets, self.align_weights)
             self.last_align = align.detach()
             total = total + self.align_weight * align
         return total
 
     def extra_repr(self) -> str:
         return (f"budgets={len(self.budgets)}, temperature={self.temperature}, anchor_weight={self.anchor_weight}, "
-                f"align_weight={self.align_weight}")
+                f"align_weight={self.align_weight}, align_dim_weighting={self.align_dim_weighting!r}")
