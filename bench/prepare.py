@@ -23,7 +23,7 @@ from bench.common import DEFAULT_MODEL, PEERS_PYTHON, TMP_DIR
 # Files that make a sentence-transformers / Infinity model directory besides the weights.
 ST_FILES = ("config.json", "config_sentence_transformers.json", "modules.json", "sentence_bert_config.json",
             "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt", "1_Pooling")
-COPIES = ("int8", "int8-dynamic", "fp16")  # mipic.training.export.convert_precision
+COPIES = ("int8", "int8-dynamic", "fp16")  # mipic.training.precision.convert_precision
 # The peers' environment: Infinity with its optimum engine, in its own venv (it needs torch and its own pins).
 # torch first and pinned (a CPU build of this version is on disk; anything else pulls CUDA wheels), then the
 # version set that installs together (/work/shared/DATA.md).
@@ -123,7 +123,7 @@ def ensure_optimum_export() -> tuple[Path, Path]:
 
 
 def _build_precision(model_dir: Path, precision: str, out: Path) -> None:
-    from mipic.training.export import convert_precision
+    from mipic.training.precision import convert_precision
 
     m = convert_precision(model_dir, out, precision)
     worst = min(m.parity.values()) if m.parity else float("nan")

@@ -291,7 +291,7 @@ def bootstrap(
     if precision is BootstrapPrecision.fp32:
         manifest = bootstrap_default_model(out, heads=heads)
     else:
-        from mipic.training.export import convert_precision
+        from mipic.training.precision import convert_precision
 
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f".{out.name}-fp32.", dir=out.parent) as tmp:
@@ -478,7 +478,7 @@ def export(
 ) -> None:
     """Export a checkpoint to the staged ONNX format (refused if parity with PyTorch fails), fit exit heads,
     and record quality and cost per budget in the manifest."""
-    from mipic.training.export import convert_precision
+    from mipic.training.precision import convert_precision
     from mipic.training.release import export_options_for, export_with_heads
 
     dim_list = _ints(dims, "--dims")

@@ -11,7 +11,7 @@ import pytest
 
 from mipic.modeldir.manifest import load_manifest
 from mipic.modeldir.runner import LoadedModel, Row
-from mipic.training.export import convert_precision
+from mipic.training.precision import convert_precision
 
 WORDS = "the quick brown fox jumps over the lazy dog a cat is not a dog and that is it for the model".split()
 # Calibration texts in the tiny model's vocabulary, of many lengths (the real default: training-split sentences).
