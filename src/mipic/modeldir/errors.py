@@ -6,14 +6,19 @@ from __future__ import annotations
 
 
 class EngineError(Exception):
-    """Base class. ``code`` is stable and reaches clients; ``param`` names the offending field."""
+    """Base class. ``code`` is stable and reaches clients.
+
+    ``field`` names the offending request field by its key (``dim``, ``layer``, ``output``, ``input[3]``, ``ids``)
+    and the message starts with it; each surface of the HTTP layer puts its own parameter name for the key in both
+    (``service/api/errors.py``), so no surface's names reach this module.
+    """
 
     code = "engine_error"
 
-    def __init__(self, message: str, param: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.field = field
 
 
 class InvalidRequest(EngineError):

@@ -112,34 +112,33 @@ class LoadedModel:
     def version(self) -> str:
         return self.manifest.version
 
-    def resolve_budget(self, dim: int | None, layer: int | None, dim_param: str = "dim") -> tuple[int, int]:
+    def resolve_budget(self, dim: int | None, layer: int | None) -> tuple[int, int]:
         """Defaults to the full width and depth; rejects anything outside the manifest."""
         m = self.manifest
         d = m.hidden_size if dim is None else dim
         ly = m.num_layers if layer is None else layer
         if d not in self._dims:
-            raise InvalidBudget(
-                f"{dim_param}={d} is not served by {m.model_id}; allowed: {m.dims}", param=dim_param
-            )
+            raise InvalidBudget(f"dim={d} is not served by {m.model_id}; allowed: {m.dims}", field="dim")
         if not 1 <= ly <= m.num_layers:
-            raise InvalidBudget(f"layer={ly} must be between 1 and {m.num_layers}", param="layer")
+            raise InvalidBudget(f"layer={ly} must be between 1 and {m.num_layers}", field="layer")
         return d, ly
 
-    def check_output(self, dim: int, layer: int, output: str, param: str) -> None:
+    def check_output(self, dim: int, layer: int, output: str, param: str = "output") -> None:
         """Refuse an output type this (dim, layer) cannot give: unknown, bits of a dim not a multiple of 8,
-        or int8/uint8 on a model exported without calibration ranges."""
+        or int8/uint8 on a model exported without calibration ranges. ``param``: what the error calls the
+        output type, by default its key ``output`` (the HTTP layer renames it per surface); a CLI names its flag."""
         if output not in OUTPUT_TYPES:
             raise InvalidRequest(f"{param}: unknown output type {output!r}; expected one of {list(OUTPUT_TYPES)}",
-                                 param=param)
+                                 field=param)
         if output in PACKED_TYPES and dim % 8:
             raise InvalidRequest(
-                f"{param}={output} packs 8 values per byte, so dim must be a multiple of 8; got {dim}", param=param
+                f"{param}={output} packs 8 values per byte, so dim must be a multiple of 8; got {dim}", field=param
             )
         if output in CALIBRATED_TYPES and budget_key(dim, layer) not in self._ranges:
             raise InvalidRequest(
                 f"{param}={output} needs calibration ranges, and {self.model_id} was exported without them "
                 "(re-export it, or run `mipic calibrate` on its directory)",
-                param=param,
+                field=param,
             )
 
     def quantize(self, vectors: np.ndarray, dim: int, layer: int, output: str) -> np.ndarray:

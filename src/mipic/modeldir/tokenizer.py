@@ -70,12 +70,11 @@ class TextTokenizer:
         *,
         truncate: bool | None = None,
         direction: Direction = "right",
-        param: str = "input",
     ) -> list[Encoded]:
         """Texts (tokenized with special tokens) or token-id lists (checked against the vocabulary) → ids.
 
         Longer than ``max_length``: cut on ``direction``'s side, or :class:`InputTooLong` when ``truncate``
-        (default: this tokenizer's setting) is false.
+        (default: this tokenizer's setting) is false. Errors name the item by its key, ``input[i]``.
         """
         keep = self.truncate if truncate is None else truncate
         texts = [(i, t) for i, t in enumerate(inputs) if isinstance(t, str)]
@@ -86,33 +85,34 @@ class TextTokenizer:
                 truncated = bool(enc.overflowing)
                 if truncated and not keep:
                     raise InputTooLong(
-                        f"{param}[{i}] is longer than the maximum of {self.max_length} tokens", param=f"{param}[{i}]"
+                        f"input[{i}] is longer than the maximum of {self.max_length} tokens", field=f"input[{i}]"
                     )
                 out[i] = Encoded(ids=np.asarray(enc.ids, dtype=np.int64), truncated=truncated)
         for i, item in enumerate(inputs):
             if not isinstance(item, str):
-                out[i] = self._from_ids(item, keep, direction, f"{param}[{i}]")
+                out[i] = self._from_ids(item, keep, direction, f"input[{i}]")
         return [e for e in out if e is not None]
 
-    def _from_ids(self, ids: Sequence[int], keep: bool, direction: Direction, param: str) -> Encoded:
-        self.check_ids(ids, param)
+    def _from_ids(self, ids: Sequence[int], keep: bool, direction: Direction, field: str) -> Encoded:
+        self.check_ids(ids, field)
         arr = np.asarray(ids, dtype=np.int64)
         if arr.shape[0] <= self.max_length:
             return Encoded(ids=arr, truncated=False)
         if not keep:
-            raise InputTooLong(f"{param} has {arr.shape[0]} token ids; the maximum is {self.max_length}", param=param)
+            raise InputTooLong(f"{field} has {arr.shape[0]} token ids; the maximum is {self.max_length}", field=field)
         cut = arr[: self.max_length] if direction == "right" else arr[-self.max_length :]
         return Encoded(ids=cut, truncated=True)
 
-    def check_ids(self, ids: Sequence[int], param: str) -> None:
-        """Refuse an empty list or an id outside the vocabulary (the embedding graph would fail on it)."""
+    def check_ids(self, ids: Sequence[int], field: str) -> None:
+        """Refuse an empty list or an id outside the vocabulary (the embedding graph would fail on it); ``field``:
+        the list's key (``input[2]``, ``ids``)."""
         if len(ids) == 0:
-            raise InvalidRequest(f"{param} is an empty list of token ids", param=param)
+            raise InvalidRequest(f"{field} is an empty list of token ids", field=field)
         vocab = self.vocab_size
         for j, token in enumerate(ids):
             if not 0 <= token < vocab:
                 raise InvalidRequest(
-                    f"{param}[{j}]: token id {token} is outside the vocabulary (0..{vocab - 1})", param=param
+                    f"{field}[{j}]: token id {token} is outside the vocabulary (0..{vocab - 1})", field=field
                 )
 
     def tokens(self, text: str, add_special_tokens: bool = True) -> list[Token]:
@@ -132,6 +132,6 @@ class TextTokenizer:
                                  start=int(byte_at[start]), stop=int(byte_at[stop])))
         return out
 
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True, param: str = "ids") -> str:
-        self.check_ids(ids, param)
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True, field: str = "ids") -> str:
+        self.check_ids(ids, field)
         return str(self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens))

@@ -86,11 +86,14 @@ def test_calibration_covers_its_own_texts_through_the_served_read_out(tiny_model
 
 def test_runner_checks_output_types_before_any_compute(tiny_model_dir: Path, tmp_path: Path) -> None:
     model = LoadedModel(tiny_model_dir, provider="cpu")
-    model.check_output(8, 1, "binary", "embedding_types")
-    model.check_output(32, 3, "int8", "embedding_types")
-    with pytest.raises(InvalidRequest, match="unknown output type") as exc:
-        model.check_output(8, 1, "int4", "encoding_format")
-    assert exc.value.param == "encoding_format"
+    model.check_output(8, 1, "binary")
+    model.check_output(32, 3, "int8")
+    with pytest.raises(InvalidRequest, match=r"^output: unknown output type") as exc:
+        model.check_output(8, 1, "int4")
+    assert exc.value.field == "output"  # the key: each HTTP surface says its own name for it
+    with pytest.raises(InvalidRequest, match=r"^--embedding-type: unknown output type") as exc:
+        model.check_output(8, 1, "int4", param="--embedding-type")  # a CLI names its flag
+    assert exc.value.field == "--embedding-type"
     # a model with a dim that is not a multiple of 8, and no calibration
     d = tmp_path / "odd" / "1"
     shutil.copytree(tiny_model_dir, d)
@@ -98,10 +101,10 @@ def test_runner_checks_output_types_before_any_compute(tiny_model_dir: Path, tmp
     write_manifest(d, m.model_copy(update={"dims": [8, 12, 16, 32], "calibration": None}))
     odd = LoadedModel(d, provider="cpu")
     with pytest.raises(InvalidRequest, match="dim must be a multiple of 8; got 12"):
-        odd.check_output(12, 1, "binary", "embedding_types")
-    odd.check_output(16, 1, "ubinary", "embedding_types")
+        odd.check_output(12, 1, "binary")
+    odd.check_output(16, 1, "ubinary")
     with pytest.raises(InvalidRequest, match="exported without them"):
-        odd.check_output(16, 1, "uint8", "embedding_types")
+        odd.check_output(16, 1, "uint8")
 
 
 def test_quantised_vectors_do_not_depend_on_batch_mates(tiny_model_dir: Path) -> None:

@@ -111,8 +111,8 @@ def test_budget_validation(loaded: LoadedModel) -> None:
     with pytest.raises(InvalidBudget, match="layer=4"):
         loaded.resolve_budget(8, 4)
     with pytest.raises(InvalidBudget) as err:
-        loaded.resolve_budget(12, 1, "dimensions")
-    assert err.value.param == "dimensions"
+        loaded.resolve_budget(12, 1)
+    assert err.value.field == "dim"  # the key: each HTTP surface says its own name for it
 
 
 def test_long_inputs_truncated_or_rejected(tiny_model_dir: Path) -> None:

@@ -32,9 +32,9 @@ def test_truncation_side_and_refusal_per_request(tok: TextTokenizer) -> None:
     # right keeps the start ([CLS] the quick brown fox [SEP]); left keeps the end
     assert tok.decode(right.ids.tolist()) == "the quick brown fox"
     assert tok.decode(left.ids.tolist()) == "over the lazy dog"
-    with pytest.raises(InputTooLong, match=r"inputs\[1\] is longer than the maximum of 6 tokens") as exc:
-        tok.encode(["ok", text], truncate=False, param="inputs")
-    assert exc.value.param == "inputs[1]"
+    with pytest.raises(InputTooLong, match=r"input\[1\] is longer than the maximum of 6 tokens") as exc:
+        tok.encode(["ok", text], truncate=False)
+    assert exc.value.field == "input[1]"  # the key: each HTTP surface says its own name for it
     ids = list(range(5, 13))  # 8 ids
     assert tok.encode([ids])[0].ids.tolist() == ids[:6]
     assert tok.encode([ids], direction="left")[0].ids.tolist() == ids[-6:]
@@ -46,7 +46,7 @@ def test_truncation_side_and_refusal_per_request(tok: TextTokenizer) -> None:
 def test_ids_outside_the_vocabulary_are_refused(tok: TextTokenizer, bad: list[int]) -> None:
     assert tok.vocab_size == 44
     with pytest.raises(InvalidRequest, match="empty list" if not bad else "outside the vocabulary"):
-        tok.encode([bad], param="inputs")
+        tok.encode([bad])
     with pytest.raises(InvalidRequest):
         tok.decode(bad)
 

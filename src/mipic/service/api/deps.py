@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from mipic.service.api.errors import ApiError
+from mipic.service.api.errors import Unauthorized, UnsupportedMediaType
 from mipic.service.engine.engine import Engine
 from mipic.service.metrics import Metrics
 from mipic.service.settings import Settings
@@ -43,7 +43,7 @@ async def require_json(request: Request) -> None:
     content_type = request.headers.get("content-type", "")
     media = content_type.split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise ApiError(415, "Content-Type must be application/json", "unsupported_media_type")
+        raise UnsupportedMediaType("Content-Type must be application/json", "unsupported_media_type")
 
 
 def bearer_matches(request: Request, secret: str) -> bool:
@@ -57,4 +57,4 @@ async def require_api_key(request: Request, settings: SettingsDep) -> None:
     if settings.api_key is None:
         return
     if not bearer_matches(request, settings.api_key.get_secret_value()):
-        raise ApiError(401, "missing or invalid API key", "invalid_api_key")
+        raise Unauthorized("missing or invalid API key", "invalid_api_key")

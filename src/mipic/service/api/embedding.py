@@ -1,4 +1,5 @@
-"""The shared embed flow of both embed routes: limits, disconnect watching, metrics, timing headers."""
+"""The shared embed flow of the embed routes: limits, query/body merging, disconnect watching, metrics, timing
+headers."""
 
 from __future__ import annotations
 
@@ -6,43 +7,44 @@ import asyncio
 import base64
 import time
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from fastapi import Request
 
 from mipic.modeldir.tokenizer import Direction
+from mipic.service.api.errors import ClientGone, Conflict
+from mipic.service.api.schemas import DepthFields, DepthQuery
 from mipic.service.engine.depth import AutoDepth
 from mipic.service.engine.engine import EmbedResult, Engine
 from mipic.service.engine.errors import EmptyInput, InvalidRequest
 from mipic.service.metrics import Metrics
 from mipic.service.settings import Settings
 
-
-class ClientGone(Exception):
-    """The client disconnected before its embeddings were ready."""
+T = TypeVar("T")
 
 
-def check_inputs(texts: Sequence[str | Sequence[int]], param: str, settings: Settings) -> None:
-    """Cheap checks before any work: count, empty items, lone surrogates (token ids: see the tokenizer)."""
+def check_inputs(texts: Sequence[str | Sequence[int]], name: str, settings: Settings) -> None:
+    """Cheap checks before any work: count, empty items, lone surrogates (token ids: see the tokenizer); ``name``:
+    what this surface calls its inputs."""
     if not texts:
-        raise EmptyInput(f"{param} must not be empty", param=param)
+        raise EmptyInput(f"{name} must not be empty", field=name)
     if len(texts) > settings.max_inputs_per_request:
         raise InvalidRequest(
-            f"{param} has {len(texts)} items; at most {settings.max_inputs_per_request} per request",
-            param=param,
+            f"{name} has {len(texts)} items; at most {settings.max_inputs_per_request} per request",
+            field=name,
         )
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             if len(text) == 0:
-                raise InvalidRequest(f"{param}[{i}] is an empty list of token ids", param=f"{param}[{i}]")
+                raise InvalidRequest(f"{name}[{i}] is an empty list of token ids", field=f"{name}[{i}]")
             continue
         if not text:
-            raise InvalidRequest(f"{param}[{i}] is an empty string", param=f"{param}[{i}]")
+            raise InvalidRequest(f"{name}[{i}] is an empty string", field=f"{name}[{i}]")
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:  # JSON allows lone surrogates ("\ud800"); no tokenizer does
-            raise InvalidRequest(f"{param}[{i}] is not valid Unicode (lone surrogate)", param=f"{param}[{i}]") from None
+            raise InvalidRequest(f"{name}[{i}] is not valid Unicode (lone surrogate)", field=f"{name}[{i}]") from None
 
 
 def depth_of(layer: int | Literal["auto"] | None, min_layer: int | None = None, max_layer: int | None = None,
@@ -53,8 +55,26 @@ def depth_of(layer: int | Literal["auto"] | None, min_layer: int | None = None, 
         return AutoDepth(min_layer, max_layer, max_latency_ms)
     for name, value in (("min_layer", min_layer), ("max_layer", max_layer), ("max_latency_ms", max_latency_ms)):
         if value is not None:
-            raise InvalidRequest(f'{name} applies only with layer "auto" (got layer={layer})', param=name)
+            raise InvalidRequest(f'{name} applies only with layer "auto" (got layer={layer})', field=name)
     return layer
+
+
+def agreed(name: str, given: Sequence[T | None], conflict: str) -> T | None:
+    """One value of a field a request may give in several places (query string, body, TEI's ``dimensions`` beside
+    ``dim``), in that order: the first given, when every given one agrees; else :class:`Conflict` (400) with the
+    message ``conflict`` (a template of ``name``, ``given``: the distinct values in order, ``ordered``: sorted)."""
+    distinct = list(dict.fromkeys(v for v in given if v is not None))
+    if len(distinct) > 1:
+        raise Conflict(conflict.format(name=name, given=distinct, ordered=sorted(distinct, key=str)), "conflict", name)
+    return distinct[0] if distinct else None
+
+
+def merged_depth(query: DepthQuery, body: DepthFields, conflict: str) -> int | AutoDepth | None:
+    """``depth_of`` the depth fields a request gave in its query string and its body (see :func:`agreed`)."""
+    return depth_of(agreed("layer", (query.layer, body.layer), conflict),
+                    agreed("min_layer", (query.min_layer, body.min_layer), conflict),
+                    agreed("max_layer", (query.max_layer, body.max_layer), conflict),
+                    agreed("max_latency_ms", (query.max_latency_ms, body.max_latency_ms), conflict))
 
 
 async def _disconnected(request: Request) -> None:
@@ -72,20 +92,15 @@ async def embed_for_request(
     texts: Sequence[str | Sequence[int]],
     dim: int | None,
     layer: int | AutoDepth | None,
-    dim_param: str,
     *,
     outputs: Sequence[str] = ("float",),
-    output_param: str = "encoding_format",
     truncate: bool | None = None,
     direction: Direction = "right",
-    input_param: str = "input",
 ) -> tuple[EmbedResult, dict[str, str]]:
     """Run one embed request; if the client goes away first, its queued rows are dropped unrun."""
     t0 = time.perf_counter()
-    work = asyncio.ensure_future(engine.embed(
-        texts, dim, layer, dim_param, outputs=outputs, output_param=output_param, truncate=truncate,
-        direction=direction, input_param=input_param,
-    ))
+    work = asyncio.ensure_future(engine.embed(texts, dim, layer, outputs=outputs, truncate=truncate,
+                                              direction=direction))
     watcher = asyncio.ensure_future(_disconnected(request))
     unfinished = False
     try:

@@ -3,7 +3,8 @@
 Two shapes, chosen by the route's surface: OpenAI's ``{"error": {"message", "type", "param", "code"}}``
 everywhere except under ``/tei``, where text-embeddings-inference's ``{"error": "...", "error_type": "..."}``
 is used, with TEI's statuses for its error types (a request that does not validate is 422 there, as
-in TEI; 400 elsewhere).
+in TEI; 400 elsewhere). The engine names a field by its key (``dim``); the param and the message say the
+surface's name for it (``dimensions`` under ``/v1``), from :data:`SURFACE_FIELDS`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
-from mipic.service.api.embedding import ClientGone
 from mipic.service.engine import errors as engine_errors
 
 logger = logging.getLogger(__name__)
@@ -27,18 +27,43 @@ TEI_PREFIX = "/tei"
 
 
 class ApiError(Exception):
-    """An HTTP-level error raised by the API layer itself (auth, content type, size, model name)."""
+    """An error the API layer finds itself, before the engine; its class's row in :data:`ERROR_TABLE` gives the
+    status. ``param``: the offending parameter, as this surface names it."""
 
-    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+    def __init__(self, message: str, code: str, param: str | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
+        self.message, self.code, self.param = message, code, param
+
+
+class Conflict(ApiError):
+    """One field given twice (query and body, or TEI's ``dim`` and ``dimensions``) with different values."""
+
+
+class Unauthorized(ApiError):
+    """No credentials, or a wrong API key."""
+
+
+class Forbidden(ApiError):
+    """Credentials that do not open this endpoint (admin)."""
+
+
+class NotFound(ApiError):
+    """A named thing this server does not have (a UI file)."""
+
+
+class UnsupportedMediaType(ApiError):
+    """A body that is not JSON."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its embeddings were ready."""
 
 
 @dataclass(frozen=True)
 class ErrorRow:
-    """How one engine error reaches a client: status and OpenAI type; TEI's error type and status."""
+    """How one error reaches a client: status and OpenAI type; TEI's error type and status."""
 
-    exc: type[engine_errors.EngineError]
+    exc: type[engine_errors.EngineError] | type[ApiError]
     status: int
     kind: str
     tei_type: str
@@ -52,9 +77,14 @@ ERROR_TABLE: list[ErrorRow] = [
     ErrorRow(engine_errors.InputTooLong, 400, "invalid_request_error", "Validation", 422),
     ErrorRow(engine_errors.EmptyInput, 400, "invalid_request_error", "Empty", 400),
     ErrorRow(engine_errors.InvalidRequest, 400, "invalid_request_error", "Validation", 422),
+    ErrorRow(Conflict, 400, "invalid_request_error", "Validation", 400),
+    ErrorRow(Unauthorized, 401, "authentication_error", "Validation", 401),
+    ErrorRow(Forbidden, 403, "authentication_error", "Validation", 403),
     ErrorRow(engine_errors.ModelNotFound, 404, "invalid_request_error", "Validation", 404),
+    ErrorRow(NotFound, 404, "invalid_request_error", "Validation", 404),
     ErrorRow(engine_errors.ModelRejected, 409, "invalid_request_error", "Backend", 409),
     ErrorRow(engine_errors.PointerInvalid, 409, "invalid_request_error", "Backend", 409),
+    ErrorRow(UnsupportedMediaType, 415, "invalid_request_error", "Validation", 415),
     ErrorRow(engine_errors.Overloaded, 429, "rate_limit_error", "Overloaded", 429),
     ErrorRow(engine_errors.NotReady, 503, "service_unavailable", "Unhealthy", 503),
     ErrorRow(engine_errors.Draining, 503, "service_unavailable", "Unhealthy", 503),
@@ -63,21 +93,49 @@ ERROR_TABLE: list[ErrorRow] = [
 ]
 _UNKNOWN = ErrorRow(engine_errors.EngineError, 500, "server_error", "Backend", 500)
 
+# Each surface's parameter names for the field keys of the engine's errors (``EngineError.field``), by path
+# prefix; a key a surface does not list is its own name (layer, min_layer, max_layer, max_latency_ms, ids).
+SURFACE_FIELDS: dict[str, dict[str, str]] = {
+    "/embed": {"dim": "dim", "output": "embedding_types", "input": "input"},  # (its body's field is `inputs`)
+    "/v1": {"dim": "dimensions", "output": "encoding_format", "input": "input"},
+    TEI_PREFIX: {"dim": "dimensions", "input": "inputs"},
+}
+
 RETRY_AFTER_STATUSES = {429, 503}
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
 
 
-def row_for(exc: engine_errors.EngineError) -> ErrorRow:
+def row_for(exc: engine_errors.EngineError | ApiError) -> ErrorRow:
     return next((row for row in ERROR_TABLE if isinstance(exc, row.exc)), _UNKNOWN)
 
 
-def status_for(exc: engine_errors.EngineError) -> tuple[int, str]:
+def status_for(exc: engine_errors.EngineError | ApiError) -> tuple[int, str]:
     row = row_for(exc)
     return row.status, row.kind
 
 
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def is_tei_path(path: str) -> bool:
-    return path == TEI_PREFIX or path.startswith(TEI_PREFIX + "/")
+    return _under(path, TEI_PREFIX)
+
+
+def surface_param(exc: engine_errors.EngineError, path: str) -> tuple[str, str | None]:
+    """(message, param) of an engine error on ``path``'s surface: the field's key (``dim`` in ``dim=12 is not
+    served``, ``input`` in ``input[3]``) replaced by the surface's name for it, in the param and where the message
+    starts with it."""
+    field = exc.field
+    if field is None:
+        return exc.message, None
+    key = field.partition("[")[0]
+    names = next((n for prefix, n in SURFACE_FIELDS.items() if _under(path, prefix)), {})
+    param = names.get(key, key) + field[len(key):]
+    rest = exc.message[len(field):]
+    if exc.message.startswith(field) and not (rest[:1].isalnum() or rest[:1] == "_"):
+        return param + rest, param
+    return exc.message, param
 
 
 def error_body(message: str, kind: str, code: str | None, param: str | None) -> dict[str, object]:
@@ -169,14 +227,17 @@ def install_error_handlers(app: FastAPI, retry_after: int) -> None:
     @app.exception_handler(engine_errors.EngineError)
     async def _engine(request: Request, exc: engine_errors.EngineError) -> JSONResponse:
         row = row_for(exc)
-        message = exc.message if row.status < 500 or row.status in (503, 504) else "internal error running the model"
-        return _respond(request, row.status, message, row.kind, exc.code, exc.param, retry_after,
+        message, param = surface_param(exc, request.url.path)
+        if row.status >= 500 and row.status not in (503, 504):
+            message = "internal error running the model"
+        return _respond(request, row.status, message, row.kind, exc.code, param, retry_after,
                         (row.tei_type, row.tei_status))
 
     @app.exception_handler(ApiError)
     async def _api(request: Request, exc: ApiError) -> JSONResponse:
-        return _respond(request, exc.status, exc.message, _kind_for_status(exc.status), exc.code, exc.param,
-                        retry_after)
+        row = row_for(exc)
+        return _respond(request, row.status, exc.message, row.kind, exc.code, exc.param, retry_after,
+                        (row.tei_type, row.tei_status))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -8,17 +8,17 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from mipic.service.api.deps import EngineDep, SettingsDep, bearer_matches
-from mipic.service.api.errors import ApiError
+from mipic.service.api.errors import Forbidden, Unauthorized
 
 
 async def require_admin(request: Request, settings: SettingsDep) -> None:
     """401 without credentials, 403 with wrong ones or when no admin token is configured."""
     if "authorization" not in request.headers:
-        raise ApiError(401, "admin endpoints need an Authorization: Bearer token", "missing_token")
+        raise Unauthorized("admin endpoints need an Authorization: Bearer token", "missing_token")
     if settings.admin_token is None:
-        raise ApiError(403, "admin API is disabled (no admin token configured)", "admin_disabled")
+        raise Forbidden("admin API is disabled (no admin token configured)", "admin_disabled")
     if not bearer_matches(request, settings.admin_token.get_secret_value()):
-        raise ApiError(403, "invalid admin token", "invalid_token")
+        raise Forbidden("invalid admin token", "invalid_token")
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])

@@ -52,7 +52,7 @@ def resolve_model_name(requested: str | None, model: LoadedModel, settings: Sett
     raise ModelNotFound(
         f"model {requested!r} is not served here; use one of {names} (or set MIPIC_MODEL_ALIASES / "
         "MIPIC_ACCEPT_ANY_MODEL on the server)",
-        param=param,
+        field=param,
     )
 
 
@@ -86,16 +86,15 @@ async def create_embeddings(
     texts = [body.input] if isinstance(body.input, str) else body.input
     for i, item in enumerate(texts):
         if isinstance(item, int):
-            raise InvalidRequest(TOKEN_IDS_REFUSED.format(param="input"), param="input")
+            raise InvalidRequest(TOKEN_IDS_REFUSED.format(param="input"), field="input")
         if not isinstance(item, str):
-            raise InvalidRequest(TOKEN_IDS_REFUSED.format(param=f"input[{i}]"), param=f"input[{i}]")
+            raise InvalidRequest(TOKEN_IDS_REFUSED.format(param=f"input[{i}]"), field=f"input[{i}]")
     strings = [t for t in texts if isinstance(t, str)]
     check_inputs(strings, "input", settings)
     output = "float" if body.encoding_format == "base64" else body.encoding_format
     result, headers = await embed_for_request(
         request, engine, metrics, "/v1/embeddings", strings, body.dimensions,
-        depth_of(body.layer, body.min_layer, body.max_layer, body.max_latency_ms), "dimensions",
-        outputs=(output,), output_param="encoding_format",
+        depth_of(body.layer, body.min_layer, body.max_layer, body.max_latency_ms), outputs=(output,),
     )
     rows = to_json(result.outputs[output], body.encoding_format)
     payload = {  # OpenAIEmbeddingResponse, written once (api/responses.py)

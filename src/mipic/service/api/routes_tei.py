@@ -8,15 +8,15 @@ extensions, in the body or the query), ``POST /tei/tokenize``, ``POST /tei/decod
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
-from mipic.service.api.embedding import check_inputs, depth_of, embed_for_request
-from mipic.service.api.errors import TEI_PREFIX, ApiError
+from mipic.service.api.embedding import agreed, check_inputs, embed_for_request, merged_depth
+from mipic.service.api.errors import TEI_PREFIX
 from mipic.service.api.responses import VectorsJSONResponse
 from mipic.service.api.schemas import DepthQuery
 from mipic.service.api.schemas_tei import (
@@ -32,27 +32,20 @@ from mipic.service.api.schemas_tei import (
 from mipic.service.engine.errors import EmptyInput, InvalidRequest, NotReady
 
 router = APIRouter(prefix=TEI_PREFIX, tags=["text-embeddings-inference"])
-T = TypeVar("T")
 
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": TeiErrorResponse} for code in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
 }
 JSON_IN = [Depends(require_json), Depends(require_api_key)]
 DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
+# dim (also TEI's dimensions) and the depth fields may be given in the query and the body; all given must agree
+CONFLICT = "{name} given with different values: {ordered}"
 
 
 def _no_prompt(prompt_name: str | None) -> None:
     if prompt_name is not None:
         raise InvalidRequest(f"prompt_name {prompt_name!r} is not available: the served model has no prompts",
-                             param="prompt_name")
-
-
-def _one(name: str, query: T | None, body: T | None, alias: T | None = None) -> T | None:
-    """One value from the query, the body and (for dim) TEI's ``dimensions``; all given ones must agree."""
-    given = list(dict.fromkeys(v for v in (query, body, alias) if v is not None))  # distinct, in that order
-    if len(given) > 1:
-        raise ApiError(400, f"{name} given with different values: {sorted(given, key=str)}", "conflict", name)
-    return given[0] if given else None
+                             field="prompt_name")
 
 
 async def _embed(
@@ -66,11 +59,11 @@ async def _embed(
 ) -> JSONResponse:
     if not body.normalize:
         raise InvalidRequest("normalize=false is not supported: the vectors are always L2-normalised (the "
-                             "Matryoshka prefix is re-normalised after the cut)", param="normalize")
+                             "Matryoshka prefix is re-normalised after the cut)", field="normalize")
     _no_prompt(body.prompt_name)
     inputs = body.inputs
     if isinstance(inputs, list) and not inputs:
-        raise EmptyInput("`inputs` cannot be empty", param="inputs")
+        raise EmptyInput("`inputs` cannot be empty", field="inputs")
     items: list[str | list[int]]
     if isinstance(inputs, str) or isinstance(inputs[0], int):
         items = [cast("str | list[int]", inputs)]  # one text, or one token-id list
@@ -79,13 +72,8 @@ async def _embed(
     check_inputs(items, "inputs", settings)
     result, headers = await embed_for_request(
         request, engine, metrics, "/tei/embed", items,
-        _one("dim", dim, body.dim, body.dimensions),
-        depth_of(_one("layer", depth.layer, body.layer), _one("min_layer", depth.min_layer, body.min_layer),
-                 _one("max_layer", depth.max_layer, body.max_layer),
-                 _one("max_latency_ms", depth.max_latency_ms, body.max_latency_ms)),
-        "dimensions",
+        agreed("dim", (dim, body.dim, body.dimensions), CONFLICT), merged_depth(depth, body, CONFLICT),
         truncate=body.truncate, direction="left" if body.truncation_direction.lower() == "left" else "right",
-        input_param="inputs",
     )
     return VectorsJSONResponse(result.outputs["float"], headers=headers)  # (N, dim), written once
 
@@ -126,19 +114,19 @@ async def tokenize(body: TeiTokenizeRequest, engine: EngineDep, settings: Settin
 async def decode(body: TeiDecodeRequest, engine: EngineDep, settings: SettingsDep) -> list[str]:
     """Token ids (one list, or a list of lists) back to text; ids outside the vocabulary are refused."""
     if not body.ids:
-        raise EmptyInput("`ids` cannot be empty", param="ids")
+        raise EmptyInput("`ids` cannot be empty", field="ids")
     tokenizer = engine.model.tokenizer
     if isinstance(body.ids[0], int):  # one list of ids
-        batch, params = [cast("list[int]", body.ids)], ["ids"]
+        batch, fields = [cast("list[int]", body.ids)], ["ids"]
     else:
         batch = cast("list[list[int]]", body.ids)
-        params = [f"ids[{i}]" for i in range(len(batch))]
+        fields = [f"ids[{i}]" for i in range(len(batch))]
     if len(batch) > settings.max_inputs_per_request:
         raise InvalidRequest(f"batch size {len(batch)} > maximum allowed batch size "
-                             f"{settings.max_inputs_per_request}", param="ids")
+                             f"{settings.max_inputs_per_request}", field="ids")
 
     def texts() -> list[str]:
-        return [tokenizer.decode(ids, body.skip_special_tokens, p) for ids, p in zip(batch, params, strict=True)]
+        return [tokenizer.decode(ids, body.skip_special_tokens, f) for ids, f in zip(batch, fields, strict=True)]
 
     return await run_in_threadpool(texts)
 

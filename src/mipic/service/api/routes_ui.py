@@ -13,7 +13,7 @@ from importlib import resources
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
 
-from mipic.service.api.errors import ApiError
+from mipic.service.api.errors import NotFound
 
 router = APIRouter(tags=["ui"])
 
@@ -55,5 +55,5 @@ async def page() -> Response:
 @router.get("/ui/{name}", include_in_schema=False)
 async def asset(name: str) -> Response:
     if name not in UI_FILES or name == "index.html":
-        raise ApiError(404, f"no UI file {name!r}", "not_found", "name")
+        raise NotFound(f"no UI file {name!r}", "not_found", "name")
     return _serve(name)

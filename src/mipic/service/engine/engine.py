@@ -293,12 +293,12 @@ class Engine:
         high = n if auto.max_layer is None else auto.max_layer
         for name, value in (("min_layer", low), ("max_layer", high)):
             if not 1 <= value <= n:
-                raise InvalidBudget(f"{name}={value} must be between 1 and {n}", param=name)
+                raise InvalidBudget(f"{name}={value} must be between 1 and {n}", field=name)
         if low > high:
-            raise InvalidBudget(f"min_layer={low} is above max_layer={high}", param="min_layer")
+            raise InvalidBudget(f"min_layer={low} is above max_layer={high}", field="min_layer")
         target_ms = self.settings.auto_max_latency_ms if auto.max_latency_ms is None else auto.max_latency_ms
         if not target_ms > 0:
-            raise InvalidRequest(f"max_latency_ms={target_ms} must be above 0", param="max_latency_ms")
+            raise InvalidRequest(f"max_latency_ms={target_ms} must be above 0", field="max_latency_ms")
         return DepthBounds(low, high, target_ms / 1000.0)
 
     async def embed(
@@ -306,29 +306,26 @@ class Engine:
         texts: Sequence[str | Sequence[int]],
         dim: int | None,
         layer: int | AutoDepth | None,
-        dim_param: str = "dim",
         *,
         outputs: Sequence[str] = ("float",),
-        output_param: str = "encoding_format",
         truncate: bool | None = None,
         direction: Direction = "right",
-        input_param: str = "input",
     ) -> EmbedResult:
         """Embed texts (or token-id lists in the model's vocabulary) at one (dim, layer) budget, in each of
         ``outputs`` (``vector.quantize``). Raises an :class:`EngineError` subclass on bad input, before any
-        compute. ``layer`` as :class:`AutoDepth`: the server picks the layer within its bounds (depth.py)."""
+        compute, naming the field by its key (``dim``, ``layer``, ``output``, ``input[i]``). ``layer`` as
+        :class:`AutoDepth`: the server picks the layer within its bounds (depth.py)."""
         if self.draining:
             raise Draining("server is shutting down; retry on another replica")
         model = self.model  # pinned: a reload during this request does not change its version
         auto = self.resolve_auto(model, layer if isinstance(layer, AutoDepth) else None)
-        d, ly = model.resolve_budget(dim, auto.max_layer if auto else layer if isinstance(layer, int) else None,
-                                     dim_param)
+        d, ly = model.resolve_budget(dim, auto.max_layer if auto else layer if isinstance(layer, int) else None)
         candidates = range(auto.min_layer, auto.max_layer + 1) if auto else (ly,)
         for output in outputs:
             for candidate in candidates:  # every layer it may get must give this output
-                model.check_output(d, candidate, output, output_param)
+                model.check_output(d, candidate, output)
         if not texts:
-            raise InvalidRequest("input must not be empty", param="input")
+            raise InvalidRequest("input must not be empty", field="input")
         self.active_requests += 1
         started = time.perf_counter()
         expected_s = 0.0
@@ -338,8 +335,7 @@ class Engine:
                 t0 = time.perf_counter()
                 encoded = await asyncio.get_running_loop().run_in_executor(
                     self._tokenize_pool,
-                    functools.partial(model.tokenizer.encode, texts, truncate=truncate, direction=direction,
-                                      param=input_param),
+                    functools.partial(model.tokenizer.encode, texts, truncate=truncate, direction=direction),
                 )
                 t_tok = time.perf_counter() - t0
                 self._tokenize_s += 0.2 * (t_tok - self._tokenize_s)
