@@ -282,3 +282,40 @@ def test_quality_keeps_the_same_variant_name_from_two_groups_apart(tmp_path: Pat
     (tmp_path / "broken" / "eval").mkdir(parents=True)
     (tmp_path / "broken" / "eval" / "grid.json").write_text("{")
     assert sorted(load_grids(tmp_path)) == ["ablations/mipic_s43", "single", "steps600/mipic_s43"]
+
+
+def test_spread_is_met_only_when_its_lower_end_meets_the_bound() -> None:
+    from bench.ratios import Spread, paired_ratios
+
+    s = paired_ratios([150.0, 120.0, 160.0, 155.0, 140.0], [100.0, 100.0, 100.0, 100.0, 100.0])
+    assert s.median == pytest.approx(1.5) and s.low == pytest.approx(1.2) and s.high == pytest.approx(1.6)
+    assert not s.met(1.5) and s.met(1.2)
+    assert Spread((2.0, 1.0, 3.0)).text() == "2.00 (1.00–3.00)"
+    with pytest.raises(ValueError, match="equal"):
+        paired_ratios([1.0], [1.0, 2.0])
+
+
+def test_interleaving_rotates_the_order_so_each_step_takes_every_position() -> None:
+    from bench.ratios import interleave, rotated
+
+    order: list[str] = []
+    steps = {k: (lambda k=k: order.append(k) or float(len(order))) for k in "abc"}
+    values = interleave(steps, 3)
+    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert values == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
+    assert rotated([1, 2], 3) == [2, 1]
+
+
+def test_ratio_table_pairs_each_rep_with_its_own_reference() -> None:
+    from bench.ratios import RatiosConfig, ratio_table
+
+    cfg = RatiosConfig(http_budgets=((384, 6), (64, 6), (64, 1)))
+    values = {"mipic_http_d384_l6": [90.0, 80.0], "offline_d384_l6": [100.0, 100.0],
+              "mipic_http_d64_l6": [100.0, 100.0], "offline_d64_l6": [110.0, 100.0],
+              "mipic_http_d64_l1": [400.0, 500.0], "offline_d64_l1": [500.0, 500.0],
+              "infinity_http_d384": [60.0, 40.0], "infinity_http_d64": [50.0, 50.0]}
+    r = ratio_table(values, cfg)
+    assert r["http_vs_infinity_d384_l6"].values == (1.5, 2.0)
+    assert r["served_over_offline_d64_l1"].values == (0.8, 1.0)
+    assert r["served_l1_over_l6_d64"].values == (4.0, 5.0)
+    assert "http_vs_infinity_d64_l1" not in r  # Infinity has no early exit
