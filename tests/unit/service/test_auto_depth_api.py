@@ -62,18 +62,18 @@ def test_openai_and_tei_surfaces_take_auto(client: TestClient) -> None:
 
 def test_slow_server_answers_shallower_within_bounds(client: TestClient) -> None:
     engine = engine_of(client)
-    saved = engine.batcher.seconds_per_unit
+    saved = engine.batcher.load.seconds_per_unit
     engine._depth_correction = 1.0  # what earlier requests in this module measured does not steer this test
     try:
         # every full-depth token now "costs" 5 ms: 2 texts of ~5 tokens at the last layer ≈ 50 ms, at layer 1 ~17
-        engine.batcher.seconds_per_unit = 0.005
+        engine.batcher.load.seconds_per_unit = 0.005
         r = client.post("/embed", json={"inputs": TEXTS, "layer": "auto", "max_latency_ms": 40})
         assert r.status_code == 200 and r.json()["layer"] < TINY_LAYERS
         assert client.post("/embed", json={"inputs": TEXTS, "layer": "auto", "max_latency_ms": 40,
                                            "min_layer": 2}).json()["layer"] == 2  # never below min_layer
         assert client.post("/embed", json={"inputs": TEXTS, "layer": "auto"}).json()["layer"] == TINY_LAYERS
     finally:
-        engine.batcher.seconds_per_unit = saved
+        engine.batcher.load.seconds_per_unit = saved
 
 
 def test_queue_that_makes_even_min_layer_late_is_a_429(client: TestClient) -> None:
@@ -81,14 +81,14 @@ def test_queue_that_makes_even_min_layer_late_is_a_429(client: TestClient) -> No
     batcher = engine.batcher
     engine._depth_correction = 1.0
     try:
-        batcher._queued_units = 1e9  # as if a huge backlog were queued ahead
+        batcher.load.queued_units = 1e9  # as if a huge backlog were queued ahead
         r = client.post("/embed", json={"inputs": TEXTS, "layer": "auto"})
         assert r.status_code == 429 and "retry-after" in r.headers
         assert "max_latency_ms=250" in r.json()["error"]["message"]
         fixed = client.post("/embed?layer=1", json={"inputs": TEXTS})  # a fixed layer is queued as before
         assert fixed.status_code == 200
     finally:
-        batcher._queued_units = 0.0
+        batcher.load.queued_units = 0.0
     assert client.post("/embed", json={"inputs": TEXTS, "layer": "auto"}).status_code == 200
 
 

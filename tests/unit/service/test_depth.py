@@ -7,6 +7,7 @@ import pytest
 
 from mipic.service.engine.depth import (
     DepthBounds,
+    LoadMeter,
     QueueState,
     RateMeter,
     StageCosts,
@@ -115,6 +116,29 @@ def test_rate_meter_decays_over_its_window() -> None:
         meter.add(10.0, i * 0.01)
     assert 1_000 * (1 - 2.72 ** -1) * 0.95 < meter.rate(2.0) < 1_000  # building up towards 1,000/s
     assert meter.rate(4.0) == pytest.approx(meter.rate(2.0) * 2.718281828 ** -1, rel=1e-6)
+
+
+def test_load_meter_assembles_the_queue_state_in_one_place() -> None:
+    load = LoadMeter(max_wait_s=0.002)
+    load.assume(SPU)
+    load.queued_units = 500.0  # the batcher's queue
+    load.tokenized(0.01)  # the engine's reports: tokenization, arrivals
+    load.fixed_units.add(100.0, 0.0)
+    load.auto_tokens.add(40.0, 0.0)
+    load.batch_started(1_000.0, now=10.0)  # expected to take 1,000 · SPU = 0.14 s
+    s = load.state(10.0 + 0.035)
+    assert s.queued_units == 500.0 and s.running_units_left == pytest.approx(750.0)  # a quarter of it ran
+    assert s.fixed_s == pytest.approx(0.002 + 0.2 * 0.01) and s.seconds_per_unit == s.capacity_seconds_per_unit == SPU
+    assert s.fixed_units_per_s == pytest.approx(load.fixed_units.rate(10.035))
+    assert s.auto_tokens_per_s == pytest.approx(load.auto_tokens.rate(10.035))
+    load.batch_ended()
+    assert load.state(10.05).running_units_left == 0.0
+    load.batch_timed(1_000.0, 0.28, rows=8)  # twice as slow as assumed: only the latency estimate moves (small batch)
+    assert load.seconds_per_unit == pytest.approx(SPU + 0.2 * SPU) and load.capacity_seconds_per_unit == SPU
+    load.batch_timed(1_000.0, 0.28, rows=32)
+    assert load.capacity_seconds_per_unit == pytest.approx(SPU + 0.2 * SPU)
+    load.batch_timed(0.0, 1.0, rows=32)  # a batch without work units says nothing about speed
+    assert load.capacity_seconds_per_unit == pytest.approx(SPU + 0.2 * SPU)
 
 
 def test_bad_bounds_are_a_bug_not_a_choice() -> None:

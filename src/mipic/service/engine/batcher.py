@@ -24,14 +24,8 @@ from typing import Any
 import numpy as np
 
 from mipic.modeldir.runner import DEFAULT_MAX_BATCH_TOKEN_PAIRS, LoadedModel, Row
-from mipic.service.engine.depth import QueueState
+from mipic.service.engine.depth import LoadMeter
 from mipic.service.engine.errors import DeadlineExceeded, Draining, InferenceFailed, Overloaded
-
-# Weight of the newest batch in the moving average of seconds per full-depth token.
-_RATE_ALPHA = 0.2
-# Batches at least this large also update the throughput estimate (small batches cost more per token: they
-# say how long one request takes, not how much the compute can carry).
-_CAPACITY_MIN_ROWS = 32
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +45,7 @@ class WorkItem:
     enqueued_at: float
     deadline: float
     started_at: float = 0.0
-    units: float = 0.0  # work in full-depth tokens (``depth.StageCosts.units``): what the queue state sums
+    units: float = 0.0  # work in full-depth tokens (``depth.StageCosts.units``): what ``load.queued_units`` sums
 
 
 @dataclass
@@ -98,12 +92,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._in_flight = 0  # rows in the batch being executed
-        # queue state for adaptive depth (depth.py): work queued and running, measured speed
-        self._queued_units = 0.0
-        self._running_units = 0.0
-        self._running_since = 0.0
-        self.seconds_per_unit = seconds_per_unit  # corrected after every batch that carried work units
-        self.capacity_seconds_per_unit = seconds_per_unit  # the same, from large batches only
+        # for adaptive depth (depth.py): work queued and running, measured speed
+        self.load = LoadMeter(self.max_wait_s, seconds_per_unit)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -124,7 +114,7 @@ class Batcher:
                 item.future.set_exception(Draining("server is shutting down"))
         self._requests.clear()
         self._queued = 0
-        self._queued_units = 0.0
+        self.load.queued_units = 0.0
         # Not waiting for a batch still running: shutdown must finish within the drain budget, and that
         # batch's requests have been answered already (drain deadline) or cancelled.
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -136,16 +126,6 @@ class Batcher:
     @property
     def busy(self) -> bool:
         return self._queued > 0 or self._in_flight > 0 or self._reserved > 0
-
-    def state(self, fixed_s: float = 0.0) -> QueueState:
-        """The work ahead of a request submitted now (for :func:`depth.choose_layer`)."""
-        left = 0.0
-        if self._in_flight and self._running_units > 0:
-            expected = self._running_units * self.seconds_per_unit
-            elapsed = time.perf_counter() - self._running_since
-            left = self._running_units * max(0.0, 1.0 - elapsed / expected)
-        return QueueState(self._queued_units, left, self.seconds_per_unit, fixed_s,
-                          capacity_seconds_per_unit=self.capacity_seconds_per_unit)
 
     def _rows(self) -> Iterator[WorkItem]:
         """Queued rows, request by request in arrival order."""
@@ -177,7 +157,7 @@ class Batcher:
     ) -> list[asyncio.Future[RowResult]]:
         """Queue rows (all or none) and return one future per row. ``reserved``: the rows were admitted by an
         enclosing :meth:`reserve` block, so they are not counted against the bound a second time. ``units``:
-        each row's work in full-depth tokens, for the queue state (0 when not given)."""
+        each row's work in full-depth tokens, for adaptive depth's ``load`` (0 when not given)."""
         if self._closing:
             raise Draining("server is shutting down")
         others = self._reserved - len(rows) if reserved else self._reserved
@@ -194,7 +174,7 @@ class Batcher:
         if items:
             self._requests.append(PendingRequest(model, items))
             self._queued += len(items)
-            self._queued_units += sum(item.units for item in items)
+            self.load.queued_units += sum(item.units for item in items)
         self._wakeup.set()
         return futures
 
@@ -251,11 +231,11 @@ class Batcher:
             kept: collections.deque[WorkItem] = collections.deque()
             for item in request.items:
                 if item.future.done():
-                    self._queued_units -= item.units
+                    self.load.queued_units -= item.units
                     continue
                 if now > item.deadline:
                     item.future.set_exception(DeadlineExceeded("request waited past its deadline in the queue"))
-                    self._queued_units -= item.units
+                    self.load.queued_units -= item.units
                     continue
                 kept.append(item)
             self._queued -= len(request.items) - len(kept)
@@ -295,7 +275,8 @@ class Batcher:
             item.started_at = now
         self._queued -= len(batch)
         # (float sums drift: an empty queue holds exactly no work)
-        self._queued_units = max(0.0, self._queued_units - sum(i.units for i in batch)) if self._queued else 0.0
+        load = self.load
+        load.queued_units = max(0.0, load.queued_units - sum(i.units for i in batch)) if self._queued else 0.0
         self._requests = collections.deque(r for r in self._requests if r.items)
         return batch
 
@@ -303,8 +284,9 @@ class Batcher:
         model = batch[0].model
         rows = [item.row for item in batch]
         self._in_flight = len(batch)
-        self._running_units = sum(item.units for item in batch)
-        t0 = self._running_since = time.perf_counter()
+        units = sum(item.units for item in batch)
+        t0 = time.perf_counter()
+        self.load.batch_started(units, t0)
         try:
             vectors = await asyncio.get_running_loop().run_in_executor(self._worker, model.run, rows)
         except Exception:
@@ -315,12 +297,9 @@ class Batcher:
             return
         finally:
             self._in_flight = 0
+            self.load.batch_ended()
         elapsed = time.perf_counter() - t0
-        if self._running_units > 0:
-            observed = elapsed / self._running_units
-            self.seconds_per_unit += _RATE_ALPHA * (observed - self.seconds_per_unit)
-            if len(batch) >= _CAPACITY_MIN_ROWS:
-                self.capacity_seconds_per_unit += _RATE_ALPHA * (observed - self.capacity_seconds_per_unit)
+        self.load.batch_timed(units, elapsed, len(batch))
         for item, vec in zip(batch, vectors, strict=True):
             if not item.future.done():
                 item.future.set_result(RowResult(vec, item.started_at - item.enqueued_at, elapsed))

@@ -22,7 +22,9 @@ so the tail stays within the target only with the exit cheap enough for the traf
 the queue ahead (not because the request alone is too large for it), the request is refused with 429 rather
 than answered late: the target is a deadline the client chose.
 
-Everything here is pure: the batcher keeps the queue's numbers, the engine calls :func:`choose_layer`.
+The numbers come from one place, :class:`LoadMeter` (the batcher holds it and reports its queue and batches; the
+engine reports arrivals and tokenization), whose :meth:`LoadMeter.state` the engine passes to :func:`choose_layer`;
+everything else here is pure.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+# Weight of the newest batch in the moving averages of seconds per full-depth token.
+_RATE_ALPHA = 0.2
+# Batches at least this large also update the throughput estimate (small batches cost more per token: they
+# say how long one request takes, not how much the compute can carry).
+_CAPACITY_MIN_ROWS = 32
+# Weight of the newest request in the moving average of tokenization time.
+_TOKENIZE_ALPHA = 0.2
 
 # Relative work of the embeddings stage when a manifest has no measured stage timings (its cost is a lookup
 # and a layer norm: about 1/25 of a MiniLM layer as measured).
@@ -111,6 +121,53 @@ class RateMeter:
 
     def rate(self, now: float) -> float:
         return self._rate * math.exp(-max(0.0, now - self._at) / self.window_s)
+
+
+class LoadMeter:
+    """What a :class:`QueueState` is made of, kept in one place. The batcher reports its queue (``queued_units``)
+    and each batch it runs; the engine reports arrivals (``fixed_units``, ``auto_tokens``) and tokenization."""
+
+    def __init__(self, max_wait_s: float, seconds_per_unit: float = 2e-4) -> None:
+        self.max_wait_s = max_wait_s  # the batch-fill wait, part of every request's time
+        self.queued_units = 0.0  # rows waiting for a batch, in full-depth tokens (the batcher keeps it)
+        self.running_units = 0.0  # the batch being run (0 between batches)
+        self.running_since = 0.0
+        self.seconds_per_unit = seconds_per_unit  # corrected after every batch that carried work units
+        self.capacity_seconds_per_unit = seconds_per_unit  # the same, from large batches only
+        self.tokenize_s = 0.0  # moving average of one request's tokenization
+        self.fixed_units = RateMeter()  # arriving work of fixed-layer requests
+        self.auto_tokens = RateMeter()  # arriving tokens of auto-depth requests
+
+    def assume(self, seconds_per_unit: float) -> None:
+        """Start both speed estimates from ``seconds_per_unit`` (a new model's first estimate)."""
+        self.seconds_per_unit = self.capacity_seconds_per_unit = seconds_per_unit
+
+    def tokenized(self, seconds: float) -> None:
+        self.tokenize_s += _TOKENIZE_ALPHA * (seconds - self.tokenize_s)
+
+    def batch_started(self, units: float, now: float) -> None:
+        self.running_units, self.running_since = units, now
+
+    def batch_ended(self) -> None:
+        self.running_units = 0.0
+
+    def batch_timed(self, units: float, elapsed_s: float, rows: int) -> None:
+        """A batch of ``rows`` rows and ``units`` of work ran in ``elapsed_s``: the speed estimates move toward it."""
+        if units > 0:
+            observed = elapsed_s / units
+            self.seconds_per_unit += _RATE_ALPHA * (observed - self.seconds_per_unit)
+            if rows >= _CAPACITY_MIN_ROWS:
+                self.capacity_seconds_per_unit += _RATE_ALPHA * (observed - self.capacity_seconds_per_unit)
+
+    def state(self, now: float) -> QueueState:
+        """The work ahead of a request submitted at ``now`` and the measured load (for :func:`choose_layer`)."""
+        left = 0.0
+        if self.running_units > 0:
+            expected = self.running_units * self.seconds_per_unit
+            left = self.running_units * max(0.0, 1.0 - (now - self.running_since) / expected)
+        return QueueState(self.queued_units, left, self.seconds_per_unit, self.max_wait_s + self.tokenize_s,
+                          fixed_units_per_s=self.fixed_units.rate(now), auto_tokens_per_s=self.auto_tokens.rate(now),
+                          capacity_seconds_per_unit=self.capacity_seconds_per_unit)
 
 
 @dataclass(frozen=True)

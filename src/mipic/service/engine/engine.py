@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -25,7 +24,7 @@ from mipic.modeldir.repository import ModelRepository, PointerState, RepositoryE
 from mipic.modeldir.runner import LoadedModel, Row
 from mipic.modeldir.tokenizer import Direction
 from mipic.service.engine.batcher import Batcher, BatchStats
-from mipic.service.engine.depth import AutoDepth, DepthBounds, RateMeter, StageCosts, choose_layer
+from mipic.service.engine.depth import AutoDepth, DepthBounds, StageCosts, choose_layer
 from mipic.service.engine.errors import (
     Draining,
     InvalidBudget,
@@ -96,12 +95,8 @@ class Engine:
             on_batch=on_batch,
         )
         self.ready = False
-        self._tokenize_s = 0.0  # moving average of one request's tokenization, part of the expected latency
         # moving average of measured / expected latency of auto-depth requests (depth.choose_layer's correction)
         self._depth_correction = 1.0
-        # arrivals over the last second: fixed-layer work and auto-depth tokens (depth.utilisation)
-        self._fixed_units = RateMeter()
-        self._auto_tokens = RateMeter()
         self.draining = False
         self.active_requests = 0
         self.repository: ModelRepository | None = None
@@ -167,8 +162,8 @@ class Engine:
         new = await asyncio.to_thread(self.load, model_dir)
         if self.settings.warmup:
             await asyncio.to_thread(new.warmup)
-        spu = _seconds_per_full_token(new, self.batcher.seconds_per_unit)
-        self.batcher.seconds_per_unit = self.batcher.capacity_seconds_per_unit = spu
+        load = self.batcher.load
+        load.assume(_seconds_per_full_token(new, load.seconds_per_unit))
         old, self._model = self._model, new  # atomic for every coroutine on this loop
         if self._on_swap is not None:
             self._on_swap(old, new)
@@ -338,7 +333,8 @@ class Engine:
                     functools.partial(model.tokenizer.encode, texts, truncate=truncate, direction=direction),
                 )
                 t_tok = time.perf_counter() - t0
-                self._tokenize_s += 0.2 * (t_tok - self._tokenize_s)
+                load = self.batcher.load
+                load.tokenized(t_tok)
                 costs = self.costs(model)
                 tokens = sum(e.length for e in encoded)
                 if auto is not None:
@@ -347,11 +343,11 @@ class Engine:
                 units = [costs.units(e.length, ly) for e in encoded]
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
                                               reserved=True, units=units)
-                now = time.perf_counter()
+                now = time.perf_counter()  # arrivals, for depth.utilisation
                 if auto is not None:
-                    self._auto_tokens.add(tokens, now)
+                    load.auto_tokens.add(tokens, now)
                 else:
-                    self._fixed_units.add(sum(units), now)
+                    load.fixed_units.add(sum(units), now)
             try:
                 results = await asyncio.gather(*futures)
             except BaseException:
@@ -383,10 +379,7 @@ class Engine:
     def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int) -> tuple[int, float]:
         """The layer an auto-depth request gets now and its expected latency (s); 429 when the queue ahead alone
         makes even ``min_layer`` miss its target (answering it late would break the deadline the client set)."""
-        fixed_s = self.settings.max_wait_ms / 1000.0 + self._tokenize_s
-        now = time.perf_counter()
-        state = dataclasses.replace(self.batcher.state(fixed_s), fixed_units_per_s=self._fixed_units.rate(now),
-                                    auto_tokens_per_s=self._auto_tokens.rate(now))
+        state = self.batcher.load.state(time.perf_counter())
         choice = choose_layer(state, costs, tokens, auto, self.settings.auto_depth_headroom, self._depth_correction,
                               self.settings.auto_max_utilisation)
         if choice.blocked_by_queue:
