@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
+
+    from mipic.service.settings import Settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -26,6 +33,31 @@ def make_settings(model_dir: Path, **kw: object):  # type: ignore[no-untyped-def
     from mipic.service.settings import Settings
 
     return Settings(**{"model_dir": model_dir, "provider": "cpu", "bootstrap_default": False, **kw})
+
+
+@contextlib.contextmanager
+def app_client(settings: Settings, **kw: Any) -> Iterator[TestClient]:
+    """A started app on ``settings`` behind a TestClient (``kw``: TestClient's options); stopped on exit."""
+    from fastapi.testclient import TestClient
+
+    from mipic.service.app import create_app
+
+    with TestClient(create_app(settings), **kw) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client_settings(tiny_model_dir: Path) -> Settings:
+    """The settings of a module's ``client``: the tiny model with ``SMALL_LIMITS``. A module that needs others
+    overrides this fixture."""
+    return make_settings(tiny_model_dir, **SMALL_LIMITS)
+
+
+@pytest.fixture(scope="module")
+def client(client_settings: Settings) -> Iterator[TestClient]:
+    """One started app per module, on ``client_settings``, behind a TestClient."""
+    with app_client(client_settings) as c:
+        yield c
 
 
 def _tiny_tokenizer(path: Path):  # type: ignore[no-untyped-def]

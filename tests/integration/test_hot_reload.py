@@ -15,11 +15,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from tests.conftest import app_client, make_settings
 
 from mipic.modeldir.repository import ModelRepository
 from mipic.modeldir.runner import LoadedModel, Row
 from mipic.service.app import create_app
-from mipic.service.settings import Settings
 
 TEXTS = ["the quick brown fox", "a cat", "the lazy dog is not a cat", "embed this text"]
 TOKEN = "s3cret-admin"
@@ -70,8 +70,7 @@ async def _admin(client: httpx.AsyncClient) -> httpx.Response:
 def test_reload_under_load_drops_nothing(repo: ModelRepository, live_server_factory) -> None:  # type: ignore[no-untyped-def]
     refs = {"tiny@1": reference(repo.path / "1"), "tiny@2": reference(repo.path / "2")}
     assert not np.allclose(refs["tiny@1"]["a cat"], refs["tiny@2"]["a cat"])
-    app = create_app(Settings(model_dir=repo.path, provider="cpu", bootstrap_default=False,
-                              admin_token=TOKEN, watch_interval_s=0.2))  # type: ignore[arg-type]
+    app = create_app(make_settings(repo.path, admin_token=TOKEN, watch_interval_s=0.2))
     srv = live_server_factory(app)
     engine = app.state.engine
     loaded: list[weakref.ref[LoadedModel]] = [weakref.ref(engine.model)]
@@ -135,12 +134,8 @@ def test_reload_under_load_drops_nothing(repo: ModelRepository, live_server_fact
 
 
 def test_admin_reload_switches_without_watcher(repo: ModelRepository) -> None:
-    from fastapi.testclient import TestClient
-
-    app = create_app(Settings(model_dir=repo.path, provider="cpu", bootstrap_default=False,  # type: ignore[arg-type]
-                              admin_token=TOKEN, watch_interval_s=0))
     auth = {"authorization": f"Bearer {TOKEN}"}
-    with TestClient(app) as client:
+    with app_client(make_settings(repo.path, admin_token=TOKEN, watch_interval_s=0)) as client:
         repo.promote("2")
         assert client.get("/info").json()["version"] == "1"  # no watcher: nothing happens by itself
         r = client.post("/admin/reload", headers=auth)
@@ -150,10 +145,7 @@ def test_admin_reload_switches_without_watcher(repo: ModelRepository) -> None:
 
 
 def test_admin_disabled_without_token(tiny_model_dir: Path) -> None:
-    from fastapi.testclient import TestClient
-
-    app = create_app(Settings(model_dir=tiny_model_dir, provider="cpu", bootstrap_default=False))  # type: ignore[arg-type]
-    with TestClient(app) as client:
+    with app_client(make_settings(tiny_model_dir)) as client:
         assert client.post("/admin/reload").status_code == 401
         r = client.post("/admin/reload", headers={"authorization": "Bearer x"})
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_disabled"

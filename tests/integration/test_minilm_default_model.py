@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +56,8 @@ def test_serves_dim64_layer6(minilm_dir: Path, live_server_factory) -> None:  # 
     import httpx
 
     from mipic.service.app import create_app
-    from mipic.service.settings import Settings
 
-    srv = live_server_factory(create_app(Settings(model_dir=minilm_dir, provider="cpu",
-                                                  bootstrap_default=False)))
+    srv = live_server_factory(create_app(make_settings(minilm_dir)))
     r = httpx.post(srv.url + "/embed?dim=64&layer=6", json={"inputs": SENTENCES}, timeout=30)
     assert r.status_code == 200
     body = r.json()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,6 @@ from fastapi.testclient import TestClient
 from tests.conftest import SMALL_LIMITS, TINY_HIDDEN, TINY_LAYERS, make_settings
 
 from mipic.service.app import create_app
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tiny_model_dir, **SMALL_LIMITS))) as c:
-        yield c
 
 
 def test_embed_returns_unit_vectors_of_requested_budget(client: TestClient) -> None:

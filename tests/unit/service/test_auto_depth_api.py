@@ -3,23 +3,13 @@ explicit layer's bit for bit, bounds are kept, and bad values are a 4xx naming t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import TINY_LAYERS, make_settings
+from tests.conftest import TINY_LAYERS
 
-from mipic.service.app import create_app
 from mipic.service.engine.engine import Engine
 
 TEXTS = ["the cat sat", "a dog barked twice"]
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tiny_model_dir, max_inputs_per_request=8))) as c:
-        yield c
 
 
 def engine_of(client: TestClient) -> Engine:

@@ -12,10 +12,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from tests.conftest import make_settings
 
 from mipic.modeldir.repository import ModelRepository
 from mipic.service.app import create_app
-from mipic.service.settings import Settings
 
 Action = Callable[[TestClient, FastAPI, Path], httpx.Response]
 ADMIN = {"authorization": "Bearer adm"}
@@ -111,9 +111,7 @@ def _total(app: FastAPI) -> float:
 @pytest.mark.parametrize(("code", "endpoint", "overrides", "action"), CASES, ids=[c[0] for c in CASES])
 def test_each_error_response_is_counted_once(code: str, endpoint: str, overrides: dict[str, Any], action: Action,
                                              tiny_model_dir: Path, tmp_path: Path) -> None:
-    settings = Settings(model_dir=tiny_model_dir, provider="cpu", bootstrap_default=False,  # type: ignore[arg-type]
-                        **overrides)
-    app = create_app(settings)
+    app = create_app(make_settings(tiny_model_dir, **overrides))
     with TestClient(app, raise_server_exceptions=False) as client:
         before = _total(app)
         r = action(client, app, tmp_path)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import TINY_DIMS, TINY_LAYERS
+from tests.conftest import TINY_DIMS, TINY_LAYERS, app_client, make_settings
 
 from mipic.modeldir.heads import HEADS_FILE
 from mipic.modeldir.manifest import load_manifest, write_manifest
@@ -34,14 +33,9 @@ def heads_dir_with_budgets(tiny_heads_model_dir: Path, tmp_path_factory: pytest.
     return d
 
 
-def settings(model_dir: Path, **kw: object) -> Settings:
-    return Settings(model_dir=model_dir, provider="cpu", bootstrap_default=False, **kw)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="module")
-def client(heads_dir_with_budgets: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(settings(heads_dir_with_budgets))) as c:
-        yield c
+def client_settings(heads_dir_with_budgets: Path) -> Settings:
+    return make_settings(heads_dir_with_budgets)
 
 
 def test_info_reports_heads_and_pareto_budgets(client: TestClient) -> None:
@@ -110,7 +104,7 @@ def test_info_and_budgets_report_the_shared_space(heads_dir_with_budgets: Path, 
         d, scores={k: {"r": 0.5} for k in keys}, suites={"r": "ndcg@10"}, max_items=7,
         index_scores={k: {"r": 0.4 + k[1] / 10} for k in keys}, index_suites={"r": "ndcg@10"},
         cosine_to_last={k: cos[k[1]] for k in keys}))
-    with TestClient(create_app(settings(d))) as c:
+    with app_client(make_settings(d)) as c:
         space = c.get("/info").json()["exit_space"]
         assert space["shared"] is shared and space["worst_cosine"] == cos_l1
         assert space["worst_budget"]["layer"] == 1 and space["min_cosine_required"] == 0.5
@@ -122,7 +116,7 @@ def test_info_and_budgets_report_the_shared_space(heads_dir_with_budgets: Path, 
 
 
 def test_model_without_heads_or_budgets(tiny_model_dir: Path) -> None:
-    with TestClient(create_app(settings(tiny_model_dir))) as c:
+    with app_client(make_settings(tiny_model_dir)) as c:
         assert c.get("/info").json()["heads"] is None
         assert c.get("/info").json()["exit_space"]["shared"] is None
         body = c.get("/budgets?min_quality=0.5").json()
@@ -139,7 +133,7 @@ def test_reload_refuses_bad_heads_and_keeps_serving(heads_dir_with_budgets: Path
     np.savez(bad / HEADS_FILE, weight=w, bias=np.zeros((TINY_LAYERS, 32), np.float32))
     write_manifest(bad, load_manifest(bad, verify=False).model_copy(update={"version": "2"}))  # checksums agree
     repo.promote("1")
-    app = create_app(settings(repo.path, admin_token=TOKEN, watch_interval_s=0))
+    app = create_app(make_settings(repo.path, admin_token=TOKEN, watch_interval_s=0))
     with TestClient(app) as c:
         repo.promote("2")
         r = c.post("/admin/reload", headers={"authorization": f"Bearer {TOKEN}"})

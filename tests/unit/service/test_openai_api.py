@@ -4,23 +4,20 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
-from tests.conftest import make_settings
+from tests.conftest import app_client, make_settings
 
-from mipic.service.app import create_app
+from mipic.service.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    s = make_settings(tiny_model_dir, model_aliases=["text-embedding-3-small", "org/tiny-alias"])
-    with TestClient(create_app(s)) as c:
-        yield c
+def client_settings(tiny_model_dir: Path) -> Settings:
+    return make_settings(tiny_model_dir, model_aliases=["text-embedding-3-small", "org/tiny-alias"])
 
 
 def test_model_names_aliases_and_echo(client: TestClient) -> None:
@@ -51,7 +48,7 @@ def test_models_list_and_retrieve(client: TestClient) -> None:
 
 
 def test_accept_any_model(tiny_model_dir: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_model_dir, accept_any_model=True))) as c:
+    with app_client(make_settings(tiny_model_dir, accept_any_model=True)) as c:
         r = c.post("/v1/embeddings", json={"input": "x", "model": "text-embedding-ada-002"})
         assert r.status_code == 200 and r.json()["model"] == "text-embedding-ada-002"
         assert c.get("/v1/models/anything").json()["id"] == "anything"
@@ -113,7 +110,7 @@ def test_token_id_arrays_are_refused_with_what_to_change(client: TestClient) -> 
 def test_limits_default_to_openai_and_stay_consistent(tiny_model_dir: Path) -> None:
     s = make_settings(tiny_model_dir, max_request_bytes=4_000_000)
     assert s.max_inputs_per_request == 2048 and s.max_queue_size >= s.max_inputs_per_request
-    with TestClient(create_app(s)) as c:
+    with app_client(s) as c:
         ok = c.post("/v1/embeddings", json={"input": ["the cat"] * 2048, "dimensions": 8, "layer": 1})
         assert ok.status_code == 200 and len(ok.json()["data"]) == 2048
         r = c.post("/v1/embeddings", json={"input": ["the cat"] * 2049})
@@ -133,7 +130,7 @@ def test_bits_need_a_dim_that_is_a_multiple_of_8_on_every_surface(tiny_model_dir
     d = tmp_path / "odd" / "1"
     shutil.copytree(tiny_model_dir, d)
     write_manifest(d, load_manifest(d).model_copy(update={"dims": [8, 12, 16, 32], "calibration": None}))
-    with TestClient(create_app(make_settings(d))) as c:
+    with app_client(make_settings(d)) as c:
         r = c.post("/embed?dim=12", json={"inputs": "the cat", "embedding_types": ["float", "binary"]})
         assert r.status_code == 400
         assert r.json()["error"]["param"] == "embedding_types"

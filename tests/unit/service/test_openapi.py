@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi.testclient import TestClient
+from tests.conftest import make_settings
 
 from mipic.service.app import create_app
-from mipic.service.settings import Settings
 
 DEPTH = ("min_layer", "max_layer", "max_latency_ms")  # with layer "auto"
 
 
 def test_openapi_lists_every_route_and_field(tiny_model_dir: Path) -> None:
-    app = create_app(Settings(model_dir=tiny_model_dir, provider="cpu", bootstrap_default=False))  # type: ignore[arg-type]
+    app = create_app(make_settings(tiny_model_dir))
     doc = TestClient(app).get("/openapi.json").json()
     routes = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert routes == {

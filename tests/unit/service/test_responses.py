@@ -4,28 +4,25 @@ for bit after a float32 round trip, and the shape each route's response model de
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from tests.conftest import make_settings
 
 from mipic.modeldir.runner import Row
 from mipic.service.api.responses import VectorsJSONResponse
 from mipic.service.api.schemas import EmbedResponse, OpenAIEmbeddingResponse
-from mipic.service.app import create_app
 from mipic.service.settings import Settings
 
 TEXTS = ["the quick brown fox", "a cat", "the lazy dog is not a cat"]
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_dir=tiny_model_dir, provider="cpu", bootstrap_default=False)  # type: ignore[call-arg]
-    with TestClient(create_app(settings)) as c:
-        yield c
+def client_settings(tiny_model_dir: Path) -> Settings:
+    return make_settings(tiny_model_dir)
 
 
 def _reference(client: TestClient, dim: int, layer: int) -> np.ndarray:

@@ -4,21 +4,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import SMALL_LIMITS, TINY_HIDDEN, TINY_LAYERS, make_settings
-
-from mipic.service.app import create_app
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(tiny_model_dir, **SMALL_LIMITS))) as c:
-        yield c
+from tests.conftest import SMALL_LIMITS, TINY_HIDDEN, TINY_LAYERS, app_client, make_settings
 
 
 def native(client: TestClient, texts: list[str], **budget: int) -> np.ndarray:
@@ -71,7 +62,7 @@ def test_token_ids_from_tokenize_embed_like_the_text(client: TestClient) -> None
 
 
 def test_truncation_direction_and_refusal(tiny_model_dir: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_model_dir, **SMALL_LIMITS, max_seq_length=4, verify_golden=False))) as c:
+    with app_client(make_settings(tiny_model_dir, **SMALL_LIMITS, max_seq_length=4, verify_golden=False)) as c:
         long = "the quick brown fox jumps"
         right = np.array(c.post("/tei/embed", json={"inputs": long}).json())
         left = np.array(c.post("/tei/embed", json={"inputs": long, "truncation_direction": "Left"}).json())
@@ -141,7 +132,7 @@ def test_bad_input_gets_a_tei_shaped_4xx(client: TestClient, path: str, body: ob
 
 
 def test_auth_and_content_type_errors_are_tei_shaped(tiny_model_dir: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_model_dir, **SMALL_LIMITS, api_key="k3y"))) as c:
+    with app_client(make_settings(tiny_model_dir, **SMALL_LIMITS, api_key="k3y")) as c:
         r = c.post("/tei/embed", json={"inputs": "x"})
         assert r.status_code == 401 and r.json() == {"error": "missing or invalid API key", "error_type": "Validation"}
         ok = c.post("/tei/embed", json={"inputs": "x"}, headers={"authorization": "Bearer k3y"})

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tomllib
 from fastapi.testclient import TestClient
+from tests.conftest import make_settings
 
 from mipic.service.api.routes_ui import UI_FILES
-from mipic.service.app import create_app
 from mipic.service.metrics import Metrics
 from mipic.service.settings import Settings
 from mipic.service.traffic import histogram_quantile, latency_by_budget
@@ -22,10 +21,8 @@ KEY = "page-must-not-hold-this-key"
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_dir=tiny_model_dir, provider="cpu", bootstrap_default=False, api_key=KEY)
-    with TestClient(create_app(settings)) as c:
-        yield c
+def client_settings(tiny_model_dir: Path) -> Settings:
+    return make_settings(tiny_model_dir, api_key=KEY)
 
 
 def test_root_redirects_to_the_page(client: TestClient) -> None:
