@@ -319,3 +319,19 @@ def test_ratio_table_pairs_each_rep_with_its_own_reference() -> None:
     assert r["served_over_offline_d64_l1"].values == (0.8, 1.0)
     assert r["served_l1_over_l6_d64"].values == (4.0, 5.0)
     assert "http_vs_infinity_d64_l1" not in r  # Infinity has no early exit
+
+
+def test_profile_summary_groups_py_spy_stacks_by_thread() -> None:
+    from bench.profile_served import summarize, thread_ids
+
+    raw = ("thread (11): MainThread;run (asyncio/runners.py:118);send (uvicorn/h.py:5) 30\n"
+           "thread (12): mipic-infer_0;run (mipic/modeldir/runner.py:162);Session.run (ort.py:406) 60\n"
+           "thread (13): mipic-tok_0;encode (mipic/modeldir/tokenizer.py:84) 10\n")
+    s = summarize(raw, top=3)
+    assert s["samples"] == 100
+    assert s["groups"]["inference worker"] == pytest.approx(0.6)
+    assert s["groups"]["event loop (HTTP, JSON, batcher, metrics)"] == pytest.approx(0.3)
+    assert s["self"]["tokenizer pool"] == [["encode (mipic/modeldir/tokenizer.py:84)", pytest.approx(0.1)]]
+    assert s["mipic_inclusive"][0] == ["run (mipic/modeldir/runner.py:162)", pytest.approx(0.6)]
+    assert thread_ids(raw) == {11: "thread (11): MainThread", 12: "thread (12): mipic-infer_0",
+                               13: "thread (13): mipic-tok_0"}
