@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import SMALL_LIMITS, TINY_HIDDEN, TINY_LAYERS, make_settings
+from tests.conftest import SMALL_LIMITS, TINY_HIDDEN, TINY_LAYERS, app_client, make_settings
 
 from mipic.service.app import create_app
 
@@ -151,3 +151,15 @@ def test_openai_client_round_trip(tiny_model_dir: Path, live_server_factory) -> 
     with pytest.raises(openai.BadRequestError) as exc:
         client.embeddings.create(model="tiny", input="x", dimensions=12)
     assert exc.value.body["param"] == "dimensions"  # type: ignore[index]
+
+
+def test_a_too_long_input_is_named_by_each_surfaces_own_field(tiny_model_dir: Path) -> None:
+    """With truncation off, a too-long text is a 400 naming the body field the client sent: ``inputs[i]`` on
+    /embed, ``input[i]`` on /v1/embeddings."""
+    long_text = " ".join(["hello"] * 400)
+    with app_client(make_settings(tiny_model_dir, truncate=False)) as c:
+        r = c.post("/embed", json={"inputs": ["hi", long_text]})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "inputs[1]"
+        assert r.json()["error"]["message"].startswith("inputs[1] ")
+        r = c.post("/v1/embeddings", json={"input": ["hi", long_text], "model": "tiny"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "input[1]"

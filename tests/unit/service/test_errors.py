@@ -31,6 +31,7 @@ def test_indexed_fields_keep_their_index_and_unlisted_keys_stay() -> None:
     assert errors.surface_param(too_long, "/tei/embed") == ("inputs[1] is longer than the maximum of 6 tokens",
                                                             "inputs[1]")
     assert errors.surface_param(too_long, "/v1/embeddings")[1] == "input[1]"
+    assert errors.surface_param(too_long, "/embed") == ("inputs[1] is longer than the maximum of 6 tokens", "inputs[1]")
     ids = InvalidRequest("input[0][3]: token id 99 is outside the vocabulary", field="input[0]")
     assert errors.surface_param(ids, "/tei")[0] == "inputs[0][3]: token id 99 is outside the vocabulary"
     output = InvalidRequest("output=binary packs 8 values per byte", field="output")

@@ -96,8 +96,7 @@ _UNKNOWN = ErrorRow(engine_errors.EngineError, 500, "server_error", "Backend", 5
 # Each surface's parameter names for the field keys of the engine's errors (``EngineError.field``), by path
 # prefix; a key a surface does not list is its own name (layer, min_layer, max_layer, max_latency_ms, ids).
 SURFACE_FIELDS: dict[str, dict[str, str]] = {
-    # input: the tokenizer's errors have always said input[i] here, though the body's field is `inputs`
-    "/embed": {"dim": "dim", "output": "embedding_types", "input": "input"},
+    "/embed": {"dim": "dim", "output": "embedding_types", "input": "inputs"},
     "/v1": {"dim": "dimensions", "output": "encoding_format", "input": "input"},
     TEI_PREFIX: {"dim": "dimensions", "input": "inputs"},
 }
