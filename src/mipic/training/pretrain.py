@@ -13,7 +13,7 @@ Pieces:
 * :func:`build_mlm_head` — a fresh ``BertForMaskedLM`` head (``cls``) whose decoder *is* the
   encoder's word-embedding matrix (the packaged all-MiniLM-L6-v2 ships without an MLM head).
 * :class:`PretrainModel` — encoder + heads (+ EMA target encoder for ``mlm_jepa``); the loss is
-  :class:`mipic.training.losses.jepa.MLMJEPALoss`.
+  :class:`mipic.training.losses.mlm_jepa.MLMJEPALoss`.
 * :class:`PretrainTrainer` — :class:`mipic.training.trainer.MipicTrainer` (term logging) with a
   three-group optimizer (encoder / heads / balance) and checkpoints that store tied weights once.
 """
@@ -46,13 +46,7 @@ from transformers import (
 )
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
-from mipic.training.losses.jepa import (
-    JEPAPredictor,
-    LatentPredictionLoss,
-    LossBalance,
-    MLMJEPALoss,
-    ema_update,
-)
+from mipic.training.losses import JEPAPredictor, LatentPredictionLoss, LossBalance, MLMJEPALoss, ema_update
 from mipic.training.model import OBJECTIVE_PREFIX, describe_parameters, encoder_shape, load_encoder
 from mipic.training.pretrain_config import (
     PRETRAIN_CONFIG_FILE,

@@ -21,7 +21,9 @@ from mipic.training.config import (
     load_yaml_config,
     save_yaml_config,
 )
-from mipic.training.losses.jepa import BalanceMode, LatentLossKind, PredictorKind
+from mipic.training.losses.jepa_predictor import PredictorKind
+from mipic.training.losses.latent_prediction import LatentLossKind
+from mipic.training.losses.loss_balance import BalanceMode
 
 PRETRAIN_CONFIG_FILE = "pretrain_config.yaml"
 
@@ -74,7 +76,7 @@ class JEPASection(_Section):
 
 
 class BalanceSection(_Section):
-    """How the MLM and latent losses are weighted (see :class:`mipic.training.losses.jepa.LossBalance`)."""
+    """How the MLM and latent losses are weighted (see :class:`mipic.training.losses.loss_balance.LossBalance`)."""
 
     mode: BalanceMode = "uncertainty"
     bound: float = Field(default=5.0, gt=0.0, description="|log-variance| (uncertainty) or |logit| (sigmoid) bound.")

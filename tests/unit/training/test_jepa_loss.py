@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from torch import nn  # noqa: E402
 
-from mipic.training.losses.jepa import (  # noqa: E402
+from mipic.training.losses import (  # noqa: E402
     JEPAPredictor,
     LatentPredictionLoss,
     LossBalance,

@@ -94,6 +94,14 @@ def check_weights(
     return out
 
 
+def usable_dims(dims: Sequence[int], size: int) -> list[int]:
+    """The dims of ``dims`` below ``size`` (those with a residual); an error when there is none."""
+    usable = [d for d in dims if d < size]
+    if not usable:
+        raise ValueError(f"no dim in {list(dims)} is smaller than the embedding size {size}")
+    return usable
+
+
 # --------------------------------------------------------------------------- I/O dataclasses
 
 

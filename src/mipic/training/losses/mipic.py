@@ -14,10 +14,11 @@ from mipic.training.losses._common import (
     check_non_negative,
     check_positive,
 )
-from mipic.training.losses.mic import SoftCollapseRegularizer, SpectralIsotropyRegularizer
 from mipic.training.losses.mrl import MatryoshkaInfoNCELoss
 from mipic.training.losses.pic import PICLoss
 from mipic.training.losses.sia import KLDirection, SIALoss
+from mipic.training.losses.soft_collapse import SoftCollapseRegularizer
+from mipic.training.losses.spectral_isotropy import SpectralIsotropyRegularizer
 
 #: Terms that enter the total, in buffer order (``term_scale`` is indexed by this).
 TERM_NAMES: tuple[str, ...] = ("mrl", "sia", "pic", "scr", "sir")
