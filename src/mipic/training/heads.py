@@ -67,6 +67,7 @@ from tqdm.auto import tqdm
 from mipic.modeldir.heads import ExitHeads, check_heads
 from mipic.modeldir.manifest import Budget, HeadsSpec
 from mipic.modeldir.runner import LoadedModel
+from mipic.training.data.text import texts_digest
 from mipic.training.heads_config import HeadFitConfig, LastLayer
 from mipic.training.losses.distill import distill_kl, similarity_logits
 
@@ -85,14 +86,6 @@ class HeadFitResult:
 
 
 # --------------------------------------------------------------------------- features
-
-
-def texts_digest(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 def _model_digest(model: LoadedModel) -> str:

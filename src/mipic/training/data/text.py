@@ -1,8 +1,11 @@
-"""Sentence splitting, cleaning and the exact-match key used to hold eval texts out of training."""
+"""Sentence splitting, cleaning, the exact-match key used to hold eval texts out of training, and the digest
+of a list of texts (the cache key of their features, the fingerprint of a fitting set in a manifest)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Sequence
 
 _WS = re.compile(r"\s+")
 # A boundary is end punctuation (optionally followed by a closing quote or bracket), whitespace,
@@ -57,3 +60,12 @@ def is_good_sentence(sentence: str) -> bool:
     """Long enough to carry meaning, short enough to fit a 128-token window."""
     n_words = len(sentence.split())
     return MIN_WORDS <= n_words <= MAX_WORDS and len(sentence) >= MIN_CHARS
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """SHA-256 (hex) of the texts in order, each followed by a NUL byte."""
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()

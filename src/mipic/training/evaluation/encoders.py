@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -14,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from mipic.training.data.text import texts_digest
 from mipic.training.evaluation.pooling import truncate_normalize
 
 logger = logging.getLogger(__name__)
@@ -42,14 +42,6 @@ class AllLayersEncoder(BudgetEncoder, Protocol):
     """
 
     def encode_all_layers(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-def _texts_key(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
-    for t in texts:
-        h.update(t.encode("utf-8"))
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 class TorchBudgetEncoder:
@@ -91,7 +83,7 @@ class TorchBudgetEncoder:
         return truncate_normalize(self.encode_all_layers(texts)[layer - 1], dim)
 
     def encode_all_layers(self, texts: Sequence[str]) -> np.ndarray:
-        key = _texts_key(texts)
+        key = texts_digest(texts)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
