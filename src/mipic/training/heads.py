@@ -60,14 +60,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils import parametrizations
 from tqdm.auto import tqdm
 
 from mipic.modeldir.heads import ExitHeads, check_heads
 from mipic.modeldir.manifest import Budget, HeadsSpec
 from mipic.modeldir.runner import LoadedModel
 from mipic.training.data.text import texts_digest
+from mipic.training.exit_heads import ExitHeadsModule, LastHead
 from mipic.training.heads_config import HeadFitConfig, LastLayer
 from mipic.training.losses.distill import distill_kl, similarity_logits
 
@@ -193,45 +192,10 @@ def fit_lstsq(features: np.ndarray, ridge: float = 1e-3, last_weight: np.ndarray
 # --------------------------------------------------------------------------- distillation
 
 
-class _Heads(nn.Module):
-    """Trainable heads: affine for every layer but the last, whose form ``last_layer`` chooses."""
-
-    def __init__(self, init: ExitHeads, last_layer: LastLayer) -> None:
-        super().__init__()
-        n, h = init.num_layers, init.hidden_size
-        self.last_layer = last_layer
-        self.affine = nn.ModuleList()
-        for i in range(n - 1):
-            lin = nn.Linear(h, h)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(init.weight[i]))
-                lin.bias.copy_(torch.from_numpy(init.bias[i]))
-            self.affine.append(lin)
-        self.last = nn.Linear(h, h, bias=last_layer == "affine")
-        with torch.no_grad():
-            self.last.weight.copy_(torch.from_numpy(init.weight[-1]))
-            if self.last.bias is not None:
-                self.last.bias.copy_(torch.from_numpy(init.bias[-1]))
-        if last_layer == "orthogonal":
-            # trivialization: the parameter starts at the PCA rotation and stays orthogonal
-            parametrizations.orthogonal(self.last, "weight", orthogonal_map="matrix_exp")
-        if last_layer in ("identity", "pca"):
-            self.last.weight.requires_grad_(False)
-
-    def forward(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        head: nn.Module = self.last if layer == len(self.affine) + 1 else self.affine[layer - 1]
-        out: torch.Tensor = head(x)
-        return out
-
-    def export(self) -> ExitHeads:
-        with torch.no_grad():
-            linears: list[nn.Linear] = [*self.affine, self.last]
-            ws = [lin.weight.detach().numpy() for lin in linears]
-            bs = [
-                lin.bias.detach().numpy() if lin.bias is not None else np.zeros(lin.out_features, np.float32)
-                for lin in linears
-            ]
-        return ExitHeads(np.stack(ws).astype(np.float32), np.stack(bs).astype(np.float32))
+#: ``last_layer`` of a head fit → how the last head trains in :class:`ExitHeadsModule` (``pca`` and ``identity``
+#: fix it: the last layer is then left out of the loss as well).
+_LAST_HEAD: dict[LastLayer, LastHead] = {"pca": "fixed", "identity": "fixed", "orthogonal": "orthogonal",
+                                         "affine": "affine"}
 
 
 def fit_distill(
@@ -261,7 +225,7 @@ def fit_distill(
         aligned = fit_lstsq(features, cfg.ridge, last_weight=init.weight[-1])
         init = ExitHeads(np.concatenate([aligned.weight[:-1], init.weight[-1:]]),
                          np.concatenate([aligned.bias[:-1], init.bias[-1:]]))
-    model = _Heads(init, cfg.last_layer)
+    model = ExitHeadsModule(init, _LAST_HEAD[cfg.last_layer])
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(

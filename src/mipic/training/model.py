@@ -14,16 +14,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrizations
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mipic.modeldir.heads import ExitHeads
 from mipic.modeldir.manifest import default_dims
 from mipic.training.config import LoraSection, LossSection, ModelSection, Objective
 from mipic.training.default_assets import DEFAULT_HEADS_ASSET
+from mipic.training.exit_heads import ExitHeadsModule
 from mipic.training.losses import (
     AdaptiveLayerMatryoshkaLoss,
     EncoderOutputs,
@@ -177,7 +176,7 @@ def build_model(
     heads = None
     if model_cfg.heads_init is not None:
         heads = ExitHeadsModule(load_heads_init(model_cfg.heads_init, num_layers, hidden),
-                                train_last=model_cfg.train_last_head)
+                                last="orthogonal" if model_cfg.train_last_head else "fixed")
     objective = build_objective(cfg_objective, loss, hidden, num_layers)
     if model_cfg.lora.enabled:
         encoder = wrap_lora(encoder, model_cfg.lora)
@@ -206,44 +205,6 @@ def merged_encoder(encoder: nn.Module) -> nn.Module:
 
 
 # --------------------------------------------------------------------------- exit heads
-
-
-class ExitHeadsModule(nn.Module):
-    """Trainable exit heads (see ``mipic.modeldir.heads``): an affine map per layer 1..L-1, and the last
-    layer's head fixed (``train_last=False``, so the full budget stays a rotation of the encoder's last
-    layer) or trained as an orthogonal map. ``readout(layer, pooled)`` is the served pre-truncation vector."""
-
-    def __init__(self, init: ExitHeads, train_last: bool = False) -> None:
-        super().__init__()
-        n, h = init.num_layers, init.hidden_size
-        self.affine = nn.ModuleList()
-        for i in range(n - 1):
-            lin = nn.Linear(h, h)
-            with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(init.weight[i]))
-                lin.bias.copy_(torch.from_numpy(init.bias[i]))
-            self.affine.append(lin)
-        self.last = nn.Linear(h, h)
-        with torch.no_grad():
-            self.last.weight.copy_(torch.from_numpy(init.weight[-1]))
-            self.last.bias.copy_(torch.from_numpy(init.bias[-1]))
-        self.last.bias.requires_grad_(False)
-        if train_last:
-            parametrizations.orthogonal(self.last, "weight", orthogonal_map="matrix_exp")
-        else:
-            self.last.weight.requires_grad_(False)
-
-    def readout(self, layer: int, pooled: Tensor) -> Tensor:
-        head: nn.Module = self.last if layer == len(self.affine) + 1 else self.affine[layer - 1]
-        out: Tensor = head(pooled)
-        return out
-
-    def export(self) -> ExitHeads:
-        linears: list[nn.Linear] = [*self.affine, self.last]
-        with torch.no_grad():
-            weight = np.stack([lin.weight.detach().cpu().float().numpy() for lin in linears])
-            bias = np.stack([lin.bias.detach().cpu().float().numpy() for lin in linears])
-        return ExitHeads(weight.astype(np.float32), bias.astype(np.float32))
 
 
 def heads_init_path(spec: Path | str) -> Path:
@@ -326,7 +287,7 @@ class SimCSEModel(nn.Module):
         pos_token_type_ids: Tensor | None = None,
     ) -> dict[str, Any]:
         batch = input_ids.shape[0]
-        readout = self.heads.readout if self.heads is not None else None
+        readout = self.heads
         if pos_input_ids is None:
             tt = torch.cat([token_type_ids, token_type_ids]) if token_type_ids is not None else None
             hidden = self._encode(torch.cat([input_ids, input_ids]), torch.cat([attention_mask, attention_mask]), tt)
