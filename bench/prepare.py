@@ -42,18 +42,21 @@ def _run_child(*args: str) -> None:
         raise RuntimeError(f"preparation failed: {' '.join(cmd)}")
 
 
-def ensure_default_model(model_dir: Path) -> Path:
-    """The default model exported where ``make serve`` would put it (``mipic bootstrap``, ~30 s), if missing."""
+def ensure_model(model_dir: Path) -> Path:
+    """``model_dir``; the default model is exported where ``make serve`` would put it (``mipic bootstrap``, ~30 s,
+    through :func:`mipic.training.default_model.export_default_model`) if missing."""
+    from mipic.training.default_model import NoDefaultModel, export_default_model
+
     model_dir = Path(model_dir)
     if (model_dir / "manifest.json").is_file():
         return model_dir
     if model_dir != DEFAULT_MODEL:
         raise SystemExit(f"no model at {model_dir} (no manifest.json); export one or leave --model at its default")
     print(f"prepare: no model at {model_dir}; exporting the packaged all-MiniLM-L6-v2 (mipic bootstrap)", flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "mipic.cli", "bootstrap", "--out", str(model_dir)]
-    if subprocess.run(cmd, env=env, check=False).returncode != 0:
-        raise RuntimeError(f"preparation failed: {' '.join(cmd)}")
+    try:
+        export_default_model(model_dir)
+    except NoDefaultModel as exc:
+        raise SystemExit(str(exc)) from None
     return model_dir
 
 
@@ -169,7 +172,7 @@ def main() -> None:
     elif what == ["peers"]:
         print(ensure_peers_env())
     else:
-        ensure_default_model(args.model)
+        ensure_model(args.model)
         print(ensure_precisions(args.model))
         print(ensure_optimum_export())
         print(ensure_peers_env())

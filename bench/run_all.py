@@ -110,13 +110,13 @@ def targets(out: Path) -> list[list[Any]]:
                              _yes(r["p99_over_one_request"] <= served_bench.LATENCY_TARGET)])
     prec = _load(out, "precision")
     if prec:
-        from mipic.cli import DEFAULT_CPU_PRECISION
+        from mipic.training.default_model import DEFAULT_CPU_PRECISION
 
         measured = prec["default_cpu_precision"]
         ok = [n for n, v in prec["variants"].items() if v.get("quality_ok") and n != "fp32"]
         rows.append([f"CPU default = fastest precision within {prec['tolerance']} of fp32 on every suite and budget",
                      f"measured: {measured} (also within: {', '.join(ok) or 'none'}); code default: "
-                     f"{DEFAULT_CPU_PRECISION.value}", _yes(measured == DEFAULT_CPU_PRECISION.value)])
+                     f"{DEFAULT_CPU_PRECISION}", _yes(measured == DEFAULT_CPU_PRECISION)])
     eng = _load(out, "engine")
     if eng:
         L = eng["num_layers"]
@@ -238,9 +238,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     # Untimed preparation first, so that no export, quantization or install overlaps a measurement.
-    from bench.prepare import ensure_default_model, ensure_optimum_export, ensure_peers_env, ensure_precisions
+    from bench.prepare import ensure_model, ensure_optimum_export, ensure_peers_env, ensure_precisions
 
-    ensure_default_model(args.model)
+    ensure_model(args.model)
     if served_precision(args.model) != "fp32":
         ap.error(f"{args.model} is not an fp32 export: the suite derives every other precision from fp32")
     copies = ensure_precisions(args.model) if {"precision", "engine", "peers"} & set(sections) else {}

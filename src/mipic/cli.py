@@ -7,14 +7,12 @@ repository refuses) is one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperGroup
@@ -24,10 +22,10 @@ from mipic.logs import LogFormat, setup_logging
 from mipic.modeldir.manifest import ManifestError
 from mipic.modeldir.repository import RepositoryError
 from mipic.service.settings import DEFAULT_MODEL_DIR, Settings
+from mipic.training import default_model
 from mipic.training.heads_config import HeadFitConfig
 
 _HEADS = HeadFitConfig()  # the head-fitting defaults, spelled once there
-logger = logging.getLogger("mipic")
 
 
 class UserError(Exception):
@@ -167,17 +165,11 @@ def _checkpoint(path: Path) -> None:
 
 
 def ensure_default_model(repo_dir: Path) -> None:
-    """Export the packaged MiniLM as version 1 of the repository ``repo_dir`` and promote it, in a child
-    process (the server must not import torch)."""
-    from mipic.modeldir.repository import is_repository
-
-    if is_repository(repo_dir):
-        return
-    logger.info("no model at %s: exporting the packaged all-MiniLM-L6-v2 (first run, ~20 s)", repo_dir)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "mipic.cli", "bootstrap", "--out", str(repo_dir / "1")]
-    if subprocess.run(cmd, env=env, check=False).returncode != 0:
-        raise typer.Exit(code=1)
+    """The default model in ``repo_dir`` (exported in a child process if missing): a failed export exits 1."""
+    try:
+        default_model.ensure_default_model(repo_dir)
+    except default_model.BootstrapFailed:
+        raise typer.Exit(code=1) from None
 
 
 class Provider(str, Enum):
@@ -255,11 +247,7 @@ class BootstrapPrecision(str, Enum):
     int8 = "int8"
 
 
-# The default model's precision on CPU: the fastest whose quality on every built-in suite stays within 0.005 of
-# fp32 at every budget, by measurement (bench/results/precision.md; tests/unit/test_bench.py keeps the two in
-# step). Static int8 is 1.3-1.8x faster but moves rt_sentiment's accuracy by up to 0.02 (as does fp32 with
-# noise at cosine 0.999): fp32.
-DEFAULT_CPU_PRECISION = BootstrapPrecision.fp32
+DEFAULT_CPU_PRECISION = BootstrapPrecision(default_model.DEFAULT_CPU_PRECISION)
 
 
 @app.command()
@@ -280,26 +268,12 @@ def bootstrap(
 
     The parent directory becomes a model repository: if it has no CURRENT pointer yet, this version
     is promoted."""
-    import tempfile
-
-    from mipic.modeldir.repository import ModelRepository, is_repository
-    from mipic.training.release import bootstrap_default_model
+    from mipic.training.release import bootstrap_release
 
     _output_path(out)
     _setup_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if precision is BootstrapPrecision.fp32:
-        manifest = bootstrap_default_model(out, heads=heads)
-    else:
-        from mipic.training.precision import convert_precision
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}-fp32.", dir=out.parent) as tmp:
-            fp32 = bootstrap_default_model(Path(tmp) / out.name, heads=heads)
-            convert_precision(Path(tmp) / out.name, out, precision.value)
-            manifest = fp32  # parity is the fp32 export's; the int8 copy records its own cosines
-    if not is_repository(out.parent):
-        ModelRepository(out.parent).promote(out.name)
+    manifest = bootstrap_release(out, heads=heads, precision=precision.value)
     worst = max(manifest.parity.values())
     typer.echo(f"exported {manifest.model_id} to {out} (max parity error {worst:.2e}"
                f"{', with exit heads' if manifest.heads else ''})")
@@ -375,12 +349,7 @@ def heads_fit(
     ] = 300,
 ) -> None:
     """Fit exit heads (one affine map per exit layer) on the training split and write MODEL + heads to OUT."""
-    from mipic.modeldir.runner import LoadedModel
-    from mipic.training.data.paths import resolve_data_dir
-    from mipic.training.export import attach_heads
-    from mipic.training.heads import fit_heads
-    from mipic.training.release import calibrate as calibrate_model
-    from mipic.training.release import measure_budgets, write_budgets
+    from mipic.training.release import fit_and_attach_heads
 
     _output_path(out)
     _setup_logging()
@@ -392,14 +361,9 @@ def heads_fit(
                             align_weight=align_weight, ridge=ridge)
     except ValueError as exc:
         raise UserError(one_line(exc)) from None
-    loaded = LoadedModel(model, provider="cpu", max_seq_length=max_length)
-    result = fit_heads(loaded, cfg, cache_dir=resolve_data_dir() / "features")
-    loaded.close()
-    manifest = attach_heads(model, out, result.heads, result.spec, version=version)
-    manifest = calibrate_model(out, cfg)  # same texts: the pooled states are cached, only the read-out runs
-    if budgets:
-        manifest = write_budgets(out, measure_budgets(out, max_items=eval_items, seed=seed))
-    took = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+    manifest, seconds = fit_and_attach_heads(model, out, cfg, version=version,
+                                             budget_items=eval_items if budgets else None)
+    took = ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())
     typer.echo(f"fitted {method.value} heads for {manifest.model_id} ({took}); wrote {out}")
 
 
@@ -479,7 +443,7 @@ def export(
     """Export a checkpoint to the staged ONNX format (refused if parity with PyTorch fails), fit exit heads,
     and record quality and cost per budget in the manifest."""
     from mipic.training.precision import convert_precision
-    from mipic.training.release import export_options_for, export_with_heads
+    from mipic.training.release import export_options_for, export_with_heads, heads_choice
 
     dim_list = _ints(dims, "--dims")
     if budget_items:
@@ -492,7 +456,7 @@ def export(
         checkpoint,
         out,
         export_options_for(checkpoint, name=name, version=version, dims=dim_list, max_seq_length=max_seq_length),
-        _export_heads(checkpoint, heads),
+        heads_choice(checkpoint, heads.value),
         budget_items=budget_items or None,
     )
     typer.echo(f"exported {manifest.model_id} to {out}")
@@ -501,14 +465,6 @@ def export(
         low = convert_precision(out, low_dir, quantize.value)
         worst = min(low.parity.values(), default=float("nan"))
         typer.echo(f"wrote {quantize.value} copy to {low_dir} (worst cosine vs fp32 over all budgets: {worst:.4f})")
-
-
-def _export_heads(checkpoint: Path, choice: ExportHeads) -> HeadFitConfig | Literal["checkpoint"] | None:
-    if choice is ExportHeads.none:
-        return None
-    if choice is ExportHeads.checkpoint or (choice is ExportHeads.auto and (checkpoint / "heads.npz").is_file()):
-        return "checkpoint"
-    return HeadFitConfig(method="pca" if choice is ExportHeads.pca else "distill")
 
 
 @app.command("eval")

@@ -231,8 +231,7 @@ class Pipeline:
         return {"checkpoint": str(result.final_dir)}
 
     def _export(self) -> dict[str, Any]:
-        from mipic.training.heads import HeadFitConfig
-        from mipic.training.release import export_options_for, export_with_heads
+        from mipic.training.release import export_options_for, export_with_heads, heads_choice
 
         current = self.repo.current()
         name = load_manifest(self.repo.version_dir(current), verify=False).name if current else self.repo.path.name
@@ -240,14 +239,7 @@ class Pipeline:
         ckpt = Path(self.state["checkpoint"])
         out = self.dir / "export"
         options = export_options_for(ckpt, name=name, version=version, source={"retrain_run": self.run_id})
-        heads: HeadFitConfig | Literal["checkpoint"] | None
-        if self.cfg.heads == "none":
-            heads = None
-        elif self.cfg.heads == "auto":
-            heads = "checkpoint" if (ckpt / "heads.npz").is_file() else HeadFitConfig()
-        else:
-            heads = HeadFitConfig(method=self.cfg.heads)
-        export_with_heads(ckpt, out, options, heads, budget_items=None)
+        export_with_heads(ckpt, out, options, heads_choice(ckpt, self.cfg.heads), budget_items=None)
         return {"export_dir": str(out), "version": version, "name": name}
 
     def _evaluate(self) -> dict[str, Any]:

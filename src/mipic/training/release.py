@@ -1,5 +1,5 @@
 """From a checkpoint to a servable model directory: export → exit heads → calibration → budget table, and the
-default model.
+default model. The command line calls these sequences; each is spelled here once.
 
 Above both ``export.py`` (graphs, parity, heads attachment) and ``evaluation/`` (the built-in suites that
 give each budget its quality), so neither has to import the other.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mipic.modeldir.heads import ExitHeads
+from mipic.modeldir.heads import HEADS_FILE, ExitHeads
 from mipic.modeldir.manifest import (
     Budget,
     BudgetTable,
@@ -28,10 +28,13 @@ from mipic.modeldir.manifest import (
     load_manifest,
     write_manifest,
 )
+from mipic.modeldir.repository import ModelRepository, is_repository
 from mipic.modeldir.runner import LoadedModel
 from mipic.training.default_assets import ADAPTER_FILES, DEFAULT_ADAPTER_DIR, DEFAULT_HEADS_ASSET, DEFAULT_HEADS_META
+from mipic.training.default_model import DEFAULT_CPU_PRECISION, DEFAULT_MODEL_NAME
 from mipic.training.export import ExportOptions, attach_heads, export_pretrained, packaged_minilm_path
 from mipic.training.heads_config import HeadFitConfig
+from mipic.training.precision import convert_precision
 
 if TYPE_CHECKING:
     from mipic.training.evaluation.result import GridResult
@@ -197,7 +200,7 @@ def export_options_for(
 def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
     """The exit heads `mipic train` saved with a checkpoint (``heads.npz``, trained jointly), with a spec
     naming the run's config as their recipe; ``None`` when the checkpoint has none."""
-    from mipic.modeldir.heads import HEADS_FILE, load_heads
+    from mipic.modeldir.heads import load_heads
     from mipic.training.config import CONFIG_FILE, load_config
 
     path = Path(checkpoint) / HEADS_FILE
@@ -227,6 +230,52 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
     return heads, spec
 
 
+HeadsChoice = Literal["auto", "checkpoint", "distill", "pca", "lstsq", "none"]
+
+
+def heads_choice(checkpoint: Path, choice: HeadsChoice) -> HeadFitConfig | Literal["checkpoint"] | None:
+    """What ``export --heads`` (and the retrain config's ``heads``) means for ``checkpoint``: ``auto`` is the
+    heads trained with it when it has ``heads.npz``, else a distill fit; ``none`` is no heads."""
+    if choice == "none":
+        return None
+    if choice == "checkpoint" or (choice == "auto" and (Path(checkpoint) / HEADS_FILE).is_file()):
+        return "checkpoint"
+    return HeadFitConfig() if choice == "auto" else HeadFitConfig(method=choice)
+
+
+def fit_and_attach_heads(
+    src: Path,
+    out_dir: Path,
+    cfg: HeadFitConfig,
+    *,
+    version: str | None = None,
+    budget_items: int | None = 300,
+    data_dir: Path | None = None,
+) -> tuple[Manifest, dict[str, float]]:
+    """Fit exit heads (``cfg``) on the exported graphs of ``src``, write ``src`` + heads to ``out_dir`` (may equal
+    ``src``), calibrate int8/uint8 on the same texts (their pooled states are cached: only the read-out runs
+    again) and, with ``budget_items``, measure the budget table (seeded with ``cfg.seed``). Returns the
+    manifest and the fit's seconds per phase."""
+    from mipic.training.data.paths import resolve_data_dir
+    from mipic.training.heads import fit_heads
+
+    loaded = LoadedModel(src, provider="cpu", max_seq_length=cfg.max_length)
+    try:
+        result = fit_heads(loaded, cfg, data_dir=data_dir, cache_dir=resolve_data_dir(data_dir) / "features")
+    finally:
+        loaded.close()
+    attach_heads(src, out_dir, result.heads, result.spec, version=version)
+    manifest = calibrate(out_dir, cfg, data_dir=data_dir)
+    return _with_budgets(out_dir, manifest, budget_items, seed=cfg.seed, data_dir=data_dir), result.seconds
+
+
+def _with_budgets(model_dir: Path, manifest: Manifest, items: int | None, *, seed: int = 0,
+                  data_dir: Path | None = None) -> Manifest:
+    if not items:
+        return manifest
+    return write_budgets(model_dir, measure_budgets(model_dir, max_items=items, seed=seed, data_dir=data_dir))
+
+
 def export_with_heads(
     checkpoint: str | Path,
     out_dir: Path,
@@ -241,25 +290,15 @@ def export_with_heads(
     calibrate int8/uint8 on the head-fitting texts (the default recipe's unless ``heads`` is a config),
     then (``budget_items``) measure the budget table into the manifest."""
     manifest = export_pretrained(checkpoint, out_dir, options)
+    if isinstance(heads, HeadFitConfig):
+        return fit_and_attach_heads(out_dir, out_dir, heads, budget_items=budget_items, data_dir=data_dir)[0]
     if heads == "checkpoint":
         found = checkpoint_heads(Path(checkpoint))
         if found is None:
             raise ValueError(f"{checkpoint} has no heads.npz: train with model.heads_init, or fit heads")
         manifest = attach_heads(out_dir, out_dir, found[0], found[1])
-    elif heads is not None:
-        from mipic.training.data.paths import resolve_data_dir
-        from mipic.training.heads import fit_heads
-
-        loaded = LoadedModel(out_dir, provider="cpu", max_seq_length=heads.max_length)
-        try:
-            result = fit_heads(loaded, heads, data_dir=data_dir, cache_dir=resolve_data_dir(data_dir) / "features")
-        finally:
-            loaded.close()
-        manifest = attach_heads(out_dir, out_dir, result.heads, result.spec)
-    manifest = calibrate(out_dir, heads if isinstance(heads, HeadFitConfig) else None, data_dir=data_dir)
-    if budget_items:
-        manifest = write_budgets(out_dir, measure_budgets(out_dir, max_items=budget_items, data_dir=data_dir))
-    return manifest
+    manifest = calibrate(out_dir, None, data_dir=data_dir)
+    return _with_budgets(out_dir, manifest, budget_items, data_dir=data_dir)
 
 
 def save_default_heads(
@@ -310,8 +349,6 @@ def save_default_heads(
 
 
 # --------------------------------------------------------------------------- the default model
-
-DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 
 
 def default_encoder(meta: dict[str, Any], work: Path) -> Path:
@@ -374,3 +411,21 @@ def bootstrap_default_model(out_dir: Path, heads: bool = True) -> Manifest:
                             max_items=int(meta["budgets"]["eval_items"]), index_scores=index_scores,
                             index_suites=meta["budgets"].get("index_suites") or {}, cosine_to_last=cosines)
     return write_budgets(out_dir, table)
+
+
+def bootstrap_release(out_dir: Path, *, heads: bool = True, precision: str = DEFAULT_CPU_PRECISION) -> Manifest:
+    """`mipic bootstrap`: :func:`bootstrap_default_model` at ``precision`` (``fp32``, or an int8 copy of the fp32
+    export made beside ``out_dir`` and then dropped), promoted when ``out_dir``'s parent has no CURRENT yet.
+    Returns the fp32 export's manifest: parity is the fp32 export's; an int8 copy records its own cosines."""
+    import tempfile
+
+    if precision == "fp32":
+        manifest = bootstrap_default_model(out_dir, heads=heads)
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-fp32.", dir=out_dir.parent) as tmp:
+            manifest = bootstrap_default_model(Path(tmp) / out_dir.name, heads=heads)
+            convert_precision(Path(tmp) / out_dir.name, out_dir, precision)
+    if not is_repository(out_dir.parent):
+        ModelRepository(out_dir.parent).promote(out_dir.name)
+    return manifest
