@@ -20,16 +20,17 @@ ITEMS="${ITEMS:-300}"
 VARIANTS="${VARIANTS:-heads_only mrl adaptive_layer distill mipic_no_sia mipic_no_pic mipic mipic_mic mipic_full_ft}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-overrides() {  # the only thing that differs between variants
+overrides() {  # the only thing that differs between variants: one --set per line (a value may hold spaces)
   case "$1" in
-    mrl)            echo "objective=mrl loss.distill_weight=0" ;;
-    adaptive_layer) echo "objective=adaptive_layer loss.distill_weight=0" ;;
-    distill)        echo "objective=distill" ;;
-    mipic_no_sia)   echo "loss.w_sia=0" ;;
-    mipic_no_pic)   echo "loss.w_pic=0" ;;
-    mipic)          echo "" ;;
-    mipic_mic)      echo "loss.w_scr=0.1 loss.w_sir=0.1" ;;
-    mipic_full_ft)  echo "model.lora.enabled=false train.lr=5e-5" ;;
+    # another objective replaces the loss section (its own defaults: MiniLM's dims); distillation off
+    mrl)            printf '%s\n' "loss={objective: mrl}" "distill.weight=0" ;;
+    adaptive_layer) printf '%s\n' "loss={objective: adaptive_layer}" "distill.weight=0" ;;
+    distill)        printf '%s\n' "loss={objective: distill}" ;;
+    mipic_no_sia)   printf '%s\n' "loss.w_sia=0" ;;
+    mipic_no_pic)   printf '%s\n' "loss.w_pic=0" ;;
+    mipic)          ;;
+    mipic_mic)      printf '%s\n' "loss.w_scr=0.1" "loss.w_sir=0.1" ;;
+    mipic_full_ft)  printf '%s\n' "model.lora.enabled=false" "train.lr=5e-5" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
@@ -50,7 +51,8 @@ for seed in $SEEDS; do
     else
       sets=(--set "seed=$seed" --set "train.max_steps=$STEPS" --set "train.output_dir=$run/train" --set train.resume=true
             --set "model.heads_init=$init/fitted/1")
-      for o in $(overrides "$v"); do sets+=(--set "$o"); done
+      mapfile -t extra < <(overrides "$v")
+      for o in "${extra[@]}"; do sets+=(--set "$o"); done
       "$MIPIC" train --config configs/mipic_minilm.yaml "${sets[@]}"
       "$MIPIC" export "$run/train/final" "$run/model" --name "$v" --heads checkpoint --budget-items 0
     fi

@@ -2,30 +2,29 @@
 
 A run is fully described by its ``train_config.yaml``: ``mipic train --config that.yaml`` reproduces it
 (same seed, same data, same steps). Overrides use dotted keys whose values are parsed as YAML, so
-``--set train.max_steps=50``, ``--set loss.alpha=0.5``, ``--set loss.sia_layers=[2,3]`` and
-``--set model.init=null`` all do what they look like.
+``--set train.max_steps=50``, ``--set loss.alpha=0.5``, ``--set loss.sia_layers=[2,3]``,
+``--set 'loss={objective: mrl}'`` (another objective, its defaults) and ``--set model.init=null`` all do what
+they look like.
+
+The ``loss`` section is one objective's own (``loss.objective`` picks it: ``none``, ``distill``, ``infonce``,
+``mrl``, ``adaptive_layer``, ``mipic``); ``distill`` adds self-distillation to any of them. No torch here: the
+losses are built from these sections in :mod:`mipic.training.objectives`.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mipic.training.losses import AdaptiveLayerMatryoshkaLoss, MatryoshkaInfoNCELoss, MIPICLoss, SelfDistillLoss
-from mipic.training.losses.distill import AlignDimWeighting
-
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "train_config.yaml"
-
-Objective = Literal["none", "infonce", "mrl", "adaptive_layer", "mipic", "distill"]
 
 
 class _Section(BaseModel):
@@ -85,72 +84,188 @@ class ModelSection(_Section):
     )
 
 
-def loss_default(loss: Callable[..., Any], name: str) -> Any:
-    """The default of ``name`` in a loss constructor's signature: each loss hyperparameter's default is
-    spelled once, beside its equation in the loss's file, and the config reads it from there."""
-    return inspect.signature(loss).parameters[name].default
+# --------------------------------------------------------------------------- objectives
+#
+# One section per objective, told apart by ``objective`` (a discriminated union): each objective in
+# ``mipic.training.objectives`` reads its own section and builds its losses from it. Defaults are spelled here
+# and again beside each loss's equation (its constructor); a test pins that the two agree.
+
+LayerWeighting = Literal["uniform", "linear"]
+KLDirection = Literal["student_teacher", "teacher_student"]
+AlignDimWeighting = Literal["uniform", "linear"]
 
 
-class LossSection(_Section):
-    """Hyperparameters of the loss constructors in :mod:`mipic.training.losses`, under the constructors' own
-    names and with their defaults (``loss_default``); ``build_objective`` passes them on by name.
+class ObjectiveSection(_Section):
+    """What every objective's section has: its name, the tag of the ``loss`` union."""
 
-    Only the fields an objective uses are read: ``infonce`` → temperature, symmetric; ``mrl`` → dims,
-    weights, temperature, symmetric; ``adaptive_layer`` → dims, weights, layers, layer_weighting,
-    kl_weight, kl_temperature, temperature, symmetric; ``mipic`` → dims, chain, sia_layers and the rest;
-    any objective → the self-distillation fields (``distill_*``, ``anchor_weight``) when ``distill_weight > 0``.
-    """
+    objective: str
+
+
+class NoObjective(ObjectiveSection):
+    """``none``: nothing is trained; the base encoder is saved as a run (the untrained reference)."""
+
+    objective: Literal["none"] = "none"
+
+
+class DistillOnlySection(ObjectiveSection):
+    """``distill``: no objective of its own; the run trains by self-distillation alone (``distill.weight > 0``)."""
+
+    objective: Literal["distill"] = "distill"
+
+
+class InfoNCESection(ObjectiveSection):
+    """``infonce``: plain SimCSE, InfoNCE on the last layer's full-width embedding (objectives/infonce.py)."""
+
+    objective: Literal["infonce"] = "infonce"
+    temperature: float = Field(default=0.05, gt=0)
+    symmetric: bool = False
+
+
+class MatryoshkaSection(ObjectiveSection):
+    """The Matryoshka prefixes an objective trains; self-distillation trains the same ones unless
+    ``distill.dims`` says otherwise."""
 
     dims: list[int] | None = Field(
         default=None, description="Matryoshka dims; None = 16, 32, 64, 128, 256 below the hidden size + full."
     )
+
+
+class MRLSection(MatryoshkaSection):
+    """``mrl``: Matryoshka InfoNCE on the last layer (objectives/mrl.py)."""
+
+    objective: Literal["mrl"] = "mrl"
     weights: list[float] | None = Field(default=None, description="One MRL weight per dim (None = all 1).")
-    temperature: float = Field(default=loss_default(MatryoshkaInfoNCELoss, "temperature"), gt=0)
-    symmetric: bool = loss_default(MatryoshkaInfoNCELoss, "symmetric")
-    # 2D Matryoshka (adaptive_layer)
+    temperature: float = Field(default=0.05, gt=0)
+    symmetric: bool = False
+
+
+class AdaptiveLayerSection(MatryoshkaSection):
+    """``adaptive_layer``: 2D Matryoshka, MRL at several layers + a KL pull to the last layer
+    (objectives/adaptive_layer.py)."""
+
+    objective: Literal["adaptive_layer"] = "adaptive_layer"
+    weights: list[float] | None = Field(default=None, description="One MRL weight per dim (None = all 1).")
+    temperature: float = Field(default=0.05, gt=0)
+    symmetric: bool = False
     layers: list[int] | None = Field(default=None, description="Layers trained by 2D Matryoshka; None = all.")
-    layer_weighting: Literal["uniform", "linear"] | list[float] = loss_default(
-        AdaptiveLayerMatryoshkaLoss, "layer_weighting")
-    kl_weight: float = Field(default=loss_default(AdaptiveLayerMatryoshkaLoss, "kl_weight"), ge=0)
-    kl_temperature: float = Field(default=loss_default(AdaptiveLayerMatryoshkaLoss, "kl_temperature"), gt=0)
-    # MIPIC
+    layer_weighting: LayerWeighting | list[float] = "uniform"
+    kl_weight: float = Field(default=1.0, ge=0)
+    kl_temperature: float = Field(default=0.3, gt=0)
+
+
+class MIPICSection(MatryoshkaSection):
+    """``mipic``: MRL + SIA + PIC (+ MIC's SCR and SIR), objectives/mipic.py; a term whose weight is 0 (or, for SIA
+    and PIC, when ``alpha`` is 1 or ``sia_layers`` / ``chain`` is None) is not built."""
+
+    objective: Literal["mipic"] = "mipic"
+    weights: list[float] | None = Field(default=None, description="One MRL weight per dim (None = all 1).")
+    temperature: float = Field(default=0.05, gt=0)
     chain: list[tuple[int, int]] | None = Field(
         default=None, description="PIC chain of (dim, layer) budgets, cheapest first; None disables PIC."
     )
     sia_layers: list[int] | None = Field(default=None, description="SIA student layers; None disables SIA.")
-    alpha: float = Field(default=loss_default(MIPICLoss, "alpha"), ge=0.0, le=1.0)
-    w_sia: float = Field(default=loss_default(MIPICLoss, "w_sia"), ge=0)
-    w_pic: float = Field(default=loss_default(MIPICLoss, "w_pic"), ge=0)
-    w_scr: float = Field(default=loss_default(MIPICLoss, "w_scr"), ge=0)
-    w_sir: float = Field(default=loss_default(MIPICLoss, "w_sir"), ge=0)
-    sia_dims: list[int] | None = None
-    sia_attn_weight: float = Field(default=loss_default(MIPICLoss, "sia_attn_weight"), ge=0)
-    sia_cka_weight: float = Field(default=loss_default(MIPICLoss, "sia_cka_weight"), ge=0)
-    sia_attn_temperature: float = Field(default=loss_default(MIPICLoss, "sia_attn_temperature"), gt=0)
-    sia_k_min: int = Field(default=loss_default(MIPICLoss, "sia_k_min"), ge=1)
-    sia_gamma: tuple[float, float] = loss_default(MIPICLoss, "sia_gamma")
-    sia_kl_direction: Literal["student_teacher", "teacher_student"] = loss_default(MIPICLoss, "sia_kl_direction")
-    sia_include_cls: bool = loss_default(MIPICLoss, "sia_include_cls")
+    alpha: float = Field(default=0.4, ge=0.0, le=1.0)
+    w_sia: float = Field(default=1.0, ge=0)
+    w_pic: float = Field(default=1.0, ge=0)
+    w_scr: float = Field(default=0.1, ge=0)
+    w_sir: float = Field(default=0.1, ge=0)
+    sia_dims: list[int] | None = Field(default=None, description="SIA prefixes; None = the dims below hidden.")
+    sia_attn_weight: float = Field(default=1.0, ge=0)
+    sia_cka_weight: float = Field(default=1.0, ge=0)
+    sia_attn_temperature: float = Field(default=1.0, gt=0)
+    sia_k_min: int = Field(default=8, ge=1)
+    sia_gamma: tuple[float, float] = (0.1, 0.5)
+    sia_kl_direction: KLDirection = "student_teacher"
+    sia_include_cls: bool = False
     pic_projector_hidden: int | None = Field(default=None, ge=1)
-    pic_progressive: bool = loss_default(MIPICLoss, "pic_progressive")
-    pic_cross_view: bool = loss_default(MIPICLoss, "pic_cross_view")
-    mic_dims: list[int] | None = None
-    sir_t: float = Field(default=loss_default(MIPICLoss, "sir_t"), gt=0)
-    normalize_terms: bool = loss_default(MIPICLoss, "normalize_terms")
-    ema_decay: float = Field(default=loss_default(MIPICLoss, "ema_decay"), ge=0.0, lt=1.0)
-    # Self-distillation from a frozen teacher (losses/distill.py), added to any objective
-    distill_weight: float = Field(default=0.0, ge=0, description="Weight of SelfDistillLoss; 0 = off.")
-    distill_temperature: float = Field(default=loss_default(SelfDistillLoss, "temperature"), gt=0)
-    distill_layers: list[int] | None = Field(default=None, description="Student layers; None = all.")
-    distill_dims: list[int] | None = Field(default=None, description="Prefixes per layer; None = dims.")
-    anchor_weight: float = Field(default=loss_default(SelfDistillLoss, "anchor_weight"), ge=0,
-                                 description="Last layer, full width: 1 - cos to the teacher.")
-    align_weight: float = Field(default=loss_default(SelfDistillLoss, "align_weight"), ge=0,
+    pic_progressive: bool = False
+    pic_cross_view: bool = True
+    mic_dims: list[int] | None = Field(default=None, description="SCR/SIR prefixes; None = dims.")
+    sir_t: float = Field(default=2.0, gt=0)
+    normalize_terms: bool = False
+    ema_decay: float = Field(default=0.99, ge=0.0, lt=1.0)
+
+
+#: The ``loss`` section: one objective's own fields, chosen by ``loss.objective``. A new objective adds its
+#: section here and its class to ``mipic.training.objectives.OBJECTIVES``.
+LossConfig = Annotated[
+    NoObjective | DistillOnlySection | InfoNCESection | MRLSection | AdaptiveLayerSection | MIPICSection,
+    Field(discriminator="objective"),
+]
+LOSS_SECTIONS: dict[str, type[ObjectiveSection]] = {
+    cls.model_fields["objective"].default: cls for cls in get_args(get_args(LossConfig)[0])
+}
+
+
+def matryoshka_dims(loss: ObjectiveSection) -> list[int] | None:
+    """The prefixes the objective trains (its ``dims``), None when it has none or leaves them to the default."""
+    return loss.dims if isinstance(loss, MatryoshkaSection) else None
+
+
+class DistillSection(_Section):
+    """Self-distillation from a frozen copy of the base encoder (losses/distill.py), added to any objective."""
+
+    weight: float = Field(default=0.0, ge=0, description="Weight of SelfDistillLoss in the total; 0 = off.")
+    temperature: float = Field(default=0.05, gt=0)
+    layers: list[int] | None = Field(default=None, description="Student layers; None = all.")
+    dims: list[int] | None = Field(
+        default=None, description="Prefixes per layer; None = the objective's dims (loss.dims), else the default."
+    )
+    anchor_weight: float = Field(default=0.0, ge=0, description="Last layer, full width: 1 - cos to the teacher.")
+    align_weight: float = Field(default=0.0, ge=0,
                                 description="Every distilled (dim, layer): 1 - cos to the teacher's first dim "
                                 "coordinates in the last layer's head coordinates (one space for every exit).")
     align_dim_weighting: AlignDimWeighting = Field(
-        default=loss_default(SelfDistillLoss, "align_dim_weighting"),
+        default="uniform",
         description="Weights of the align term's budgets: 'uniform', or 'linear' (∝ dim: wide prefixes weigh most).")
+
+
+# The flat ``loss:`` section of configs before issue 21 (``objective`` at the top level; every objective's
+# fields, and the self-distillation's, in one section). Checkpoints carry such a train_config.yaml.
+_FLAT_DISTILL_KEYS = {"distill_weight": "weight", "distill_temperature": "temperature", "distill_layers": "layers",
+                      "distill_dims": "dims", "anchor_weight": "anchor_weight", "align_weight": "align_weight",
+                      "align_dim_weighting": "align_dim_weighting"}
+_FLAT_LOSS_KEYS = frozenset({
+    "dims", "weights", "temperature", "symmetric", "layers", "layer_weighting", "kl_weight", "kl_temperature",
+    "chain", "sia_layers", "alpha", "w_sia", "w_pic", "w_scr", "w_sir", "sia_dims", "sia_attn_weight",
+    "sia_cka_weight", "sia_attn_temperature", "sia_k_min", "sia_gamma", "sia_kl_direction", "sia_include_cls",
+    "pic_projector_hidden", "pic_progressive", "pic_cross_view", "mic_dims", "sir_t", "normalize_terms",
+    "ema_decay", *_FLAT_DISTILL_KEYS,
+})
+
+
+def migrate_flat_loss(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A config in the shape before issue 21 → the current one; a current config is returned as it is.
+
+    The old shape is a top-level ``objective`` (also what ``--set objective=mrl`` writes) or a ``loss`` section
+    without ``objective``. Then: ``loss.objective`` is that objective (default ``mipic``); the ``loss`` keys it
+    reads stay, the other flat keys are dropped (the flat section carried every objective's fields, and only the
+    chosen one's were read); ``distill_*``, ``anchor_weight``, ``align_*`` move to ``distill``; and an objective
+    without ``dims`` hands ``loss.dims`` to ``distill.dims`` (the flat ``distill_dims`` fell back to it). Unknown
+    keys stay in ``loss``, so validation names them.
+    """
+    loss = data.get("loss")
+    if "objective" not in data and (not isinstance(loss, dict) or "objective" in loss):
+        return dict(data)
+    out = dict(data)
+    flat = dict(out.pop("loss", None) or {})
+    name = out.pop("objective", flat.get("objective", "mipic"))
+    flat.pop("objective", None)
+    section = LOSS_SECTIONS.get(name) if isinstance(name, str) else None
+    reads = set(section.model_fields) if section is not None else set(flat)
+    distill = dict(out.get("distill") or {})
+    new_loss: dict[str, Any] = {"objective": name}
+    for key, value in flat.items():
+        if key in _FLAT_DISTILL_KEYS:
+            distill[_FLAT_DISTILL_KEYS[key]] = value
+        elif key in reads or key not in _FLAT_LOSS_KEYS:
+            new_loss[key] = value
+    if "dims" not in reads and flat.get("dims") is not None and distill.get("dims") is None:
+        distill["dims"] = flat["dims"]
+    out["loss"] = new_loss
+    if distill:
+        out["distill"] = distill
+    return out
 
 
 class DataSection(_Section):
@@ -246,18 +361,34 @@ class TrainConfig(_Section):
     """Everything a training run depends on; saved as ``train_config.yaml`` next to its weights."""
 
     seed: int = 42
-    objective: Objective = "mipic"
     model: ModelSection = Field(default_factory=ModelSection)
-    loss: LossSection = Field(default_factory=LossSection)
+    loss: LossConfig = Field(default_factory=MIPICSection)
+    distill: DistillSection = Field(default_factory=DistillSection)
     data: DataSection = Field(default_factory=DataSection)
     train: TrainSection = Field(default_factory=TrainSection)
     export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_loss(cls, data: object) -> object:
+        return migrate_flat_loss(data) if isinstance(data, Mapping) else data
 
     @field_validator("export", mode="before")
     @classmethod
     def _export_shorthand(cls, value: object) -> object:
         # ``export: true`` in YAML is the common case; the section form sets name/version/dims too.
         return {"enabled": value} if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _distill_alone_needs_distill(self) -> TrainConfig:
+        if isinstance(self.loss, DistillOnlySection) and self.distill.weight <= 0:
+            raise ValueError("objective 'distill' needs distill.weight > 0")
+        return self
+
+    @property
+    def objective(self) -> str:
+        """The objective's name (``loss.objective``): what logs, the manifest's source and the recipe call it."""
+        return self.loss.objective
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML types (paths as strings, tuples as lists)."""
@@ -317,13 +448,26 @@ def load_yaml_config(
         data = loaded or {}
     if overrides:
         origin += " + overrides"
+    data = apply_overrides(data, overrides)
     try:
-        return cls.model_validate(apply_overrides(data, overrides))
+        return cls.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{error_path(err['loc'], data)}: {err['msg']}" for err in exc.errors())
         raise ValueError(f"invalid {kind} config ({origin}): {problems}") from exc
+
+
+def error_path(loc: Sequence[int | str], data: object) -> str:
+    """A validation error's location as the key path the user wrote: a tagged union puts its tag into the location
+    (``loss.mipic.alpah``), a part that is no key of the input while the next part is one."""
+    parts: list[str] = []
+    node = data
+    for i, part in enumerate(loc):
+        nxt = loc[i + 1] if i + 1 < len(loc) else None
+        if isinstance(node, Mapping) and part not in node and nxt is not None and nxt in node:
+            continue  # the union's tag
+        parts.append(str(part))
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return ".".join(parts) or "<root>"
 
 
 def save_yaml_config(config: BaseModel, path: str | Path, file_name: str) -> Path:

@@ -8,9 +8,9 @@ DDP together with the encoder, with no special casing.
 
 from __future__ import annotations
 
-import inspect
+import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,20 +19,11 @@ from torch import Tensor, nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mipic.modeldir.heads import ExitHeads
-from mipic.modeldir.manifest import default_dims
-from mipic.training.config import LoraSection, LossSection, ModelSection, Objective
+from mipic.training.config import LoraSection, ModelSection, TrainConfig
 from mipic.training.default_assets import DEFAULT_HEADS_ASSET
 from mipic.training.exit_heads import ExitHeadsModule
-from mipic.training.losses import (
-    AdaptiveLayerMatryoshkaLoss,
-    EncoderOutputs,
-    InfoNCELoss,
-    LossOutput,
-    MatryoshkaInfoNCELoss,
-    MIPICLoss,
-    SelfDistillLoss,
-    mean_pool,
-)
+from mipic.training.losses import EncoderOutputs, LossOutput, SelfDistillLoss, mean_pool
+from mipic.training.objectives import build_distill, build_objective
 
 logger = logging.getLogger(__name__)
 
@@ -41,147 +32,27 @@ OBJECTIVE_PREFIX = "objective."
 ENCODER_PREFIX = "encoder."
 
 
-# --------------------------------------------------------------------------- objectives
+# --------------------------------------------------------------------------- building
 
 
-class InfoNCEObjective(nn.Module):
-    """Plain SimCSE: InfoNCE on the last layer's full-width mean-pooled embedding."""
+def build_model(cfg: TrainConfig, encoder: PreTrainedModel) -> SimCSEModel:
+    """Encoder (LoRA-wrapped if configured) + objective + exit heads + frozen teacher, from the config.
 
-    def __init__(self, temperature: float, symmetric: bool) -> None:
-        super().__init__()
-        self.loss = InfoNCELoss(temperature=temperature, symmetric=symmetric)
-
-    def forward(self, view_a: EncoderOutputs, view_b: EncoderOutputs) -> LossOutput:
-        last = view_a.num_layers
-        value = self.loss(view_a.pooled(last), view_b.pooled(last))
-        v = float(value.detach())
-        return LossOutput(loss=value, terms={"infonce": v, "total": v})
-
-
-class MRLObjective(nn.Module):
-    """Matryoshka InfoNCE on the last layer, logging the InfoNCE of every dim."""
-
-    def __init__(self, loss: MatryoshkaInfoNCELoss) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, view_a: EncoderOutputs, view_b: EncoderOutputs) -> LossOutput:
-        last = view_a.num_layers
-        per_dim = self.loss.per_dim(view_a.pooled(last), view_b.pooled(last))
-        total = per_dim[0] * self.loss.weights[0]
-        for w, value in zip(self.loss.weights[1:], per_dim[1:], strict=True):
-            total = total + w * value
-        logged = [*per_dim, total]
-        values = torch.stack([v.detach().float() for v in logged]).tolist()  # one host sync
-        names = [f"mrl_d{d}" for d in self.loss.dims] + ["total"]
-        return LossOutput(loss=total, terms=dict(zip(names, values, strict=True)))
-
-
-class AdaptiveLayerObjective(nn.Module):
-    """2D Matryoshka over the layers in ``loss.layers``."""
-
-    def __init__(self, loss: AdaptiveLayerMatryoshkaLoss) -> None:
-        super().__init__()
-        self.loss = loss
-
-    def forward(self, view_a: EncoderOutputs, view_b: EncoderOutputs) -> LossOutput:
-        value = self.loss(view_a.pooled_all(), view_b.pooled_all())
-        v = float(value.detach())
-        return LossOutput(loss=value, terms={"adaptive_layer": v, "total": v})
-
-
-def build_objective(
-    objective: Objective, cfg: LossSection, hidden_size: int, num_layers: int
-) -> nn.Module | None:
-    """The loss module for ``objective``: ``forward(view_a, view_b) -> LossOutput`` (``None`` for
-    ``distill``, which trains by self-distillation alone).
-
-    The loss constructors validate their arguments (with the messages their tests pin); this only
-    fills the defaults that depend on the model (dims, layers).
+    Built in a fixed order (teacher, heads, objective, adapters): each draws its random initial weights in turn,
+    so a seed gives the same run.
     """
-    dims = cfg.dims or default_dims(hidden_size)
-    if objective == "distill":
-        if cfg.distill_weight <= 0:
-            raise ValueError("objective 'distill' needs loss.distill_weight > 0")
-        return None
-    if objective == "infonce":
-        return InfoNCEObjective(cfg.temperature, cfg.symmetric)
-    if objective == "mrl":
-        return MRLObjective(MatryoshkaInfoNCELoss(dims, **_by_name(MatryoshkaInfoNCELoss, cfg, skip={"dims"})))
-    if objective == "adaptive_layer":
-        layers = cfg.layers or list(range(1, num_layers + 1))
-        return AdaptiveLayerObjective(AdaptiveLayerMatryoshkaLoss(
-            dims, layers, **_by_name(AdaptiveLayerMatryoshkaLoss, cfg, skip={"dims", "layers"})))
-    if objective == "mipic":
-        return MIPICLoss(hidden_size, dims, cfg.chain, cfg.sia_layers, mrl_weights=cfg.weights,
-                         **_by_name(MIPICLoss, cfg, skip={"hidden_size", "dims", "chain", "sia_layers", "mrl_weights"}))
-    raise ValueError(f"objective {objective!r} has no loss (expected infonce, mrl, adaptive_layer or mipic)")
-
-
-def _by_name(loss: Callable[..., Any], cfg: LossSection, skip: set[str]) -> dict[str, Any]:
-    """Every constructor argument of ``loss`` that the config section has, under the same name: a
-    hyperparameter is spelled in the constructor (with its default) and in the config, never mapped by hand."""
-    params = inspect.signature(loss).parameters
-    missing = [n for n in params if n not in skip and n != "self" and n not in LossSection.model_fields]
-    if missing:
-        raise TypeError(f"{getattr(loss, '__name__', loss)} takes {missing}, which the loss config lacks")
-    return {n: getattr(cfg, n) for n in params if n not in skip and n != "self"}
-
-
-def trained_budgets(objective: Objective, cfg: LossSection, hidden_size: int, num_layers: int) -> list[tuple[int, int]]:
-    """The (dim, layer) budgets an objective trains directly, sorted by (layer, dim), for the manifest."""
-    dims = cfg.dims or default_dims(hidden_size)
-    budgets: set[tuple[int, int]] = set()
-    if objective == "infonce":
-        budgets.add((hidden_size, num_layers))
-    elif objective == "mrl":
-        budgets.update((d, num_layers) for d in dims)
-    elif objective == "adaptive_layer":
-        layers = cfg.layers or range(1, num_layers + 1)
-        budgets.update((d, layer) for layer in layers for d in dims)
-    elif objective == "mipic":
-        # MRL trains every dim at the last layer; PIC trains each chain checkpoint.
-        budgets.update((d, num_layers) for d in dims)
-        budgets.update((d, layer) for d, layer in cfg.chain or ())
-    if objective != "none":
-        budgets.update(distill_budgets(cfg, hidden_size, num_layers))
-    return sorted(budgets, key=lambda b: (b[1], b[0]))
-
-
-def distill_budgets(cfg: LossSection, hidden_size: int, num_layers: int) -> list[tuple[int, int]]:
-    """Every (dim, layer) the self-distillation term trains (none when it is off)."""
-    if cfg.distill_weight <= 0:
-        return []
-    dims = cfg.distill_dims or cfg.dims or default_dims(hidden_size)
-    layers = cfg.distill_layers or list(range(1, num_layers + 1))
-    return [(int(d), int(layer)) for layer in layers for d in dims]
-
-
-def build_model(
-    cfg_objective: Objective, loss: LossSection, model_cfg: ModelSection, encoder: PreTrainedModel
-) -> SimCSEModel:
-    """Encoder (LoRA-wrapped if configured) + objective + exit heads + frozen teacher, from the config."""
-    import copy
-
     hidden, num_layers = encoder_shape(encoder)
-    distill = None
-    teacher = None
-    if loss.distill_weight > 0:
-        # the teacher is the base encoder as loaded, copied before any adapter touches it: it cannot drift
-        teacher = copy.deepcopy(encoder)
-        distill = SelfDistillLoss([(d, ly) for d, ly in distill_budgets(loss, hidden, num_layers)],
-                                  temperature=loss.distill_temperature, anchor_weight=loss.anchor_weight,
-                                  align_weight=loss.align_weight,
-                                  align_dim_weighting=loss.align_dim_weighting)
+    distill = build_distill(cfg.distill, cfg.loss, hidden, num_layers)
+    # the teacher is the base encoder as loaded, copied before any adapter touches it: it cannot drift
+    teacher = copy.deepcopy(encoder) if distill is not None else None
     heads = None
-    if model_cfg.heads_init is not None:
-        heads = ExitHeadsModule(load_heads_init(model_cfg.heads_init, num_layers, hidden),
-                                last="orthogonal" if model_cfg.train_last_head else "fixed")
-    objective = build_objective(cfg_objective, loss, hidden, num_layers)
-    if model_cfg.lora.enabled:
-        encoder = wrap_lora(encoder, model_cfg.lora)
-    return SimCSEModel(encoder, objective, heads=heads, teacher=teacher, distill=distill,
-                       distill_weight=loss.distill_weight if loss.distill_weight > 0 else 1.0)
+    if cfg.model.heads_init is not None:
+        heads = ExitHeadsModule(load_heads_init(cfg.model.heads_init, num_layers, hidden),
+                                last="orthogonal" if cfg.model.train_last_head else "fixed")
+    objective = build_objective(cfg.loss, hidden, num_layers)
+    if cfg.model.lora.enabled:
+        encoder = wrap_lora(encoder, cfg.model.lora)
+    return SimCSEModel(encoder, objective, heads=heads, teacher=teacher, distill=distill)
 
 
 def wrap_lora(encoder: PreTrainedModel, cfg: LoraSection) -> PreTrainedModel:
@@ -250,7 +121,6 @@ class SimCSEModel(nn.Module):
         heads: ExitHeadsModule | None = None,
         teacher: PreTrainedModel | None = None,
         distill: SelfDistillLoss | None = None,
-        distill_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if (teacher is None) != (distill is None):
@@ -261,7 +131,6 @@ class SimCSEModel(nn.Module):
         self.objective = objective
         self.heads = heads
         self.distill = distill
-        self.distill_weight = distill_weight
         self._teacher: tuple[PreTrainedModel, ...] = ()
         if teacher is not None:
             teacher.eval().requires_grad_(False)
@@ -320,8 +189,7 @@ class SimCSEModel(nn.Module):
                     # is a rotation), the text-by-text anchor and align terms do
                     target = readout(view_a.num_layers, target)
             readouts = [torch.cat([view_a.pooled(ly), view_b.pooled(ly)]) for ly in range(1, view_a.num_layers + 1)]
-            value = self.distill(readouts, target)
-            total = total + self.distill_weight * value
+            total = total + self.distill(readouts, target)  # weighted by the loss's own weight
             terms["distill_kl"] = float(self.distill.last_kl)
             if self.distill.anchor_weight > 0:
                 terms["distill_anchor"] = float(self.distill.last_anchor)

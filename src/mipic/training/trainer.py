@@ -41,7 +41,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from mipic.training.config import CONFIG_FILE, TrainConfig, load_config, save_config
+from mipic.training.config import CONFIG_FILE, NoObjective, TrainConfig, load_config, save_config
 from mipic.training.model import (
     OBJECTIVE_PREFIX,
     SimCSEModel,
@@ -352,7 +352,7 @@ def train(
     set_seed(cfg.seed)  # before building the objective: its heads' init must be reproducible too
     encoder, tokenizer = load_encoder(cfg.model)
     term_log = TermLog()
-    if cfg.objective == "none":
+    if isinstance(cfg.loss, NoObjective):
         # The untrained reference, saved in the same layout as a trained run so evaluation treats it alike.
         out = Path(cfg.train.output_dir)
         save_config(cfg, out / CONFIG_FILE)
@@ -360,7 +360,7 @@ def train(
         onnx_dir = _export(cfg, out / FINAL_DIR, 0.0) if cfg.export.enabled else None
         return TrainResult(out, out / FINAL_DIR, onnx_dir, 0)
 
-    model = build_model(cfg.objective, cfg.loss, cfg.model, encoder)
+    model = build_model(cfg, encoder)
     if sentences is not None:
         texts, pos = list(sentences), (list(positives) if positives is not None else None)
     else:

@@ -21,7 +21,8 @@ from tests.conftest import TINY_HIDDEN, TINY_LAYERS, random_heads  # noqa: E402
 from mipic.modeldir.heads import HEADS_FILE, load_heads, save_heads  # noqa: E402
 from mipic.training.config import TrainConfig, load_config  # noqa: E402
 from mipic.training.losses import EncoderOutputs, SelfDistillLoss  # noqa: E402
-from mipic.training.model import build_model, load_encoder, merged_encoder, trained_budgets, wrap_lora  # noqa: E402
+from mipic.training.model import build_model, load_encoder, merged_encoder, wrap_lora  # noqa: E402
+from mipic.training.objectives import trained_budgets  # noqa: E402
 from mipic.training.release import checkpoint_heads  # noqa: E402
 from mipic.training.trainer import SentenceCollator, train  # noqa: E402
 
@@ -48,8 +49,8 @@ def heads_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def distill_config(base: Path, out: Path, heads: Path, *overrides: str) -> TrainConfig:
     return load_config(CONFIGS / "tiny_smoke.yaml", [
         f"model.base={base}", f"train.output_dir={out}", f"train.max_steps={STEPS}", "train.save_steps=3",
-        f"model.heads_init={heads}", "model.lora.enabled=true", "model.lora.r=4", "loss.distill_weight=1.0",
-        "loss.anchor_weight=1.0", *overrides])
+        f"model.heads_init={heads}", "model.lora.enabled=true", "model.lora.r=4", "distill.weight=1.0",
+        "distill.anchor_weight=1.0", *overrides])
 
 
 def test_distillation_is_zero_when_the_student_is_the_teacher_at_full_budget() -> None:
@@ -68,7 +69,7 @@ def test_teacher_gets_no_gradient_and_does_not_change(tiny_torch_model: Any, hea
     _, _, ckpt = tiny_torch_model
     cfg = distill_config(ckpt, tmp_path, heads_file)
     encoder, tokenizer = load_encoder(cfg.model)
-    model = build_model(cfg.objective, cfg.loss, cfg.model, encoder)
+    model = build_model(cfg, encoder)
     teacher = model.teacher
     assert teacher is not None and not teacher.training
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
@@ -134,7 +135,7 @@ def test_training_with_pairs_heads_and_lora_saves_adapter_heads_and_merged_encod
     np.testing.assert_array_equal(trained.weight[-1], init.weight[-1])  # the last one is fixed
     state = load_file(str(final / "model.safetensors"))
     assert not any("lora" in k for k in state)  # merged: a plain encoder for eval and export
-    assert (TINY_HIDDEN, 1) in trained_budgets(cfg.objective, cfg.loss, TINY_HIDDEN, TINY_LAYERS)
+    assert (TINY_HIDDEN, 1) in trained_budgets(cfg, TINY_HIDDEN, TINY_LAYERS)
     found = checkpoint_heads(final)  # what export puts in the manifest: the recipe names the init by content
     assert found is not None
     recipe = found[1].recipe

@@ -17,14 +17,10 @@ pytest.importorskip("datasets")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from mipic.training.config import CONFIG_FILE, TrainConfig, load_config  # noqa: E402
+from mipic.training.config import CONFIG_FILE, MRLSection, TrainConfig, load_config  # noqa: E402
 from mipic.training.losses import TERM_NAMES  # noqa: E402
-from mipic.training.model import (  # noqa: E402
-    SimCSEModel,
-    build_objective,
-    load_encoder,
-    trained_budgets,
-)
+from mipic.training.model import SimCSEModel, load_encoder  # noqa: E402
+from mipic.training.objectives import build_objective, trained_budgets  # noqa: E402
 from mipic.training.run import resume_checkpoint, warn_if_config_changed  # noqa: E402
 from mipic.training.trainer import (  # noqa: E402
     LOG_FILE,
@@ -59,7 +55,7 @@ def smoke_config(base: Path, out: Path, *overrides: str) -> TrainConfig:
 def fixed_batch_loss(model_dir: Path, cfg: TrainConfig, texts: list[str]) -> float:
     """MRL loss of an encoder dir on a fixed batch with dropout off: a noise-free training signal."""
     encoder, tokenizer = load_encoder(cfg.model.model_copy(update={"base": model_dir, "init": None}))
-    model = SimCSEModel(encoder, build_objective("mrl", cfg.loss, 32, 3)).eval()
+    model = SimCSEModel(encoder, build_objective(MRLSection(dims=[8, 16, 32]), 32, 3)).eval()
     batch = SentenceCollator(tokenizer, cfg.data.max_length)([{"text": t} for t in texts])
     with torch.no_grad():
         return float(model(**batch)["loss"])
@@ -195,13 +191,14 @@ def test_init_rejects_a_foreign_checkpoint(tiny_torch_model: Any, tmp_path: Path
         load_encoder(cfg.model.model_copy(update={"init": tmp_path}))
 
 
-@pytest.mark.parametrize("objective", ["infonce", "mrl", "adaptive_layer", "mipic"])
-def test_each_objective_trains_the_encoder(tiny_torch_model: Any, objective: str) -> None:
+@pytest.mark.parametrize("loss", ["{objective: infonce}", "{objective: mrl, dims: [8, 16, 32]}",
+                                  "{objective: adaptive_layer, dims: [8, 16, 32]}", None])
+def test_each_objective_trains_the_encoder(tiny_torch_model: Any, loss: str | None) -> None:
     _, _, base = tiny_torch_model
-    cfg = smoke_config(base, Path("unused"), f"objective={objective}")
+    cfg = smoke_config(base, Path("unused"), *([f"loss={loss}"] if loss else []))  # None: tiny_smoke's mipic
     encoder, tokenizer = load_encoder(cfg.model)
     torch.manual_seed(0)
-    model = SimCSEModel(encoder, build_objective(cfg.objective, cfg.loss, 32, 3)).train()
+    model = SimCSEModel(encoder, build_objective(cfg.loss, 32, 3)).train()
     batch = SentenceCollator(tokenizer, 16)([{"text": t} for t in make_sentences(8)])
     out = model(**batch)
     out["loss"].backward()
@@ -213,7 +210,7 @@ def test_each_objective_trains_the_encoder(tiny_torch_model: Any, objective: str
 
 def test_objective_none_saves_the_base(tiny_torch_model: Any, tmp_path: Path) -> None:
     _, _, base = tiny_torch_model
-    cfg = smoke_config(base, tmp_path / "base", "objective=none", "model.dropout=null")
+    cfg = smoke_config(base, tmp_path / "base", "loss={objective: none}", "model.dropout=null")
     result = train(cfg)
     assert result.global_step == 0
     a = load_file(str(base / "model.safetensors"))
@@ -227,7 +224,7 @@ def test_head_lr_gives_the_objective_its_own_group(tiny_torch_model: Any, tmp_pa
     _, _, base = tiny_torch_model
     cfg = smoke_config(base, tmp_path / "o", "train.lr=1e-4", "train.head_lr=1e-2", "train.weight_decay=0.01")
     encoder, tokenizer = load_encoder(cfg.model)
-    model = SimCSEModel(encoder, build_objective(cfg.objective, cfg.loss, 32, 3))
+    model = SimCSEModel(encoder, build_objective(cfg.loss, 32, 3))
     trainer = MipicTrainer(
         model=model,
         args=training_arguments(cfg),
@@ -247,16 +244,21 @@ def test_head_lr_gives_the_objective_its_own_group(tiny_torch_model: Any, tmp_pa
 
 
 def test_trained_budgets_per_objective() -> None:
-    with_distill = load_config(CONFIGS / "mipic_minilm.yaml").loss
-    assert len(trained_budgets("mipic", with_distill, 384, 6)) == 36  # distillation trains every (layer, dim)
-    assert trained_budgets("none", with_distill, 384, 6) == []
-    cfg = with_distill.model_copy(update={"distill_weight": 0.0})
-    assert trained_budgets("infonce", cfg, 384, 6) == [(384, 6)]
-    assert trained_budgets("mrl", cfg, 384, 6) == [(d, 6) for d in (16, 32, 64, 128, 256, 384)]
-    two_d = trained_budgets("adaptive_layer", cfg, 384, 6)
+    def budgets(*overrides: str) -> list[tuple[int, int]]:
+        return trained_budgets(load_config(CONFIGS / "mipic_minilm.yaml", overrides), 384, 6)
+
+    assert len(budgets()) == 36  # distillation trains every (layer, dim)
+    assert budgets("loss={objective: none}") == []
+    assert budgets("loss={objective: infonce}", "distill.weight=0") == [(384, 6)]
+    assert budgets("loss={objective: mrl}", "distill.weight=0") == [(d, 6) for d in (16, 32, 64, 128, 256, 384)]
+    two_d = budgets("loss={objective: adaptive_layer}", "distill.weight=0")
     assert len(two_d) == 36 and two_d[0] == (16, 1) and two_d[-1] == (384, 6)
-    mipic = trained_budgets("mipic", cfg, 384, 6)
-    assert mipic == [(32, 2), (64, 3), (128, 4), (256, 5), (16, 6), (32, 6), (64, 6), (128, 6), (256, 6), (384, 6)]
+    assert budgets("distill.weight=0") == [
+        (32, 2), (64, 3), (128, 4), (256, 5), (16, 6), (32, 6), (64, 6), (128, 6), (256, 6), (384, 6)]
+    # distillation alone trains the objective's dims (loss.dims) at its layers, unless distill.dims says otherwise
+    assert budgets("distill.layers=[2]", "loss.dims=[32, 384]", "loss.chain=null") == [(32, 2), (384, 2), (32, 6),
+                                                                                        (384, 6)]
+    assert budgets("loss={objective: distill}", "distill.layers=[3]", "distill.dims=[64]") == [(64, 3)]
 
 
 def test_too_few_sentences_is_an_error(tiny_torch_model: Any, tmp_path: Path) -> None:

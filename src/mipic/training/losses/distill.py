@@ -65,10 +65,10 @@ class SelfDistillLoss(nn.Module):
 
     .. math::
 
-        \mathcal{L}_{distill} = \frac{1}{|S|}\sum_{(l, d) \in S} \mathrm{KL}\big(P_T \,\|\, P_{l,d}\big)
+        \mathcal{L}_{distill} = w\,\Big[\frac{1}{|S|}\sum_{(l, d) \in S} \mathrm{KL}\big(P_T \,\|\, P_{l,d}\big)
             + w_{anchor}\,\frac{1}{B}\sum_i \big(1 - \cos(z^{(L)}_i, t_i)\big)
             + w_{align}\,\frac{1}{|S|}\sum_{(l, d) \in S} \omega_d\,\frac{1}{B}\sum_i
-              \big(1 - \cos(z^{(l)}_i[{:}d], t_i[{:}d])\big)
+              \big(1 - \cos(z^{(l)}_i[{:}d], t_i[{:}d])\big)\Big]
 
     with :math:`P_T[i, :] = \mathrm{softmax}_{j \ne i}(\cos(t_i, t_j)/\tau)` from the teacher vectors
     :math:`t` (the frozen base model's last layer at full width, no gradient) and
@@ -90,11 +90,15 @@ class SelfDistillLoss(nn.Module):
     (``linear``: the wide prefixes weigh most; the first 64 dims of a shallow exit are close to the last
     layer's already, its tail coordinates are what it misses).
 
+    The weight :math:`w` (``weight``) scales the whole term against the objective it is added to; the anchor
+    and align weights are relative to the KL inside it.
+
     Every term is zero when the student is the teacher (same network, last layer, full width, an
     orthogonal or identity head); the align term then is also zero at (d, L) for every d.
 
     Inputs: ``readouts`` — the student's read-out per layer (index l − 1 for layer l), each (B, H);
-    ``teacher`` — (B, H_t). Returns a scalar; :meth:`terms` gives the parts from the last call.
+    ``teacher`` — (B, H_t). Returns the weighted scalar; ``last_kl``, ``last_anchor`` and ``last_align`` hold the
+    unweighted parts of the last call.
     Paper: this project's issue 12; the KL over in-batch similarities follows the relational
     distillation of Park et al. 2019 / SimCSE-style temperature-scaled cosine softmax.
     """
@@ -102,6 +106,7 @@ class SelfDistillLoss(nn.Module):
     def __init__(
         self,
         budgets: Sequence[tuple[int, int]],
+        weight: float = 1.0,
         temperature: float = 0.05,
         anchor_weight: float = 0.0,
         align_weight: float = 0.0,
@@ -114,6 +119,7 @@ class SelfDistillLoss(nn.Module):
             if isinstance(d, bool) or isinstance(layer, bool) or int(d) <= 0 or int(layer) <= 0:
                 raise ValueError(f"budgets must be positive (dim, layer) pairs, got {list(budgets)}")
         self.budgets = tuple((int(d), int(layer)) for d, layer in budgets)
+        self.weight = check_non_negative("weight", weight)
         self.temperature = check_positive("temperature", temperature)
         self.anchor_weight = check_non_negative("anchor_weight", anchor_weight)
         self.align_weight = check_non_negative("align_weight", align_weight)
@@ -140,8 +146,9 @@ class SelfDistillLoss(nn.Module):
             align = align_loss(readouts, teacher.detach(), self.budgets, self.align_weights)
             self.last_align = align.detach()
             total = total + self.align_weight * align
-        return total
+        return self.weight * total
 
     def extra_repr(self) -> str:
-        return (f"budgets={len(self.budgets)}, temperature={self.temperature}, anchor_weight={self.anchor_weight}, "
+        return (f"budgets={len(self.budgets)}, weight={self.weight}, temperature={self.temperature}, "
+                f"anchor_weight={self.anchor_weight}, "
                 f"align_weight={self.align_weight}, align_dim_weighting={self.align_dim_weighting!r}")

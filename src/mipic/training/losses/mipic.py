@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor, nn
 
-from mipic.training.losses._common import (
-    EncoderOutputs,
-    LossOutput,
-    check_increasing_ints,
-    check_non_negative,
-    check_positive,
-)
+from mipic.training.losses._common import EncoderOutputs, LossOutput, check_non_negative
 from mipic.training.losses.mrl import MatryoshkaInfoNCELoss
 from mipic.training.losses.pic import PICLoss
-from mipic.training.losses.sia import KLDirection, SIALoss
+from mipic.training.losses.sia import SIALoss
 from mipic.training.losses.soft_collapse import SoftCollapseRegularizer
 from mipic.training.losses.spectral_isotropy import SpectralIsotropyRegularizer
 
@@ -33,18 +25,20 @@ class MIPICLoss(nn.Module):
             + (1-\alpha)\big(w_{sia}\,\mathcal{L}_{SIA} + w_{pic}\,\mathcal{L}_{PIC}\big)
             + w_{scr}\,\mathcal{L}_{SCR} + w_{sir}\,\mathcal{L}_{SIR}
 
-    * :math:`\mathcal{L}_{MRL}` — :class:`MatryoshkaInfoNCELoss` on the last layer's mean-pooled
+    * :math:`\mathcal{L}_{MRL}` — ``mrl`` (:class:`MatryoshkaInfoNCELoss`) on the last layer's mean-pooled
       embeddings, view a against view b (unsupervised SimCSE: the views are two dropout passes; for
       supervised pairs pass the anchor as view a and the positive as view b).
-    * :math:`\mathcal{L}_{SIA}` — :class:`SIALoss` on view a's token states at ``sia_layers``.
-    * :math:`\mathcal{L}_{PIC}` — :class:`PICLoss` along ``chain``, predictions from view a, stop-gradient
-      targets from view b (``pic_cross_view=True``, a cross-view prediction that cannot be solved by
-      matching dropout noise within one pass) or from view a itself (``pic_cross_view=False``).
-    * :math:`\mathcal{L}_{SCR}`, :math:`\mathcal{L}_{SIR}` — :class:`SoftCollapseRegularizer` and
-      :class:`SpectralIsotropyRegularizer` on view a's last-layer pooled embedding, at ``mic_dims``.
+    * :math:`\mathcal{L}_{SIA}` — ``sia`` (:class:`SIALoss`) on view a's token states at its layers.
+    * :math:`\mathcal{L}_{PIC}` — ``pic`` (:class:`PICLoss`) along its chain, predictions from view a,
+      stop-gradient targets from view b (``pic_cross_view=True``, a cross-view prediction that cannot be solved
+      by matching dropout noise within one pass) or from view a itself (``pic_cross_view=False``).
+    * :math:`\mathcal{L}_{SCR}`, :math:`\mathcal{L}_{SIR}` — ``scr`` (:class:`SoftCollapseRegularizer`) and
+      ``sir`` (:class:`SpectralIsotropyRegularizer`) on view a's last-layer pooled embedding.
 
-    A term whose weight is 0 (or, for SIA/PIC, when ``alpha == 1`` or ``sia_layers`` / ``chain`` is
-    ``None``) is not computed at all.
+    A wrapper in the manner of sentence-transformers' ``MatryoshkaLoss``: it takes its terms built, and owns only
+    their weights. A term that is ``None`` is not computed at all; a term given with a zero coefficient is
+    refused (leave it out instead). :meth:`mipic.training.objectives.mipic.MIPICObjective.from_config` builds the
+    terms from a config section.
 
     ``normalize_terms=True`` divides each term by a running EMA of its own detached magnitude
     (``|term|``; initialised to the first training step's value, updated in training mode only, kept in
@@ -61,37 +55,25 @@ class MIPICLoss(nn.Module):
         ``pic_active_steps``. Producing the floats costs one host sync.
 
     The SIA projections and PIC projectors are parameters of this module: optimise
-    ``list(model.parameters()) + list(loss.parameters())``. Call :meth:`set_progress` every step when
-    ``pic_progressive=True``.
+    ``list(model.parameters()) + list(loss.parameters())``. Call :meth:`set_progress` every step when the
+    PIC chain is progressive.
     """
 
     def __init__(
         self,
         hidden_size: int,
-        dims: Sequence[int],
-        chain: Sequence[tuple[int, int]] | None,
-        sia_layers: Sequence[int] | None,
+        mrl: MatryoshkaInfoNCELoss,
+        sia: SIALoss | None = None,
+        pic: PICLoss | None = None,
+        scr: SoftCollapseRegularizer | None = None,
+        sir: SpectralIsotropyRegularizer | None = None,
         *,
         alpha: float = 0.4,
         w_sia: float = 1.0,
         w_pic: float = 1.0,
         w_scr: float = 0.1,
         w_sir: float = 0.1,
-        temperature: float = 0.05,
-        mrl_weights: Sequence[float] | None = None,
-        sia_dims: Sequence[int] | None = None,
-        sia_attn_weight: float = 1.0,
-        sia_cka_weight: float = 1.0,
-        sia_attn_temperature: float = 1.0,
-        sia_k_min: int = 8,
-        sia_gamma: tuple[float, float] = (0.1, 0.5),
-        sia_kl_direction: KLDirection = "student_teacher",
-        sia_include_cls: bool = False,
-        pic_projector_hidden: int | None = None,
-        pic_progressive: bool = False,
         pic_cross_view: bool = True,
-        mic_dims: Sequence[int] | None = None,
-        sir_t: float = 2.0,
         normalize_terms: bool = False,
         ema_decay: float = 0.99,
     ) -> None:
@@ -99,9 +81,8 @@ class MIPICLoss(nn.Module):
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size <= 0:
             raise ValueError(f"hidden_size must be a positive integer, got {hidden_size!r}")
         self.hidden_size = hidden_size
-        dims_t = check_increasing_ints(dims, "dims")
-        if dims_t[-1] > hidden_size:
-            raise ValueError(f"dims must be <= hidden_size ({hidden_size}), got {list(dims_t)}")
+        if mrl.dims[-1] > hidden_size:
+            raise ValueError(f"dims must be <= hidden_size ({hidden_size}), got {list(mrl.dims)}")
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
@@ -114,47 +95,22 @@ class MIPICLoss(nn.Module):
         self.ema_decay = float(ema_decay)
         self.normalize_terms = normalize_terms
         self.pic_cross_view = pic_cross_view
-        check_positive("temperature", temperature)
-
-        self.mrl = MatryoshkaInfoNCELoss(dims_t, weights=mrl_weights, temperature=temperature)
-
-        self.sia: SIALoss | None = None
-        if sia_layers is not None and self.w_sia > 0 and self.alpha < 1:
-            sia_dims_t = tuple(d for d in dims_t if d < hidden_size) if sia_dims is None else tuple(sia_dims)
-            if not sia_dims_t:
-                raise ValueError("sia_dims is empty: no dim in dims is below hidden_size; pass sia_dims")
-            self.sia = SIALoss(
-                hidden_size,
-                sia_dims_t,
-                sia_layers,
-                attn_weight=sia_attn_weight,
-                cka_weight=sia_cka_weight,
-                attn_temperature=sia_attn_temperature,
-                k_min=sia_k_min,
-                gamma_min=sia_gamma[0],
-                gamma_max=sia_gamma[1],
-                kl_direction=sia_kl_direction,
-                include_cls=sia_include_cls,
-            )
-
-        self.pic: PICLoss | None = None
-        if chain is not None and self.w_pic > 0 and self.alpha < 1:
-            self.pic = PICLoss(
-                chain,
-                projector_hidden=pic_projector_hidden,
-                temperature=temperature,
-                progressive=pic_progressive,
-            )
-            if self.pic.chain[-1][0] > hidden_size:
-                raise ValueError(
-                    f"chain dims must be <= hidden_size ({hidden_size}), got {list(self.pic.chain)}"
-                )
-
-        mic_dims_t = dims_t if mic_dims is None else check_increasing_ints(mic_dims, "mic_dims")
-        if (self.w_scr > 0 or self.w_sir > 0) and not any(d < hidden_size for d in mic_dims_t):
-            raise ValueError("mic_dims must contain a dim below hidden_size when w_scr or w_sir is > 0")
-        self.scr = SoftCollapseRegularizer(mic_dims_t) if self.w_scr > 0 else None
-        self.sir = SpectralIsotropyRegularizer(mic_dims_t, t=sir_t) if self.w_sir > 0 else None
+        if pic is not None and pic.chain[-1][0] > hidden_size:
+            raise ValueError(f"chain dims must be <= hidden_size ({hidden_size}), got {list(pic.chain)}")
+        for reg in (scr, sir):
+            if reg is not None and not any(d < hidden_size for d in reg.dims):
+                raise ValueError("mic_dims must contain a dim below hidden_size when w_scr or w_sir is > 0")
+        self.mrl = mrl
+        self.sia = sia
+        self.pic = pic
+        self.scr = scr
+        self.sir = sir
+        coeff = self.coefficients()
+        given = {"sia": (sia, self.w_sia), "pic": (pic, self.w_pic), "scr": (scr, self.w_scr), "sir": (sir, self.w_sir)}
+        for name, (term, weight) in given.items():
+            if term is not None and coeff[name] == 0:
+                raise ValueError(f"{name} is given but its coefficient is 0 (alpha={self.alpha}, w_{name}={weight}): "
+                                 "leave it out")
 
         self.term_scale: Tensor
         self.term_scale_ready: Tensor

@@ -1,4 +1,5 @@
-"""MIPICLoss: the combined objective, term normalisation, and a few real optimisation steps."""
+"""MIPICLoss: the combined objective, term normalisation, a few real optimisation steps, and the terms it is
+given (built from a config section by MIPICObjective, or by hand)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from mipic.training.losses import TERM_NAMES, EncoderOutputs, LossOutput, MIPICLoss
+from mipic.training.config import MIPICSection
+from mipic.training.losses import TERM_NAMES, EncoderOutputs, LossOutput, MatryoshkaInfoNCELoss, MIPICLoss, PICLoss
+from mipic.training.objectives.mipic import MIPICObjective
 
 HIDDEN, LAYERS = 32, 2
 
@@ -44,14 +47,8 @@ def _views(model: BertModel, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Enc
 
 def _loss(**kwargs: object) -> MIPICLoss:
     torch.manual_seed(0)
-    return MIPICLoss(
-        HIDDEN,
-        dims=(8, 16, 32),
-        chain=[(8, 1), (16, 1), (32, 2)],
-        sia_layers=(1, 2),
-        sia_k_min=3,
-        **kwargs,
-    )
+    section = MIPICSection(dims=[8, 16, 32], chain=[(8, 1), (16, 1), (32, 2)], sia_layers=[1, 2], sia_k_min=3)
+    return MIPICObjective.from_config(section.model_copy(update=kwargs), HIDDEN, LAYERS)
 
 
 def test_total_is_the_documented_combination() -> None:
@@ -125,7 +122,8 @@ def test_disabled_terms_are_not_computed() -> None:
     model = _model()
     model.train()
     ids, mask = _batch()
-    only_mrl = MIPICLoss(HIDDEN, dims=(8, 32), chain=None, sia_layers=None, alpha=1.0, w_scr=0.0, w_sir=0.0)
+    only_mrl = MIPICObjective.from_config(MIPICSection(dims=[8, 32], alpha=1.0, w_scr=0.0, w_sir=0.0), HIDDEN, LAYERS)
+    assert _loss(alpha=1.0).sia is None and _loss(w_pic=0.0).pic is None  # a zero weight builds no term
     out = only_mrl(*_views(model, ids, mask))
     assert set(out.terms) == {"mrl", "total"}
     assert out.loss.item() == pytest.approx(out.terms["mrl"], rel=1e-6)
@@ -144,26 +142,29 @@ def test_set_progress_drives_pic_schedule() -> None:
 
 
 def test_rejects_bad_arguments() -> None:
+    mrl = MatryoshkaInfoNCELoss((8, 32))
     with pytest.raises(ValueError, match=re.escape("alpha must be in [0, 1], got 1.5")):
-        _loss(alpha=1.5)
+        MIPICLoss(HIDDEN, mrl, alpha=1.5)
     with pytest.raises(ValueError, match=re.escape("ema_decay must be in [0, 1), got 1.0")):
-        _loss(ema_decay=1.0)
+        MIPICLoss(HIDDEN, mrl, ema_decay=1.0)
     with pytest.raises(ValueError, match=re.escape("w_pic must be finite and >= 0, got -1.0")):
-        _loss(w_pic=-1.0)
+        MIPICLoss(HIDDEN, mrl, w_pic=-1.0)
     with pytest.raises(ValueError, match=re.escape("dims must be <= hidden_size (32), got [8, 64]")):
-        MIPICLoss(HIDDEN, dims=(8, 64), chain=None, sia_layers=None)
+        MIPICLoss(HIDDEN, MatryoshkaInfoNCELoss((8, 64)))
     with pytest.raises(
         ValueError, match=re.escape("chain dims must be <= hidden_size (32), got [(8, 1), (64, 2)]")
     ):
-        MIPICLoss(HIDDEN, dims=(8, 32), chain=[(8, 1), (64, 2)], sia_layers=None)
+        MIPICLoss(HIDDEN, mrl, pic=PICLoss([(8, 1), (64, 2)]))
+    with pytest.raises(ValueError, match=re.escape("pic is given but its coefficient is 0 (alpha=1.0, w_pic=1.0)")):
+        MIPICLoss(HIDDEN, mrl, pic=PICLoss([(8, 1), (32, 2)]), alpha=1.0)
     with pytest.raises(ValueError, match=r"^sia_dims is empty"):
-        MIPICLoss(HIDDEN, dims=(32,), chain=None, sia_layers=(1,), w_scr=0.0, w_sir=0.0)
+        MIPICObjective.from_config(MIPICSection(dims=[32], sia_layers=[1], w_scr=0.0, w_sir=0.0), HIDDEN, LAYERS)
     with pytest.raises(ValueError, match=r"^mic_dims must contain a dim below hidden_size"):
-        MIPICLoss(HIDDEN, dims=(32,), chain=None, sia_layers=None)
+        MIPICObjective.from_config(MIPICSection(dims=[32]), HIDDEN, LAYERS)
     model = _model()
     ids, mask = _batch()
     a, b = _views(model, ids, mask)
-    wrong = MIPICLoss(16, dims=(8, 16), chain=None, sia_layers=None)
+    wrong = MIPICLoss(16, MatryoshkaInfoNCELoss((8, 16)))
     with pytest.raises(
         ValueError, match=re.escape("views have hidden size 32 and 32, expected hidden_size=16")
     ):
