@@ -167,7 +167,8 @@ def export_options_for(
     ``max_seq_length`` given here win over the config's ``export`` section; a directory without the config
     (e.g. a plain Hugging Face encoder) gets no trained budgets."""
     from mipic.training.config import CONFIG_FILE, load_config
-    from mipic.training.model import resolve_base, trained_budgets
+    from mipic.training.model import resolve_base
+    from mipic.training.objectives import trained_budgets
 
     info: dict[str, str] = {"checkpoint": str(checkpoint)}
     path = Path(checkpoint) / CONFIG_FILE
@@ -178,7 +179,7 @@ def export_options_for(
     hf = json.loads((Path(checkpoint) / "config.json").read_text())
     hidden = int(hf["hidden_size"])
     budgets = ([(int(d), int(ly)) for d, ly in cfg.export.trained_budgets] if cfg.export.trained_budgets is not None
-               else trained_budgets(cfg.objective, cfg.loss, hidden, int(hf["num_hidden_layers"])))
+               else trained_budgets(cfg, hidden, int(hf["num_hidden_layers"])))
     dims = dims or cfg.export.dims
     if dims:
         served = set(dims) | {hidden}
@@ -211,20 +212,21 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
     recipe: dict[str, str | int | float | bool] = {"checkpoint": str(checkpoint)}
     fitted: list[Budget] = []
     if (Path(checkpoint) / CONFIG_FILE).is_file():
-        from mipic.training.model import heads_init_path, trained_budgets
+        from mipic.training.model import heads_init_path
+        from mipic.training.objectives import trained_budgets
 
         cfg = load_config(Path(checkpoint) / CONFIG_FILE)
         recipe.update({"objective": cfg.objective, "steps": cfg.train.max_steps, "seed": cfg.seed,
-                       "distill_weight": cfg.loss.distill_weight, "align_weight": cfg.loss.align_weight,
+                       "distill_weight": cfg.distill.weight, "align_weight": cfg.distill.align_weight,
                        "heads_init": str(cfg.model.heads_init)})
-        if cfg.loss.align_dim_weighting != "uniform":  # said only when set: older recipes' manifests stay as they were
-            recipe["align_dim_weighting"] = cfg.loss.align_dim_weighting
+        if cfg.distill.align_dim_weighting != "uniform":  # said only when set: older recipes' manifests stay as is
+            recipe["align_dim_weighting"] = cfg.distill.align_dim_weighting
         # the heads training started from, by content: a path (or 'default') can be rewritten after the run
         init = heads_init_path(cfg.model.heads_init) if cfg.model.heads_init is not None else None
         if init is not None and init.is_file():
             recipe["heads_init_sha256"] = hashlib.sha256(init.read_bytes()).hexdigest()
         fitted = [Budget(dim=d, layer=ly) for d, ly in trained_budgets(
-            cfg.objective, cfg.loss, int(hf["hidden_size"]), int(hf["num_hidden_layers"]))]
+            cfg, int(hf["hidden_size"]), int(hf["num_hidden_layers"]))]
     spec = HeadsSpec(method="trained", recipe=recipe, fitted_budgets=fitted,
                      data={"split": "train", "note": "trained jointly with the encoder by `mipic train`"})
     return heads, spec
