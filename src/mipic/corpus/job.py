@@ -26,6 +26,7 @@ import pyarrow as pa
 from mipic.corpus import DEFAULT_BATCH_TOKENS, DEFAULT_WINDOW_ROWS
 from mipic.corpus.inputs import BadRow, CorpusError, Record, Source, Window, plan_windows, read_window
 from mipic.corpus.outputs import Layout, OutputFormat, Parts
+from mipic.modeldir.manifest import load_manifest
 from mipic.modeldir.runner import LoadedModel, Row
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,16 @@ def parse_budget(text: str) -> tuple[int, int]:
     if not sep or not dim.strip().isdigit() or not layer.strip().isdigit():
         raise ValueError(f"{text!r} is not DIM:LAYER (e.g. 64:3)")
     return int(dim), int(layer)
+
+
+def resolve_budgets(model_dir: Path, budgets: Sequence[tuple[int | None, int | None]]) -> tuple[tuple[int, int], ...]:
+    """Defaults filled in from the manifest (full width, last layer); the runner checks the rest."""
+    manifest = load_manifest(model_dir, verify=False)
+    out = tuple((manifest.hidden_size if d is None else d, manifest.num_layers if ly is None else ly)
+                for d, ly in budgets)
+    if len(set(out)) < len(out):
+        raise CorpusError(f"a budget is given twice: {', '.join(f'{d}:{ly}' for d, ly in out)}")
+    return out
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ def _declared() -> set[str]:
 
 def _third_party_imports() -> dict[str, set[str]]:
     """Top-level module → files importing it, over the CLI, the training package and the model directory."""
-    files = [SRC / "cli.py", SRC / "logs.py", *(SRC / "training").rglob("*.py"), *(SRC / "modeldir").rglob("*.py")]
+    files = [*(SRC / "cli").rglob("*.py"), SRC / "logs.py", *(SRC / "training").rglob("*.py"),
+             *(SRC / "modeldir").rglob("*.py")]
     found: dict[str, set[str]] = {}
     for path in files:
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
