@@ -32,7 +32,7 @@ class UserError(Exception):
 
 
 # Errors that are about the user's input, whichever command raises them.
-USER_ERRORS: tuple[type[Exception], ...] = (UserError, ManifestError, RepositoryError)
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, ManifestError, RepositoryError, default_model.NoDefaultModel)
 
 
 def one_line(exc: BaseException | str) -> str:

@@ -52,6 +52,10 @@ def bootstrap(
     The parent directory becomes a model repository: if it has no CURRENT pointer yet, this version
     is promoted."""
     check_output(out)
+    missing = default_model.missing_export_modules()
+    if missing:
+        raise UserError(f"bootstrap needs the training extra ({missing[0]} is not installed): "
+                        "pip install 'mipic[train]'")
     from mipic.training import release
 
     start(offline=True)
