@@ -73,3 +73,65 @@ def test_default_dims_have_one_home() -> None:
                                                       for t in node.targets):
                 homes.append(f"{path.relative_to(SRC)}:DEFAULT_DIMS")
     assert sorted(homes) == ["modeldir/manifest.py:DEFAULT_DIMS", "modeldir/manifest.py:def"]
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Every ``mipic`` module → the ``mipic`` modules it imports (lazy imports included): ``from a.b import c``
+    points at ``a.b.c`` where that is a module, else at ``a.b``."""
+    files = {p: ".".join(("mipic", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__")
+             for p in SRC.rglob("*.py")}
+    modules = set(files.values())
+    graph: dict[str, set[str]] = {}
+    for path, name in files.items():
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets.update(f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                               for a in node.names)
+        graph[name] = {t for t in targets if t in modules and t != name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group: list[str] = []
+            while not group or group[-1] != v:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_circles_are_found() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_circle_among_mipic_modules() -> None:
+    """No two modules import each other, directly or round a loop (lazy imports count: a lazy import hides a
+    circle from Python, not from a reader)."""
+    graph = module_graph()
+    assert graph.get("mipic.corpus.job")
+    assert circles(graph) == []

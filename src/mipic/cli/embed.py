@@ -71,7 +71,8 @@ def embed(
 ) -> None:
     """Embed a corpus at a budget, in process (no HTTP), resumable: a re-run of an interrupted job continues,
     and its output equals an uninterrupted run's."""
-    from mipic.corpus.job import EmbedJob, embed_corpus, parse_budget, resolve_budgets
+    from mipic.corpus.embedder import EmbedJob
+    from mipic.corpus.job import embed_corpus, parse_budget, resolve_budgets
 
     # ``--budget 64:3`` (repeatable) or ``--dim/--layer``, not both; nothing given = the full model.
     if budget and (dim is not None or layer is not None):

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mipic.corpus.embedder import EmbedJob, Progress, WindowEmbedder, check_bad
 from mipic.corpus.inputs import BadRow, Window
-from mipic.corpus.job import EmbedJob, Progress, WindowEmbedder, check_bad
 from mipic.corpus.outputs import Parts
 
 logger = logging.getLogger(__name__)

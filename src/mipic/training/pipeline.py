@@ -308,8 +308,9 @@ class Pipeline:
 
     def _reembed(self) -> dict[str, Any]:
         """The corpus with the promoted version; an interrupted step resumes from its parts on a re-run."""
+        from mipic.corpus.embedder import EmbedJob
         from mipic.corpus.inputs import Source, detect_format
-        from mipic.corpus.job import EmbedJob, embed_corpus, parse_budget
+        from mipic.corpus.job import embed_corpus, parse_budget
 
         r = self.cfg.reembed
         assert r is not None

@@ -16,8 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mipic.cli import app
+from mipic.corpus.embedder import EmbedJob
 from mipic.corpus.inputs import CorpusError, Source
-from mipic.corpus.job import EmbedJob, embed_corpus
+from mipic.corpus.job import embed_corpus
 from mipic.corpus.outputs import Parts, npy_ids_path
 from mipic.modeldir.runner import LoadedModel, Row
 

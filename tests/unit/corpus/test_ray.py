@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from mipic.corpus.embedder import EmbedJob
 from mipic.corpus.inputs import CorpusError, Source
-from mipic.corpus.job import EmbedJob, embed_corpus
+from mipic.corpus.job import embed_corpus
 from mipic.corpus.outputs import Parts
 from tests.unit.corpus.test_embed import texts
 

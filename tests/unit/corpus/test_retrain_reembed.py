@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from mipic.corpus.embedder import EmbedJob
 from mipic.corpus.inputs import Source
-from mipic.corpus.job import EmbedJob, embed_corpus
+from mipic.corpus.job import embed_corpus
 from mipic.modeldir.repository import ModelRepository
 from mipic.training.pipeline import Pipeline, RetrainConfig, plan
 from tests.unit.corpus.test_embed import texts
