@@ -28,6 +28,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from mipic.logs import logging_config
+from mipic.modeldir.runner import pin_single_thread_blas
 from mipic.service.api.errors import OTHER_ENDPOINT
 from mipic.service.engine.engine import Engine
 from mipic.service.metrics import Metrics
@@ -103,4 +104,7 @@ def uvicorn_config(app: FastAPI, settings: Settings, configure_logging: bool = T
 
 
 def run(app: FastAPI, settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT (then drain). This process's only BLAS work is the exit heads: BLAS is set to
+    one thread once here rather than limited around every batch (``pin_single_thread_blas``)."""
+    pin_single_thread_blas()
     DrainingServer(uvicorn_config(app, settings), app.state.engine, settings.drain_timeout_s).run()
