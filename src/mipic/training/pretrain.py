@@ -37,7 +37,6 @@ from transformers import (
     BertForMaskedLM,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    Trainer,
     TrainerCallback,
     TrainerControl,
     TrainerState,
@@ -63,8 +62,8 @@ from mipic.training.trainer import (
     TermLog,
     build_dataset,
     load_training_sentences,
+    save_encoder_dir,
     training_arguments,
-    write_training_log,
 )
 
 logger = logging.getLogger(__name__)
@@ -466,8 +465,11 @@ def pretrain(cfg: PretrainConfig, *, sentences: Sequence[str] | None = None) -> 
             balance_lr=cfg.balance.lr,
         )
 
-    def finish(trainer: Trainer, final_dir: Path, metrics: dict[str, float]) -> None:
-        save_final(final_dir, model, tokenizer, cfg, term_log, trainer.state, metrics)
+    def finish(state: TrainerState, final_dir: Path, metrics: dict[str, float]) -> None:
+        # ``final/``: the bare encoder (``save_pretrained`` + tokenizer) plus the run's config and log
+        save_encoder_dir(final_dir, model.encoder, tokenizer,
+                         lambda d: save_pretrain_config(cfg, d / PRETRAIN_CONFIG_FILE), term_log, state, metrics,
+                         {"objective": cfg.objective})
         if cfg.save_mlm and getattr(encoder.config, "model_type", "") == "bert":
             mlm_dir = Path(cfg.train.output_dir) / FINAL_MLM_DIR
             model.to_masked_lm().save_pretrained(mlm_dir, safe_serialization=True)
@@ -480,24 +482,6 @@ def pretrain(cfg: PretrainConfig, *, sentences: Sequence[str] | None = None) -> 
         save_final=finish, on_resume=term_log.restore,
         describe=f"pretraining objective {cfg.objective} (parameters {describe_parameters(model)})",
     ))
-
-
-def save_final(
-    final_dir: Path,
-    model: PretrainModel,
-    tokenizer: PreTrainedTokenizerBase,
-    cfg: PretrainConfig,
-    term_log: TermLog,
-    state: TrainerState | None,
-    metrics: dict[str, float],
-) -> None:
-    """``final/``: the bare encoder (``save_pretrained`` + tokenizer) plus the run's config and log."""
-    final_dir.mkdir(parents=True, exist_ok=True)
-    model.encoder.save_pretrained(final_dir, safe_serialization=True)
-    tokenizer.save_pretrained(final_dir)
-    save_pretrain_config(cfg, final_dir / PRETRAIN_CONFIG_FILE)
-    clean = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    write_training_log(final_dir, term_log, state, {"metrics": clean, "objective": cfg.objective})
 
 
 def balance_trajectory(log_path: Path) -> list[dict[str, float]]:

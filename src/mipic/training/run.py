@@ -95,7 +95,7 @@ class RunSpec:
     load_config: Callable[[Path], BaseModel]
     build_trainer: Callable[[], Trainer]  # called after the seed is set and the config saved
     n_examples: int
-    save_final: Callable[[Trainer, Path, dict[str, float]], None]  # rank 0 only
+    save_final: Callable[[TrainerState, Path, dict[str, float]], None]  # rank 0 only; the run's state
     on_resume: Callable[[Path], None] = lambda checkpoint: None
     describe: str = ""
 
@@ -142,7 +142,7 @@ def run(spec: RunSpec) -> TrainResult:
     final_dir = out / FINAL_DIR
     main_process = trainer.is_world_process_zero()
     if main_process:  # under DDP the other ranks hold the same weights: write once
-        spec.save_final(trainer, final_dir, metrics)
+        spec.save_final(trainer.state, final_dir, metrics)
     logger.info("final encoder in %s after %d steps (%.1f s)", final_dir, trainer.state.global_step, seconds)
     _end_process_group(trainer)
     return TrainResult(out, final_dir, None, trainer.state.global_step, metrics, main_process)

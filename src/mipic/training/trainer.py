@@ -191,6 +191,20 @@ def write_training_log(
     return path
 
 
+def save_encoder_dir(final_dir: Path, encoder: nn.Module, tokenizer: PreTrainedTokenizerBase,
+                     write_config: Callable[[Path], object], term_log: TermLog, state: TrainerState | None,
+                     metrics: dict[str, float], extra: dict[str, Any] | None = None) -> None:
+    """A run's ``final/``: a plain Hugging Face encoder dir (what eval and export load), the run's config
+    (``write_config(final_dir)``) and ``training_log.json`` with the finite ``metrics`` and ``extra``. Every
+    kind of run (train, pretrain, the untrained reference) writes its final directory so."""
+    final_dir.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(final_dir, safe_serialization=True)  # type: ignore[operator]
+    tokenizer.save_pretrained(final_dir)
+    write_config(final_dir)
+    clean = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    write_training_log(final_dir, term_log, state, {"metrics": clean, **(extra or {})})
+
+
 class RunFilesCallback(TrainerCallback):
     """Write the run's config and ``training_log.json`` into each ``checkpoint-N`` the Trainer saves.
 
@@ -356,7 +370,8 @@ def train(
         # The untrained reference, saved in the same layout as a trained run so evaluation treats it alike.
         out = Path(cfg.train.output_dir)
         save_config(cfg, out / CONFIG_FILE)
-        _save_encoder(out / FINAL_DIR, encoder, tokenizer, cfg, term_log, None, {})
+        save_encoder_dir(out / FINAL_DIR, encoder, tokenizer, lambda d: save_config(cfg, d / CONFIG_FILE),
+                         term_log, None, {})
         onnx_dir = _export(cfg, out / FINAL_DIR, 0.0) if cfg.export.enabled else None
         return TrainResult(out, out / FINAL_DIR, onnx_dir, 0)
 
@@ -379,8 +394,8 @@ def train(
             head_lr=cfg.train.head_lr,
         )
 
-    def save_final(trainer: Trainer, final_dir: Path, metrics: dict[str, float]) -> None:
-        _save_final(final_dir, model, tokenizer, cfg, term_log, trainer.state, metrics)
+    def save_final(state: TrainerState, final_dir: Path, metrics: dict[str, float]) -> None:
+        _save_final(final_dir, model, tokenizer, cfg, term_log, state, metrics)
 
     result = run(RunSpec(
         config=cfg, seed=cfg.seed, train=cfg.train, config_file=CONFIG_FILE,
@@ -415,22 +430,5 @@ def _save_final(
     if model.heads is not None:
         final_dir.mkdir(parents=True, exist_ok=True)
         save_heads(final_dir / HEADS_FILE, model.heads.export())
-    _save_encoder(final_dir, merged_encoder(encoder), tokenizer, cfg, term_log, state, metrics)
-
-
-def _save_encoder(
-    final_dir: Path,
-    encoder: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    cfg: TrainConfig,
-    term_log: TermLog,
-    state: TrainerState | None,
-    metrics: dict[str, float],
-) -> None:
-    """A plain Hugging Face encoder dir (what eval and export load) plus the run's files."""
-    final_dir.mkdir(parents=True, exist_ok=True)
-    encoder.save_pretrained(final_dir, safe_serialization=True)  # type: ignore[operator]
-    tokenizer.save_pretrained(final_dir)
-    save_config(cfg, final_dir / CONFIG_FILE)
-    clean = {k: v for k, v in metrics.items() if math.isfinite(v)}
-    write_training_log(final_dir, term_log, state, {"metrics": clean})
+    save_encoder_dir(final_dir, merged_encoder(encoder), tokenizer, lambda d: save_config(cfg, d / CONFIG_FILE),
+                     term_log, state, metrics)
