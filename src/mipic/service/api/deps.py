@@ -58,3 +58,8 @@ async def require_api_key(request: Request, settings: SettingsDep) -> None:
         return
     if not bearer_matches(request, settings.api_key.get_secret_value()):
         raise Unauthorized("missing or invalid API key", "invalid_api_key")
+
+
+#: The dependencies of every route that reads a JSON body for a client (embed, tokenize, decode, on each surface):
+#: 415 for another body, then 401 without the key.
+JSON_IN = [Depends(require_json), Depends(require_api_key)]

@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Sequence
-from typing import Literal, TypeVar
+from collections.abc import Coroutine, Sequence
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import Request
 
-from mipic.modeldir.tokenizer import Direction
 from mipic.service.api.errors import ClientGone, Conflict
 from mipic.service.api.schemas import DepthFields, DepthQuery
 from mipic.service.engine.depth import AutoDepth
-from mipic.service.engine.engine import EmbedResult, Engine
+from mipic.service.engine.engine import EmbedResult
 from mipic.service.engine.errors import EmptyInput, InvalidRequest
 from mipic.service.metrics import Metrics
 from mipic.service.settings import Settings
@@ -85,22 +84,12 @@ async def _disconnected(request: Request) -> None:
 
 
 async def embed_for_request(
-    request: Request,
-    engine: Engine,
-    metrics: Metrics,
-    endpoint: str,
-    texts: Sequence[str | Sequence[int]],
-    dim: int | None,
-    layer: int | AutoDepth | None,
-    *,
-    outputs: Sequence[str] = ("float",),
-    truncate: bool | None = None,
-    direction: Direction = "right",
+    request: Request, metrics: Metrics, endpoint: str, embedding: Coroutine[Any, Any, EmbedResult]
 ) -> tuple[EmbedResult, dict[str, str]]:
-    """Run one embed request; if the client goes away first, its queued rows are dropped unrun."""
+    """Run one embed request, ``embedding`` (the engine's ``embed(...)``, not yet started: the route says what to
+    embed, this says how a request runs); if the client goes away first, its queued rows are dropped unrun."""
     t0 = time.perf_counter()
-    work = asyncio.ensure_future(engine.embed(texts, dim, layer, outputs=outputs, truncate=truncate,
-                                              direction=direction))
+    work = asyncio.ensure_future(embedding)
     watcher = asyncio.ensure_future(_disconnected(request))
     unfinished = False
     try:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
+from mipic.service.api.deps import JSON_IN, EngineDep, MetricsDep, SettingsDep
 from mipic.service.api.embedding import agreed, check_inputs, embed_for_request, merged_depth, to_json
 from mipic.service.api.responses import VectorsJSONResponse
 from mipic.service.api.schemas import DepthQuery, EmbedRequest, EmbedResponse, ErrorResponse
@@ -25,7 +25,7 @@ CONFLICT = "{name} given as {given[0]} in the query and {given[1]} in the body"
     "/embed",
     response_model=EmbedResponse,
     responses=ERROR_RESPONSES,
-    dependencies=[Depends(require_json), Depends(require_api_key)],
+    dependencies=JSON_IN,
 )
 async def embed(
     request: Request,
@@ -41,10 +41,9 @@ async def embed(
     depth = merged_depth(depth_query, body, CONFLICT)
     wanted = list(dict.fromkeys(body.embedding_types or ["float"]))  # each once, in the order asked
     engine_outputs = tuple(dict.fromkeys("float" if t == "base64" else t for t in wanted))
-    result, headers = await embed_for_request(
-        request, engine, metrics, "/embed", texts,
-        agreed("dim", (dim, body.dim), CONFLICT), depth, outputs=engine_outputs,
-    )
+    result, headers = await embed_for_request(request, metrics, "/embed", engine.embed(
+        texts, agreed("dim", (dim, body.dim), CONFLICT), depth, outputs=engine_outputs,
+    ))
     by_type = {t: to_json(result.outputs["float" if t == "base64" else t], t) for t in wanted}
     payload = {  # EmbedResponse, written once (api/responses.py)
         "embeddings": by_type if body.embedding_types else by_type["float"],

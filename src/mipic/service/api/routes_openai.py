@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import datetime as _dt
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 
 from mipic.modeldir.runner import LoadedModel
-from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
+from mipic.service.api.deps import JSON_IN, EngineDep, MetricsDep, SettingsDep
 from mipic.service.api.embedding import check_inputs, depth_of, embed_for_request, to_json
 from mipic.service.api.responses import VectorsJSONResponse
 from mipic.service.api.routes_embed import ERROR_RESPONSES
@@ -73,7 +73,7 @@ def model_object(name: str, model: LoadedModel) -> OpenAIModel:
     "/embeddings",
     response_model=OpenAIEmbeddingResponse,
     responses=ERROR_RESPONSES,
-    dependencies=[Depends(require_json), Depends(require_api_key)],
+    dependencies=JSON_IN,
 )
 async def create_embeddings(
     request: Request,
@@ -92,10 +92,10 @@ async def create_embeddings(
     strings = [t for t in texts if isinstance(t, str)]
     check_inputs(strings, "input", settings)
     output = "float" if body.encoding_format == "base64" else body.encoding_format
-    result, headers = await embed_for_request(
-        request, engine, metrics, "/v1/embeddings", strings, body.dimensions,
-        depth_of(body.layer, body.min_layer, body.max_layer, body.max_latency_ms), outputs=(output,),
-    )
+    result, headers = await embed_for_request(request, metrics, "/v1/embeddings", engine.embed(
+        strings, body.dimensions, depth_of(body.layer, body.min_layer, body.max_layer, body.max_latency_ms),
+        outputs=(output,),
+    ))
     rows = to_json(result.outputs[output], body.encoding_format)
     payload = {  # OpenAIEmbeddingResponse, written once (api/responses.py)
         "object": "list",

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep, require_api_key, require_json
+from mipic.service.api.deps import JSON_IN, EngineDep, MetricsDep, SettingsDep
 from mipic.service.api.embedding import agreed, check_inputs, embed_for_request, merged_depth
 from mipic.service.api.errors import TEI_PREFIX
 from mipic.service.api.responses import VectorsJSONResponse
@@ -36,7 +36,6 @@ router = APIRouter(prefix=TEI_PREFIX, tags=["text-embeddings-inference"])
 ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": TeiErrorResponse} for code in (400, 401, 404, 413, 415, 422, 429, 500, 503, 504)
 }
-JSON_IN = [Depends(require_json), Depends(require_api_key)]
 DTYPES = {"fp32": "float32", "fp16": "float16", "int8": "int8"}
 # dim (also TEI's dimensions) and the depth fields may be given in the query and the body; all given must agree
 CONFLICT = "{name} given with different values: {ordered}"
@@ -70,11 +69,10 @@ async def _embed(
     else:
         items = cast("list[str | list[int]]", inputs)
     check_inputs(items, "inputs", settings)
-    result, headers = await embed_for_request(
-        request, engine, metrics, "/tei/embed", items,
-        agreed("dim", (dim, body.dim, body.dimensions), CONFLICT), merged_depth(depth, body, CONFLICT),
+    result, headers = await embed_for_request(request, metrics, "/tei/embed", engine.embed(
+        items, agreed("dim", (dim, body.dim, body.dimensions), CONFLICT), merged_depth(depth, body, CONFLICT),
         truncate=body.truncate, direction="left" if body.truncation_direction.lower() == "left" else "right",
-    )
+    ))
     return VectorsJSONResponse(result.outputs["float"], headers=headers)  # (N, dim), written once
 
 
