@@ -83,3 +83,15 @@ def split_documents(
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     return [d for d in docs if split_of(d, split_seed, eval_fraction) == split]
+
+
+def documents_in_split(
+    source: str,
+    split: Split,
+    data_dir: str | Path | None = None,
+    split_seed: int = DEFAULT_SPLIT_SEED,
+    eval_fraction: float = EVAL_FRACTION,
+) -> list[Document]:
+    """The documents of ``source`` in ``split``, in a stable order: what every loader of training or eval texts
+    iterates."""
+    return split_documents(load_documents(source, data_dir), split, split_seed, eval_fraction)

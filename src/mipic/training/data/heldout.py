@@ -15,8 +15,7 @@ from mipic.training.data.corpus import (
     DEFAULT_SPLIT_SEED,
     EVAL_FRACTION,
     available_sources,
-    load_documents,
-    split_documents,
+    documents_in_split,
 )
 from mipic.training.data.records import Document
 from mipic.training.data.text import clean, split_sentences, text_key
@@ -45,6 +44,6 @@ def _eval_text_keys(
 ) -> frozenset[str]:
     keys: set[str] = set()
     for source in sources:
-        for doc in split_documents(load_documents(source, data_dir), "eval", split_seed, eval_fraction):
+        for doc in documents_in_split(source, "eval", data_dir, split_seed, eval_fraction):
             keys.update(text_key(u) for u in document_units(doc))
     return frozenset(keys)

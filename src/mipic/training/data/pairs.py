@@ -13,8 +13,7 @@ from mipic.training.data.corpus import (
     DEFAULT_SPLIT_SEED,
     EVAL_FRACTION,
     Split,
-    load_documents,
-    split_documents,
+    documents_in_split,
 )
 from mipic.training.data.heldout import eval_text_keys
 from mipic.training.data.paths import resolve_data_dir
@@ -81,7 +80,7 @@ def load_pairs(
         if _SOURCES_OF[kind] == (wordnet.SOURCE,) and not wordnet.wordnet_available():
             raise ValueError(f"pair kind {kind!r} needs WordNet at {wordnet.WORDNET_DIR}")
         for source in _SOURCES_OF[kind]:
-            for doc in split_documents(load_documents(source, root), split, split_seed, eval_fraction):
+            for doc in documents_in_split(source, split, root, split_seed, eval_fraction):
                 for a, b in document_pairs(doc, kind):
                     key = (text_key(a), text_key(b))
                     if not a or not b or key[0] == key[1] or key in seen:

@@ -12,8 +12,7 @@ from mipic.training.data.corpus import (
     EVAL_FRACTION,
     Split,
     available_sources,
-    load_documents,
-    split_documents,
+    documents_in_split,
 )
 from mipic.training.data.heldout import eval_text_keys
 from mipic.training.data.paths import resolve_data_dir
@@ -52,7 +51,7 @@ def load_sentences(
     seen: set[str] = set()
     pool: list[str] = []
     for source in sources or available_sources():
-        for doc in split_documents(load_documents(source, root), split, split_seed, eval_fraction):
+        for doc in documents_in_split(source, split, root, split_seed, eval_fraction):
             for sentence in document_sentences(doc):
                 key = text_key(sentence)
                 if key not in seen and key not in banned:
@@ -83,7 +82,7 @@ def load_passages(
     seen: set[str] = set()
     pool: list[str] = []
     for source in sources:
-        for doc in split_documents(load_documents(source, root), split, split_seed, eval_fraction):
+        for doc in documents_in_split(source, split, root, split_seed, eval_fraction):
             sentences = split_sentences(doc.body)[:n_sentences]
             passage = " ".join(sentences)
             key = text_key(passage)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mipic.training.data import bbc, news, rotten, wordnet
-from mipic.training.data.corpus import DEFAULT_SPLIT_SEED, EVAL_FRACTION, load_documents, split_documents
+from mipic.training.data.corpus import DEFAULT_SPLIT_SEED, EVAL_FRACTION, documents_in_split
 from mipic.training.data.paths import resolve_data_dir, suites_dir
 from mipic.training.data.records import Document
 from mipic.training.data.text import clean, split_sentences, text_key
@@ -149,7 +149,7 @@ def write_builtin_suites(
         return files
 
     def eval_docs(source: str) -> list[Document]:
-        return split_documents(load_documents(source, root_data), "eval", split_seed, eval_fraction)
+        return documents_in_split(source, "eval", root_data, split_seed, eval_fraction)
 
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
