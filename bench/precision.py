@@ -75,8 +75,8 @@ class NoisyEncoder:
 
 
 def quality_worker(spec: dict[str, Any]) -> dict[str, Any]:
-    from mipic.training.evaluation.command import collect_suites
     from mipic.training.evaluation.onnx_encoder import OnnxBudgetEncoder
+    from mipic.training.evaluation.suites import collect_suites
     from mipic.training.evaluation.variants import compare_variants
 
     suites = collect_suites(builtin=True, max_items=spec["max_items"])

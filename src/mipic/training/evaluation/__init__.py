@@ -1,6 +1,6 @@
 """Budget-grid evaluation: an encoder scored at every (layer, dim) on pairs, retrieval, probes, geometry."""
 
-from mipic.training.evaluation.command import collect_suites, eval_command, load_encoder
+from mipic.training.evaluation.command import eval_command, load_encoder
 from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder, TorchBudgetEncoder
 from mipic.training.evaluation.geometry import (
     alignment,
@@ -30,6 +30,7 @@ from mipic.training.evaluation.suites import (
     RetrievalSuite,
     Suite,
     builtin_suites,
+    collect_suites,
     load_classification,
     load_pair_classification,
     load_pair_similarity,

@@ -11,14 +11,7 @@ from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder, 
 from mipic.training.evaluation.grid import run_grid
 from mipic.training.evaluation.report import write_report
 from mipic.training.evaluation.result import GridResult
-from mipic.training.evaluation.suites import (
-    Suite,
-    builtin_suites,
-    load_classification,
-    load_pair_classification,
-    load_pair_similarity,
-    load_retrieval,
-)
+from mipic.training.evaluation.suites import collect_suites
 from mipic.training.evaluation.variants import VARIANTS, compare_variants
 
 logger = logging.getLogger(__name__)
@@ -32,39 +25,6 @@ def load_encoder(model: str | Path, max_length: int = 128, batch_size: int = 32)
 
         return OnnxBudgetEncoder(Path(model), max_length=max_length, batch_size=batch_size)
     return TorchBudgetEncoder(model, max_length=max_length, batch_size=batch_size)
-
-
-def collect_suites(
-    pairs: Path | None = None,
-    pair_labels: Path | None = None,
-    retrieval: Path | None = None,
-    classification: Path | None = None,
-    builtin: bool = False,
-    max_items: int = 300,
-    data_dir: Path | None = None,
-    seed: int = 0,
-) -> list[Suite]:
-    """User files (each capped at ``max_items``, seeded) followed by the built-in suites."""
-    suites: list[Suite] = []
-    if pairs is not None:
-        suites.append(load_pair_similarity(pairs, max_items=max_items, seed=seed))
-    if pair_labels is not None:
-        suites.append(load_pair_classification(pair_labels, max_items=max_items, seed=seed))
-    if retrieval is not None:
-        suites.append(load_retrieval(retrieval, max_items=max_items, seed=seed))
-    if classification is not None:
-        suites.append(load_classification(classification, max_items=max_items, seed=seed))
-    if builtin:
-        taken = {s.name for s in suites}
-        for suite in builtin_suites(data_dir, size=max_items, seed=seed):
-            if suite.name in taken:  # a user file named like a built-in suite keeps its name
-                suite.name = f"builtin_{suite.name}"
-            suites.append(suite)
-    if not suites:
-        raise ValueError(
-            "nothing to evaluate: give --pairs, --pair-labels, --retrieval, --classification or --builtin"
-        )
-    return suites
 
 
 def variant_heads(

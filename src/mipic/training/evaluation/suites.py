@@ -266,3 +266,36 @@ def builtin_suites(data_dir: str | Path | None = None, size: int = 300, seed: in
     suites += [load_pair_classification(p, name, seed=seed) for name, p in files.pair_labels.items()]
     suites += [load_retrieval(p, name, seed=seed) for name, p in files.retrieval.items()]
     return suites
+
+
+def collect_suites(
+    pairs: Path | None = None,
+    pair_labels: Path | None = None,
+    retrieval: Path | None = None,
+    classification: Path | None = None,
+    builtin: bool = False,
+    max_items: int = 300,
+    data_dir: Path | None = None,
+    seed: int = 0,
+) -> list[Suite]:
+    """User files (each capped at ``max_items``, seeded) followed by the built-in suites."""
+    suites: list[Suite] = []
+    if pairs is not None:
+        suites.append(load_pair_similarity(pairs, max_items=max_items, seed=seed))
+    if pair_labels is not None:
+        suites.append(load_pair_classification(pair_labels, max_items=max_items, seed=seed))
+    if retrieval is not None:
+        suites.append(load_retrieval(retrieval, max_items=max_items, seed=seed))
+    if classification is not None:
+        suites.append(load_classification(classification, max_items=max_items, seed=seed))
+    if builtin:
+        taken = {s.name for s in suites}
+        for suite in builtin_suites(data_dir, size=max_items, seed=seed):
+            if suite.name in taken:  # a user file named like a built-in suite keeps its name
+                suite.name = f"builtin_{suite.name}"
+            suites.append(suite)
+    if not suites:
+        raise ValueError(
+            "nothing to evaluate: give --pairs, --pair-labels, --retrieval, --classification or --builtin"
+        )
+    return suites
