@@ -68,6 +68,11 @@ MIN_SUB_BATCH = 8
 # 64 x 256 per text (bench/results/engine.md). The server's settings pass the same values to the batcher.
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_TOKEN_PAIRS = 32 * 256 * 256
+# The shared arena hands memory back after a sub-batch only when the sub-batch was large: below this many
+# padded tokens (and a quarter of the token-pair budget) it keeps what it holds for the next one, so the
+# common small batches do not pay page faults every time (measured: bench/results/memory.md). What it
+# keeps is bounded by what a sub-batch of this size needs (~60 MB for MiniLM at ~16-256 tokens).
+DEFAULT_ARENA_KEEP_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class LoadedModel:
         arena: ArenaChoice = "shared",
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS,
+        arena_keep_tokens: int = DEFAULT_ARENA_KEEP_TOKENS,
     ) -> None:
         if max_batch_tokens < 1 or max_batch_token_pairs < 1:
             raise ValueError(
@@ -113,6 +119,7 @@ class LoadedModel:
         )
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_token_pairs = max_batch_token_pairs
+        self.arena_keep_tokens = max(0, arena_keep_tokens)
         self._dims = frozenset(self.manifest.dims)
         cal = self.manifest.calibration
         self._ranges: dict[str, tuple[float, float]] = (
@@ -212,6 +219,12 @@ class LoadedModel:
         """Whether ``rows`` rows padded to ``longest`` tokens stay within the sub-batch limits."""
         return rows * longest <= self.max_batch_tokens and rows * longest * longest <= self.max_batch_token_pairs
 
+    def _release(self, rows: int, width: int) -> bool:
+        """Whether a sub-batch of ``rows`` × ``width`` padded tokens hands the shared arena's growth back when
+        it ends: only above the keep threshold (tokens, or a quarter of the token-pair budget)."""
+        return (rows * width > self.arena_keep_tokens
+                or rows * width * width > self.max_batch_token_pairs // 4)
+
     def _run_chunk(self, rows: list[Row]) -> list[np.ndarray]:
         n = len(rows)
         lengths = np.array([r.ids.shape[0] for r in rows])
@@ -227,7 +240,7 @@ class LoadedModel:
         states = self.runtime.embed(ids)  # (B, T, H)
         deepest = int(exits.max())
         for layer in range(1, deepest + 1):
-            states = self.runtime.layer(layer, states, mask, last=layer == deepest)
+            states = self.runtime.layer(layer, states, mask, last=layer == deepest and self._release(n, width))
             leaving = exits[alive] == layer
             if leaving.any():
                 # fp32 sums whatever the graphs' precision (an fp16 mean over 256 tokens loses ~3 digits)
@@ -274,8 +287,9 @@ class LoadedModel:
             mask[r, : lengths[r]] = 1
         states = self.runtime.embed(tokens)
         out = np.empty((len(wanted), n, self.manifest.hidden_size), dtype=np.float32)
+        width = int(lengths.max())
         for layer in range(1, deepest + 1):
-            states = self.runtime.layer(layer, states, mask, last=layer == deepest)
+            states = self.runtime.layer(layer, states, mask, last=layer == deepest and self._release(n, width))
             if layer in wanted:
                 out[wanted.index(layer)] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
         return out

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mipic.modeldir.runner import DEFAULT_MAX_BATCH_TOKEN_PAIRS, DEFAULT_MAX_BATCH_TOKENS
+from mipic.modeldir.runner import DEFAULT_ARENA_KEEP_TOKENS, DEFAULT_MAX_BATCH_TOKEN_PAIRS, DEFAULT_MAX_BATCH_TOKENS
 
 # A repository (versions + CURRENT pointer): the server follows promotions without restart.
 DEFAULT_MODEL_DIR = Path("models/all-minilm-l6-v2")
@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         description="CPU memory for intermediates: shared = one arena for all stage sessions, handed back "
         "after each batch (bounded RSS); off = malloc per tensor; per-session = onnxruntime's default, one "
         "arena per stage keeping its peak (several GB after one long batch). Measured: bench/results/memory.md.",
+    )
+    onnx_arena_keep_tokens: int = Field(
+        DEFAULT_ARENA_KEEP_TOKENS, ge=0,
+        description="With the shared arena: a batch of at most this many padded tokens keeps the arena's memory "
+        "for the next batch instead of handing it back (no page faults on every small batch); larger batches "
+        "hand back what they grew it by. 0 = hand back after every batch.",
     )
 
     # --- batching

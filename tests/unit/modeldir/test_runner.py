@@ -166,3 +166,26 @@ def test_every_arena_choice_gives_the_same_vectors(tiny_model_dir: Path, loaded:
     mixed = [Row(ids=r.ids, dim=d, layer=ly) for r, (d, ly) in zip(rows(model, TEXTS, 8, 1), budgets, strict=True)]
     for a, b in zip(model.run(mixed), loaded.run(mixed), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_shared_arena_is_handed_back_only_after_large_sub_batches(tiny_model_dir: Path) -> None:
+    """Small sub-batches keep the arena for the next one (no page faults every batch); one above the keep
+    threshold hands back what it grew it by, at its last stage only."""
+    model = LoadedModel(tiny_model_dir, provider="cpu", arena_keep_tokens=40)
+    calls: list[tuple[int, bool]] = []
+    real = model.runtime.layer
+
+    def spy(index: int, states: np.ndarray, mask: np.ndarray, last: bool = False) -> np.ndarray:
+        calls.append((index, last))
+        return real(index, states, mask, last=last)
+
+    model.runtime.layer = spy  # type: ignore[method-assign]
+    small = [Row(ids=np.array([1, 5, 6, 2]), dim=model.manifest.dims[0], layer=2)] * 4  # 4 × 4 = 16 tokens
+    model.run(small)
+    assert [last for _, last in calls] == [False, False]
+    calls.clear()
+    large = [Row(ids=np.array([1, *range(5, 13), 2]), dim=model.manifest.dims[0], layer=2)] * 8  # 8 × 10 = 80
+    model.run(large)
+    assert calls == [(1, False), (2, True)]
+    assert model._release(5, 10) and not model._release(4, 10)  # above the threshold, not at it
+    model.close()

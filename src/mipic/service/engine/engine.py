@@ -123,6 +123,7 @@ class Engine:
                 arena=s.onnx_arena,
                 max_batch_tokens=s.max_batch_tokens,
                 max_batch_token_pairs=s.max_batch_token_pairs,
+                arena_keep_tokens=s.onnx_arena_keep_tokens,
             )
             if s.verify_golden:
                 model.verify_golden()
