@@ -40,7 +40,8 @@ from bench.common import (
     write_results,
 )
 
-SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "served", "adaptive", "peers", "quality")
+SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "arena", "served", "profile", "adaptive", "peers",
+            "ratios", "quality")
 PEERS_RATIO_TARGET = 1.5
 
 
@@ -169,6 +170,11 @@ def targets(out: Path) -> list[list[Any]]:
                              f"{r['infinity_saturation_texts_per_s']:.0f} texts/s)", _yes(ratio >= PEERS_RATIO_TARGET)])
         elif http:
             rows.append(["≥ 1.5× Infinity over HTTP", f"not measured: {http.get('error')}", "n/a"])
+    rat = _load(out, "ratios")
+    if rat:  # issue 19: every ratio the median of interleaved reps; met only at the spread's lower end
+        for t in rat["targets"]:
+            rows.append([f"{t['target']} — median of {rat['config']['reps']} interleaved reps",
+                         f"{t['median']:.2f} (spread {t['low']:.2f}–{t['high']:.2f})", _yes(t["met"])])
     rows.append(["GPU: CUDA provider with fp16, batch 1–256 per budget",
                  "not measured: no GPU was available to this project's sessions", "n/a"])
     return rows
@@ -178,7 +184,7 @@ def sections_table(out: Path) -> str:
     """When each result file was measured and how busy the machine was then (sections may come from
     different invocations, e.g. ``--only engine`` after a full run)."""
     rows = []
-    for name in ("peak", "precision", "engine", "memory", "served", "peers"):
+    for name in ("peak", "precision", "engine", "memory", "arena_keep", "served", "profile_served", "peers", "ratios"):
         data = _load(out, name)
         if not data:
             continue
@@ -202,8 +208,9 @@ def summary(out: Path, started: dict[str, Any], wall_s: float, command: str) -> 
              "\n" + sections_table(out),
              "\n## Targets (issue 13)\n\n" + md_table(["target", "measured", "met"], targets(out))]
     for name, title in (("peak", "GEMM ceiling"), ("precision", "Precision"), ("engine", "Offline engine"),
-                        ("memory", "Memory"), ("served", "Served (HTTP)"), ("peers", "Peers"),
-                        ("quality", "Quality per budget")):
+                        ("memory", "Memory"), ("arena_keep", "Arena: shared, kept between small batches, per-session"),
+                        ("served", "Served (HTTP)"), ("profile_served", "Live server profile"), ("peers", "Peers"),
+                        ("ratios", "Speed ratios with spreads"), ("quality", "Quality per budget")):
         md = out / f"{name}.md"
         if md.is_file():
             parts.append(f"\n## {title}\n\n" + md.read_text())
@@ -244,7 +251,7 @@ def main() -> None:
     if served_precision(args.model) != "fp32":
         ap.error(f"{args.model} is not an fp32 export: the suite derives every other precision from fp32")
     copies = ensure_precisions(args.model) if {"precision", "engine", "peers"} & set(sections) else {}
-    if "peers" in sections:
+    if {"peers", "ratios"} & set(sections):
         ensure_optimum_export()
         if not args.skip_infinity:
             ensure_peers_env()
@@ -287,9 +294,18 @@ def main() -> None:
         corpus_bench.run(args.model, results_dir=out, **sizes)
     if section("memory"):
         memory_bench.run(args.model, memory_bench.quick_config() if args.quick else memory_bench.MemoryConfig(), out)
+    if section("arena"):  # the shared arena against per-session arenas (issue 19)
+        from bench import arena_keep
+
+        arena_keep.run(args.model, reps=2 if args.quick else 5, seconds=0.1 if args.quick else 0.6, results_dir=out)
     served_cfg = served_bench.quick_config() if args.quick else served_bench.ServedConfig()
     if section("served"):
         served_bench.run(args.model, served_cfg, out)
+    if section("profile"):  # where the live server's CPU goes at saturation (issue 19)
+        from bench import profile_served
+
+        profile_served.run(args.model, profile_served.ProfileConfig(seconds=2.0, budgets=((64, 1),))
+                           if args.quick else profile_served.ProfileConfig(), out)
     if section("adaptive"):  # layer "auto" against fixed layer 6 under load (issue 20)
         adaptive_bench.run(args.model, adaptive_bench.AdaptiveConfig(
             factors=(0.5, 3.0), seconds=4.0) if args.quick else adaptive_bench.AdaptiveConfig(), results_dir=out)
@@ -298,6 +314,12 @@ def main() -> None:
         peers_bench.run(args.model, copies.get("int8"), cfg, served_cfg, _load(out, "served"),
                         infinity=not args.skip_infinity, results_dir=out,
                         default_precision=served_precision(args.model))
+    if section("ratios"):  # every speed ratio with its spread (issue 19)
+        from bench import ratios as ratios_bench
+
+        cfg_r = ratios_bench.quick_config() if args.quick else ratios_bench.RatiosConfig(
+            infinity=not args.skip_infinity)
+        ratios_bench.run(args.model, cfg_r, out)
     if section("quality", timed=False):
         quality_bench.run(args.runs, out)
     wall = time.perf_counter() - t0
