@@ -62,15 +62,14 @@ def thread_group(name: str) -> str:
 
 def task_cpu_seconds(pid: int) -> dict[int, float]:
     """utime + stime of every thread of a process, by thread id (``/proc/PID/task/TID/stat``)."""
+    from bench.served import stat_cpu_seconds
+
     out: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            out[int(task.name)] = stat_cpu_seconds(task / "stat")
         except OSError:  # the thread ended
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
     return out
 
 

@@ -115,15 +115,6 @@ def rotated(names: Sequence[T], rep: int) -> list[T]:
     return [*names[k:], *names[:k]]
 
 
-def interleave(steps: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
-    """Run every step once per rep, in rotated order; the values of each step, rep by rep."""
-    out: dict[str, list[float]] = {name: [] for name in steps}
-    for rep in range(reps):
-        for name in rotated(list(steps), rep):
-            out[name].append(float(steps[name]()))
-    return out
-
-
 # --------------------------------------------------------------------------- measurements
 
 

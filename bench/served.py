@@ -97,11 +97,16 @@ def offline_reference(model_dir: Path, cfg: ServedConfig) -> dict[Budget, dict[s
     return out
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), from ``/proc/PID/stat``."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+def stat_cpu_seconds(stat_file: Path) -> float:
+    """utime + stime from a ``/proc`` ``stat`` file (a process's, or one thread's under ``task/``)."""
+    stat = stat_file.read_text()
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from ``/proc/PID/stat``."""
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def measured_point(target: Target, batches: list[list[str]], rate_rps: float, seconds: float, max_requests: int,

@@ -295,14 +295,11 @@ def test_spread_is_met_only_when_its_lower_end_meets_the_bound() -> None:
         paired_ratios([1.0], [1.0, 2.0])
 
 
-def test_interleaving_rotates_the_order_so_each_step_takes_every_position() -> None:
-    from bench.ratios import interleave, rotated
+def test_rotation_gives_each_step_every_position_across_reps() -> None:
+    from bench.ratios import rotated
 
-    order: list[str] = []
-    steps = {k: (lambda k=k: order.append(k) or float(len(order))) for k in "abc"}
-    values = interleave(steps, 3)
-    assert order == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert values == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
+    assert [rotated(list("abc"), rep) for rep in range(4)] == [
+        ["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
     assert rotated([1, 2], 3) == [2, 1]
 
 
