@@ -70,8 +70,8 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH_TOKEN_PAIRS = 32 * 256 * 256
 # The shared arena hands memory back after a sub-batch only when the sub-batch was large: below this many
 # padded tokens (and a quarter of the token-pair budget) it keeps what it holds for the next one, so the
-# common small batches do not pay page faults every time (measured: bench/results/memory.md). What it
-# keeps is bounded by what a sub-batch of this size needs (~60 MB for MiniLM at ~16-256 tokens).
+# common small batches do not pay page faults every time (measured: bench/results/arena_keep.md). What it
+# keeps is bounded by what a sub-batch of this size needs (estimated ~60 MB for MiniLM at ~16-256 tokens).
 DEFAULT_ARENA_KEEP_TOKENS = 4096
 
 
