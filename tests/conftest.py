@@ -215,6 +215,19 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# The tiny vocabulary's words that the training tests build sentences from (and test_ddp writes to a file).
+TRAINING_WORDS = ["the", "a", "of", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer",
+                  "dim", "model", "text", "short", "long", "is", "not"]
+
+
+def training_sentences(n: int, seed: int = 0) -> list[str]:
+    """``n`` deterministic sentences of 3-10 :data:`TRAINING_WORDS`."""
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(TRAINING_WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
+
+
 def random_heads(num_layers: int = TINY_LAYERS, hidden: int = TINY_HIDDEN, seed: int = 0):  # type: ignore[no-untyped-def]
     """Well-conditioned random exit heads: W = I + 0.3·noise, b small."""
     import numpy as np

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import training_sentences
 
 torch = pytest.importorskip("torch")
 
 pytestmark = pytest.mark.integration
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-WORDS = ["the", "a", "of", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim",
-         "model", "text", "short", "long", "is", "not"]
 STEPS = 3
 # Same data, same order, same micro-batches; only the reduction differs (all-reduce over gloo vs accumulation),
 # so the weights agree to float32 rounding.
@@ -35,10 +33,8 @@ def test_torchrun_on_cpu_is_data_parallel(tiny_torch_model: Any, tmp_path: Path)
     from safetensors.torch import load_file
 
     _, _, base = tiny_torch_model
-    rng = random.Random(0)
     sentences = tmp_path / "sentences.txt"
-    sentences.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10)))
-                                   for _ in range(64)) + "\n")
+    sentences.write_text("\n".join(training_sentences(64)) + "\n")
     common = ["--config", str(CONFIGS / "tiny_smoke.yaml"), "--set", f"model.base={base}",
               "--set", f"data.train_file={sentences}", "--set", "model.dropout=0.0",
               "--set", "train.group_by_length=false", "--set", f"train.max_steps={STEPS}",

@@ -4,7 +4,6 @@ LoRA adapters that merge exactly, weak pairs, and exact resume."""
 from __future__ import annotations
 
 import hashlib
-import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from safetensors.torch import load_file  # noqa: E402
-from tests.conftest import TINY_HIDDEN, TINY_LAYERS, random_heads  # noqa: E402
+from tests.conftest import TINY_HIDDEN, TINY_LAYERS, random_heads, training_sentences  # noqa: E402
 
-from mipic.modeldir.heads import HEADS_FILE, load_heads, save_heads  # noqa: E402
+from mipic.modeldir.heads import HEADS_FILE, load_heads  # noqa: E402
 from mipic.training.config import TrainConfig, load_config  # noqa: E402
 from mipic.training.losses import EncoderOutputs, SelfDistillLoss  # noqa: E402
 from mipic.training.model import build_model, load_encoder, merged_encoder, wrap_lora  # noqa: E402
@@ -27,23 +26,11 @@ from mipic.training.release import checkpoint_heads  # noqa: E402
 from mipic.training.trainer import SentenceCollator, train  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-WORDS = ["the", "a", "of", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim",
-         "model", "text", "short", "long", "is", "not"]
 STEPS = 6
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def sentences(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def heads_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("heads") / HEADS_FILE
-    save_heads(path, random_heads())
-    return path
 
 
 def distill_config(base: Path, out: Path, heads: Path, *overrides: str) -> TrainConfig:
@@ -76,7 +63,7 @@ def test_teacher_gets_no_gradient_and_does_not_change(tiny_torch_model: Any, hea
     assert not any(k.startswith("_teacher") or "teacher" in k for k in model.state_dict())  # never checkpointed
     assert all(not p.requires_grad for p in teacher.parameters())
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
-    batch = SentenceCollator(tokenizer, 16)([{"text": t, "pos": t} for t in sentences(8)])
+    batch = SentenceCollator(tokenizer, 16)([{"text": t, "pos": t} for t in training_sentences(8)])
     model.train()
     for _ in range(3):
         out = model(**batch)
@@ -106,7 +93,7 @@ def test_adapter_merge_reproduces_the_unmerged_forward(tiny_torch_model: Any) ->
         if isinstance(module, LoraLayer):
             for lin in module.lora_B.values():
                 torch.nn.init.normal_(lin.weight, std=0.2)  # B starts at zero: make the adapter matter
-    batch = tokenizer(sentences(5), padding=True, return_tensors="pt")
+    batch = tokenizer(training_sentences(5), padding=True, return_tensors="pt")
     wrapped.eval()
     with torch.no_grad():
         unmerged = wrapped(**batch, output_hidden_states=True).hidden_states
@@ -122,7 +109,7 @@ def test_training_with_pairs_heads_and_lora_saves_adapter_heads_and_merged_encod
 ) -> None:
     _, _, ckpt = tiny_torch_model
     cfg = distill_config(ckpt, tmp_path / "run", heads_file)
-    texts = sentences(128)
+    texts = training_sentences(128)
     positives = [t if i % 2 else " ".join(t.split()[:2]) for i, t in enumerate(texts)]  # half are weak pairs
     result = train(cfg, sentences=texts, positives=positives)
     final = result.final_dir
@@ -147,7 +134,7 @@ def test_resume_after_interruption_reproduces_weights_exactly(
     tiny_torch_model: Any, heads_file: Path, tmp_path: Path
 ) -> None:
     _, _, ckpt = tiny_torch_model
-    texts = sentences(128)
+    texts = training_sentences(128)
     full = train(distill_config(ckpt, tmp_path / "full", heads_file), sentences=texts, positives=texts)
     out = tmp_path / "resumed"
     out.mkdir()

@@ -5,7 +5,6 @@ the weights the losses apply), and a new objective is one loss class, one config
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,10 +15,9 @@ pytest.importorskip("transformers")
 
 from pydantic import Field  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from tests.conftest import random_heads  # noqa: E402
+from tests.conftest import training_sentences  # noqa: E402
 from torch import nn  # noqa: E402
 
-from mipic.modeldir.heads import HEADS_FILE, save_heads  # noqa: E402
 from mipic.training.config import (  # noqa: E402
     AdaptiveLayerSection,
     DistillOnlySection,
@@ -44,22 +42,10 @@ from mipic.training.objectives import OBJECTIVES, build_objective, trained_budge
 from mipic.training.trainer import LOG_FILE, SentenceCollator, train  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-WORDS = ["the", "a", "of", "cat", "dog", "fox", "quick", "brown", "lazy", "jumps", "over", "embed", "layer", "dim",
-         "model", "text", "short", "long", "is", "not"]
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def sentences(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 10))) for _ in range(n)]
-
-
-@pytest.fixture(scope="module")
-def heads_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("heads") / HEADS_FILE
-    save_heads(path, random_heads())
-    return path
 
 
 def forward_once(cfg: TrainConfig) -> tuple[SimCSEModel, dict[str, Any], tuple[EncoderOutputs, EncoderOutputs]]:
@@ -68,7 +54,7 @@ def forward_once(cfg: TrainConfig) -> tuple[SimCSEModel, dict[str, Any], tuple[E
     encoder, tokenizer = load_encoder(cfg.model)
     torch.manual_seed(0)
     model = build_model(cfg, encoder).eval()
-    texts = sentences(8, seed=3)
+    texts = training_sentences(8, seed=3)
     batch = SentenceCollator(tokenizer, 16)([{"text": t, "pos": " ".join(t.split()[:3])} for t in texts])
     with torch.no_grad():
         out = model(**batch)
@@ -215,7 +201,7 @@ def test_a_new_objective_is_a_loss_a_section_and_a_registry_line(
     data["train"].update({"output_dir": str(tmp_path / "run"), "max_steps": 6, "save_steps": 3})
     cfg = ToyTrainConfig.model_validate(data)
     assert isinstance(cfg.loss, ToySection) and cfg.objective == "toy"
-    result = train(cfg, sentences=sentences(64))
+    result = train(cfg, sentences=training_sentences(64))
     assert result.global_step == 6
     steps = json.loads((result.final_dir / LOG_FILE).read_text())["steps"]
     assert [set(s) for s in steps] == [{"step", "toy", "total"}] * 6
