@@ -110,12 +110,20 @@ def test_sustained_load_picks_the_exit_the_traffic_can_afford() -> None:
     assert choose_layer(busy, COSTS, 320, DepthBounds(4, 6, 0.25), max_utilisation=0.7).layer == 4
 
 
-def test_rate_meter_decays_over_its_window() -> None:
-    meter = RateMeter(window_s=2.0)
-    for i in range(200):  # 100 events/s of 10 units for 2 s
-        meter.add(10.0, i * 0.01)
-    assert 1_000 * (1 - 2.72 ** -1) * 0.95 < meter.rate(2.0) < 1_000  # building up towards 1,000/s
-    assert meter.rate(4.0) == pytest.approx(meter.rate(2.0) * 2.718281828 ** -1, rel=1e-6)
+def test_rate_meter_is_unbiased_from_the_start_of_a_burst_and_forgets_after_its_window() -> None:
+    meter = RateMeter(window_s=2.0, min_span_s=0.5)
+    assert meter.rate(0.0) == 0.0
+    for i in range(60):  # 100 events/s of 10 units, starting from idle: 1,000 units/s at once
+        meter.add(10.0, 5.0 + i * 0.01)
+    assert meter.rate(5.6) == pytest.approx(600 / 0.6, rel=1e-9)  # 0.6 s of traffic: its own span, not the window
+    for i in range(60, 400):
+        meter.add(10.0, 5.0 + i * 0.01)
+    assert meter.rate(9.0) == pytest.approx(1_000, rel=0.01)  # a full window of it
+    assert meter.rate(10.0) == pytest.approx(500, rel=0.01)  # a second after the load stopped: half the window
+    assert meter.rate(11.0) == 0.0  # forgotten after a window
+    for i in range(11):  # 0.1 s of traffic, younger than min_span: divided by min_span, not by 0.1 s
+        meter.add(10.0, 30.0 + i * 0.01)
+    assert meter.rate(30.1) == pytest.approx(110 / 0.5)
 
 
 def test_load_meter_assembles_the_queue_state_in_one_place() -> None:

@@ -29,7 +29,7 @@ everything else here is pure.
 
 from __future__ import annotations
 
-import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,19 +108,42 @@ class QueueState:
 
 
 class RateMeter:
-    """An exponentially decaying rate (amount per second over about ``window_s``), fed with events."""
+    """The rate of events (amount per second) over the last ``window_s``, unbiased from the start of a burst.
 
-    def __init__(self, window_s: float = 2.0) -> None:
+    A sliding window: the events of the last ``window_s`` summed, divided by the time they span — the whole
+    window once the traffic is older than it, else the time since the first event of the current stretch (the
+    window was empty before it), at least ``min_span_s``. An exponentially decaying average would start every
+    burst near zero and reach the true rate only after a window or two; at a spike that is exactly when the
+    depth choice matters (measured: the first ~2 s of a 3x-saturation burst went deep and built a queue that
+    made 15 % of the answers late).
+    """
+
+    def __init__(self, window_s: float = 2.0, min_span_s: float = 0.5) -> None:
         self.window_s = window_s
-        self._rate = 0.0
-        self._at = 0.0
+        self.min_span_s = min_span_s
+        self._events: deque[tuple[float, float]] = deque()
+        self._sum = 0.0
+        self._start = 0.0  # when the current stretch of traffic began
+
+    def _expire(self, now: float) -> None:
+        while self._events and self._events[0][0] <= now - self.window_s:
+            self._sum -= self._events.popleft()[1]
+        if not self._events:
+            self._sum = 0.0  # no drift from float sums
 
     def add(self, amount: float, now: float) -> None:
-        self._rate = self.rate(now) + amount / self.window_s
-        self._at = now
+        self._expire(now)
+        if not self._events:
+            self._start = now
+        self._events.append((now, amount))
+        self._sum += amount
 
     def rate(self, now: float) -> float:
-        return self._rate * math.exp(-max(0.0, now - self._at) / self.window_s)
+        self._expire(now)
+        if not self._events:
+            return 0.0
+        span = min(self.window_s, max(self.min_span_s, now - self._start))
+        return self._sum / span
 
 
 class LoadMeter:
