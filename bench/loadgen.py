@@ -38,6 +38,8 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     late_sends: int = 0  # sends that left > 5 ms after their scheduled time (client saturated)
     served_layers: Counter[str] = field(default_factory=Counter)  # x-exit-layer of 200s (mipic only)
+    server_latencies_s: list[float] = field(default_factory=list)  # x-total-time of 200s (mipic only): the handler's
+    # own time, without the client's lateness, the kernel and the event loop's queue before the handler
     retry_after_missing: int = 0  # 429/503 answers without a Retry-After header
 
     @property
@@ -53,9 +55,15 @@ class LoadResult:
             "duration_s": self.duration_s, "achieved_rps": self.ok / self.duration_s if self.duration_s else 0.0,
             "achieved_texts_per_s": ok_texts / self.duration_s if self.duration_s else 0.0,
             "late_sends": self.late_sends, "latency": percentiles(self.latencies_s),
+            "server_latency": percentiles(self.server_latencies_s) if self.server_latencies_s else None,
+            "ok_within_share_of_ok": {f"{ms:g}": self.share_of_ok_within(ms / 1000) for ms in (100, 250, 500)},
             "served_layers": dict(sorted(self.served_layers.items(), key=lambda kv: int(kv[0]))),
             "retry_after_missing": self.retry_after_missing,
         }
+
+    def share_of_ok_within(self, seconds: float) -> float:
+        """Share of the 200s (the admitted requests) answered within ``seconds`` of their scheduled time."""
+        return sum(1 for s in self.latencies_s if s <= seconds) / len(self.latencies_s) if self.latencies_s else 0.0
 
     def share_ok_within(self, seconds: float) -> float:
         """Share of the requests sent that got a 200 within ``seconds`` of their scheduled time."""
@@ -96,6 +104,9 @@ async def open_loop(target: Target, batches: list[list[str]], rate_rps: float, d
                     await r.read()
                     status = r.status
                     layer = r.headers.get("x-exit-layer")
+                    total = r.headers.get("x-total-time")
+                    if status == 200 and total is not None:
+                        result.server_latencies_s.append(float(total) / 1000)
                     if status == 200 and layer is not None:
                         result.served_layers[layer] += 1
                     if status in (429, 503) and "retry-after" not in r.headers:

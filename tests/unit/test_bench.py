@@ -121,6 +121,27 @@ def test_load_result_summary_counts_only_ok_answers() -> None:
     assert s["offered_texts_per_s"] == 80.0
     assert s["statuses"] == {"200": 3, "429": 1}
     assert s["latency"]["p50_ms"] == pytest.approx(20.0)
+    assert s["server_latency"] is None  # no x-total-time seen (a peer server)
+
+
+def test_adaptive_report_separates_the_admitted_and_the_servers_own_time() -> None:
+    from bench.adaptive import markdown, summarise, target_rows
+    from bench.common import environment
+
+    r = LoadResult(offered_rps=100.0, texts_per_request=8, duration_s=8.0, sent=10)
+    r.statuses.update({200: 4, 429: 6})
+    r.latencies_s += [0.05, 0.1, 0.2, 0.3]  # client side: one of the four admitted is late
+    r.server_latencies_s += [0.04, 0.08, 0.15, 0.2]
+    r.served_layers.update({"1": 4})
+    s = summarise(r, 0.25, {1: 0.75, 6: 0.82}) | {"factor": 5.0, "mode": "auto"}
+    assert s["ok_within_target_share"] == pytest.approx(0.3) and s["admitted_within_target_share"] == 0.75
+    assert s["server_latency"]["max_ms"] == pytest.approx(200.0) and s["expected_index_quality"] == 0.75
+    payload = {"config": {"target_ms": 250.0, "texts_per_request": 8, "tokens": 16, "dim": 384, "seconds": 8.0},
+               "env": environment(), "runs": [s], "saturation_rps": 20.0, "load_at_start": {}, "index_quality": {1: 0.75}}
+    [row] = target_rows(payload)
+    assert row[1] == "75.0 % of 4 200s, 6 x 429, 0 x 5xx" and row[2] == "**no**"
+    table = markdown(payload)
+    assert "| 5x | auto | 800 | 30.0 | 75.0 | 150 | 297 | 115 / 198 | 0 | 6 | 0 | 1: 4 | 0.750 |" in table
 
 
 def test_engine_grid_caps_batches_as_the_batcher_does() -> None:

@@ -110,6 +110,26 @@ def test_sustained_load_picks_the_exit_the_traffic_can_afford() -> None:
     assert choose_layer(busy, COSTS, 320, DepthBounds(4, 6, 0.25), max_utilisation=0.7).layer == 4
 
 
+def test_time_already_spent_counts_against_the_target_and_can_refuse() -> None:
+    idle = QueueState(0.0, 0.0, SPU, 0.004, capacity_seconds_per_unit=SPU)
+    assert choose_layer(idle, COSTS, 320, BOUNDS).layer == 6
+    # 170 ms spent in the event loop and tokenizer already: 30 ms of the 200 ms budget (0.8 · 250 ms) left, and
+    # 320 tokens take 49 ms through layer 6, 27 ms through layer 3
+    late = choose_layer(idle, COSTS, 320, BOUNDS, waited_s=0.17)
+    assert late.layer == 3 and late.meets_target
+    assert late.expected_s == pytest.approx(0.17 + expected_seconds(idle, COSTS, 320, 3))
+    # spent past the target: refused (429), though the request alone would fit
+    gone = choose_layer(idle, COSTS, 320, BOUNDS, waited_s=0.3)
+    assert gone.layer == 1 and not gone.meets_target and gone.blocked_by_queue
+
+
+def test_load_meter_averages_the_event_loop_lag() -> None:
+    load = LoadMeter(max_wait_s=0.002)
+    load.loop_lagged(0.2)
+    load.loop_lagged(-0.001)  # a timer cannot fire early: clock noise counts as no lag
+    assert load.loop_lag_s == pytest.approx(0.05)
+
+
 def test_rate_meter_is_unbiased_from_the_start_of_a_burst_and_forgets_after_its_window() -> None:
     meter = RateMeter(window_s=2.0, min_span_s=0.5)
     assert meter.rate(0.0) == 0.0

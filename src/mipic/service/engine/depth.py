@@ -18,9 +18,10 @@ with the arrival rates measured over the last second or so (fixed-layer requests
 tokens as if all were served at l). The queue alone reacts too late: a request that finds it empty goes deep,
 and the batch it rides in delays everything behind it; near saturation latency grows as 1 / (1 - utilisation),
 so the tail stays within the target only with the exit cheap enough for the traffic. When none makes it,
-``min_layer``. When even ``min_layer`` misses the target because of
-the queue ahead (not because the request alone is too large for it), the request is refused with 429 rather
-than answered late: the target is a deadline the client chose.
+``min_layer``. When even ``min_layer`` misses the target because of the queue ahead or the time the request has
+already spent (the event loop's lag before its handler ran, its tokenization; not because the request alone is
+too large for it), the request is refused with 429 rather than answered late: the target is a deadline the
+client chose.
 
 The numbers come from one place, :class:`LoadMeter` (the batcher holds it and reports its queue and batches; the
 engine reports arrivals and tokenization), whose :meth:`LoadMeter.state` the engine passes to :func:`choose_layer`;
@@ -40,6 +41,8 @@ _RATE_ALPHA = 0.2
 _CAPACITY_MIN_ROWS = 32
 # Weight of the newest request in the moving average of tokenization time.
 _TOKENIZE_ALPHA = 0.2
+# Weight of the newest sample in the moving average of the event loop's lag.
+_LAG_ALPHA = 0.5
 
 # Relative work of the embeddings stage when a manifest has no measured stage timings (its cost is a lookup
 # and a layer norm: about 1/25 of a MiniLM layer as measured).
@@ -158,6 +161,7 @@ class LoadMeter:
         self.seconds_per_unit = seconds_per_unit  # corrected after every batch that carried work units
         self.capacity_seconds_per_unit = seconds_per_unit  # the same, from large batches only
         self.tokenize_s = 0.0  # moving average of one request's tokenization
+        self.loop_lag_s = 0.0  # moving average of the event loop's lag: how long a ready callback waits to run
         self.fixed_units = RateMeter()  # arriving work of fixed-layer requests
         self.auto_tokens = RateMeter()  # arriving tokens of auto-depth requests
 
@@ -167,6 +171,11 @@ class LoadMeter:
 
     def tokenized(self, seconds: float) -> None:
         self.tokenize_s += _TOKENIZE_ALPHA * (seconds - self.tokenize_s)
+
+    def loop_lagged(self, seconds: float) -> None:
+        """A timer on the event loop fired ``seconds`` late: a request arriving now waits about as long before
+        its handler runs (HTTP parsing and routing queue behind the same callbacks)."""
+        self.loop_lag_s += _LAG_ALPHA * (max(0.0, seconds) - self.loop_lag_s)
 
     def batch_started(self, units: float, now: float) -> None:
         self.running_units, self.running_since = units, now
@@ -213,23 +222,26 @@ def utilisation(state: QueueState, costs: StageCosts, layer: int) -> float:
 
 
 def choose_layer(state: QueueState, costs: StageCosts, tokens: int, bounds: DepthBounds,
-                 headroom: float = 0.8, correction: float = 1.0, max_utilisation: float = 1.0) -> DepthChoice:
+                 headroom: float = 0.8, correction: float = 1.0, max_utilisation: float = 1.0,
+                 waited_s: float = 0.0) -> DepthChoice:
     """The deepest layer in ``bounds`` expected within ``headroom · bounds.max_latency_s``, else ``min_layer``.
 
     ``tokens``: the request's tokens (all its rows). ``correction``: measured latency over expected latency of
     recent auto-depth requests (what the model above misses: event-loop and thread contention); every
     expectation is multiplied by it. ``max_utilisation``: the sustained load a layer may leave on the compute
-    (:func:`utilisation`). Never outside ``[min_layer, max_layer]``.
+    (:func:`utilisation`). ``waited_s``: what the request has spent already (in the event loop before its
+    handler ran, tokenization), measured rather than expected, so not corrected; it counts against the target
+    like the rest. Never outside ``[min_layer, max_layer]``.
     """
     if not 1 <= bounds.min_layer <= bounds.max_layer <= costs.num_layers:
         raise ValueError(f"bounds {bounds.min_layer}..{bounds.max_layer} outside 1..{costs.num_layers}")
     budget = headroom * bounds.max_latency_s
     for layer in range(bounds.max_layer, bounds.min_layer - 1, -1):
-        expected = correction * expected_seconds(state, costs, tokens, layer)
+        expected = waited_s + correction * expected_seconds(state, costs, tokens, layer)
         if expected <= budget and (layer == bounds.min_layer
                                    or utilisation(state, costs, layer) <= max_utilisation):
             return DepthChoice(layer, expected, True, False)
     low = bounds.min_layer
-    expected = correction * expected_seconds(state, costs, tokens, low)
+    expected = waited_s + correction * expected_seconds(state, costs, tokens, low)
     alone = correction * (state.fixed_s + costs.units(tokens, low) * state.seconds_per_unit)
     return DepthChoice(low, expected, False, expected > bounds.max_latency_s and alone <= budget)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import time
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 # Weight of the newest auto-depth request in the measured/expected latency average, and its bounds.
 _CORRECTION_ALPHA = 0.1
 _CORRECTION_RANGE = (0.5, 20.0)
+# How often the event loop's lag is sampled for adaptive depth (one timer; ~100 wake-ups per second).
+_LAG_SAMPLE_S = 0.01
 
 
 def _seconds_per_full_token(model: LoadedModel, fallback: float) -> float:
@@ -102,6 +105,7 @@ class Engine:
         self.repository: ModelRepository | None = None
         self._reload_lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
+        self._lag_watch: asyncio.Task[None] | None = None
         self._last_rejected: Path | None = None
         # (raw CURRENT bytes, why it cannot be followed) at the last look: a fault is logged once per change
         self._pointer_seen: tuple[bytes | None, str | None] | None = None
@@ -141,6 +145,7 @@ class Engine:
     async def start(self, path: Path) -> None:
         """Serve ``path``: a version directory, or a repository directory (its CURRENT version)."""
         self.batcher.start()
+        self._lag_watch = asyncio.get_running_loop().create_task(self._watch_loop_lag(), name="mipic-loop-lag")
         model_dir, self.repository = resolve_model_dir(path)
         await self._swap_to(model_dir)
         self.ready = True
@@ -149,6 +154,11 @@ class Engine:
 
     async def stop(self) -> None:
         self.ready = False
+        if self._lag_watch is not None:
+            self._lag_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_watch
+            self._lag_watch = None
         if self._watcher is not None:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):  # it logs its own failures
@@ -158,6 +168,14 @@ class Engine:
         if self._model is not None:
             self._model.close()
             self._model = None
+
+    async def _watch_loop_lag(self) -> None:
+        """Sample the event loop's lag (how late a timer fires) for adaptive depth: under overload the queue is
+        the loop itself, before any handler sees a request (depth.LoadMeter.loop_lagged)."""
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(_LAG_SAMPLE_S)
+            self.batcher.load.loop_lagged(time.perf_counter() - t0 - _LAG_SAMPLE_S)
 
     async def _swap_to(self, model_dir: Path) -> LoadedModel:
         new = await asyncio.to_thread(self.load, model_dir)
@@ -339,7 +357,7 @@ class Engine:
                 costs = self.costs(model)
                 tokens = sum(e.length for e in encoded)
                 if auto is not None:
-                    ly, expected_s = self._pick_layer(costs, auto, tokens)
+                    ly, expected_s = self._pick_layer(costs, auto, tokens, started)
                 rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
                 units = [costs.units(e.length, ly) for e in encoded]
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
@@ -377,13 +395,18 @@ class Engine:
             auto=auto is not None,
         )
 
-    def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int) -> tuple[int, float]:
+    def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int, started: float) -> tuple[int, float]:
         """The layer an auto-depth request gets now and its expected latency (s); 429 when the queue ahead alone
         makes even ``min_layer`` miss its target (answering it late would break the deadline the client set)."""
-        state = self.batcher.load.state(time.perf_counter())
+        load, now = self.batcher.load, time.perf_counter()
+        # what this request has spent already (the loop's lag before its handler ran, its tokenization) is
+        # measured, not expected: it replaces the average tokenization in the state's fixed part
+        state = dataclasses.replace(load.state(now), fixed_s=load.max_wait_s)
+        waited = load.loop_lag_s + now - started
         choice = choose_layer(state, costs, tokens, auto, self.settings.auto_depth_headroom, self._depth_correction,
-                              self.settings.auto_max_utilisation)
+                              self.settings.auto_max_utilisation, waited_s=waited)
         if choice.blocked_by_queue:
             raise Overloaded(f"cannot answer within max_latency_ms={auto.max_latency_s * 1000:g} even at layer "
                              f"{auto.min_layer} (expected {choice.expected_s * 1000:.0f} ms); retry later")
-        return choice.layer, choice.expected_s / self._depth_correction
+        # the uncorrected expectation of what the correction measures (from `started` to the answer)
+        return choice.layer, (choice.expected_s - waited) / self._depth_correction + (now - started)
