@@ -230,6 +230,8 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--max-items", type=int, default=PrecisionConfig.max_items,
+                    help="items per built-in suite (the noise floor of a drop shrinks as 1/sqrt(items))")
     args = ap.parse_args()
     if args.worker:
         kind, spec = args.worker
@@ -237,7 +239,7 @@ def main() -> None:
         return
     from bench.prepare import ensure_precisions
 
-    cfg = quick_config() if args.quick else PrecisionConfig()
+    cfg = quick_config() if args.quick else PrecisionConfig(max_items=args.max_items)
     print(markdown(run(args.model, ensure_precisions(args.model), cfg)))
 
 
