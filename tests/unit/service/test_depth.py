@@ -150,13 +150,13 @@ def test_load_meter_assembles_the_queue_state_in_one_place() -> None:
     load = LoadMeter(max_wait_s=0.002)
     load.assume(SPU)
     load.queued_units = 500.0  # the batcher's queue
-    load.tokenized(0.01)  # the engine's reports: tokenization, arrivals
+    # the engine's reports: arrivals
     load.fixed_units.add(100.0, 0.0)
     load.auto_tokens.add(40.0, 0.0)
     load.batch_started(1_000.0, now=10.0)  # expected to take 1,000 · SPU = 0.14 s
     s = load.state(10.0 + 0.035)
     assert s.queued_units == 500.0 and s.running_units_left == pytest.approx(750.0)  # a quarter of it ran
-    assert s.fixed_s == pytest.approx(0.002 + 0.2 * 0.01) and s.seconds_per_unit == s.capacity_seconds_per_unit == SPU
+    assert s.fixed_s == pytest.approx(0.002) and s.seconds_per_unit == s.capacity_seconds_per_unit == SPU
     assert s.fixed_units_per_s == pytest.approx(load.fixed_units.rate(10.035))
     assert s.auto_tokens_per_s == pytest.approx(load.auto_tokens.rate(10.035))
     load.batch_ended()

@@ -3,11 +3,13 @@
 A request that leaves its depth to the server gives bounds ``[min_layer, max_layer]`` and a latency target.
 The server serves the deepest exit it expects to finish within the target:
 
-    expected(l) = fixed_s + (queued_units + running_units_left + own_tokens · w(l)) · seconds_per_unit
+    expected(l) = waited_s + fixed_s + (queued_units + running_units_left + own_tokens · w(l)) · seconds_per_unit
 
-where ``w(l)`` is the work of one token through the embeddings and layers 1..l relative to the full depth
-(from the manifest's measured ``stage_ms``; ``w(L) = 1``), ``queued_units`` the same work summed over the rows
-already queued (each at its own layer), ``running_units_left`` what is left of the batch being run, and
+where ``waited_s`` is what the request has already spent (measured: the event loop's lag, its tokenization),
+``fixed_s`` the batch-fill wait, ``w(l)`` the work of one token through the embeddings and layers 1..l relative
+to the full depth (from the manifest's measured ``stage_ms``; ``w(L) = 1``), ``queued_units`` the same work
+summed over the rows already queued (each at its own layer), ``running_units_left`` what is left of the batch
+being run, and
 ``seconds_per_unit`` the measured time of one full-depth token, corrected online after every batch. The
 chosen layer is the deepest ``l`` with ``expected(l) <= headroom · target`` (the headroom absorbs the
 estimate's error) whose *sustained* load also fits:
@@ -24,8 +26,8 @@ too large for it), the request is refused with 429 rather than answered late: th
 client chose.
 
 The numbers come from one place, :class:`LoadMeter` (the batcher holds it and reports its queue and batches; the
-engine reports arrivals and tokenization), whose :meth:`LoadMeter.state` the engine passes to :func:`choose_layer`;
-everything else here is pure.
+engine reports arrivals and samples the event loop's lag), whose :meth:`LoadMeter.state` the engine passes to
+:func:`choose_layer`; everything else here is pure.
 """
 
 from __future__ import annotations
@@ -39,8 +41,6 @@ _RATE_ALPHA = 0.2
 # Batches at least this large also update the throughput estimate (small batches cost more per token: they
 # say how long one request takes, not how much the compute can carry).
 _CAPACITY_MIN_ROWS = 32
-# Weight of the newest request in the moving average of tokenization time.
-_TOKENIZE_ALPHA = 0.2
 # Weight of the newest sample in the moving average of the event loop's lag.
 _LAG_ALPHA = 0.5
 
@@ -104,7 +104,7 @@ class QueueState:
     queued_units: float  # rows waiting for a batch, in full-depth tokens
     running_units_left: float  # the estimated rest of the batch being run
     seconds_per_unit: float  # measured seconds per full-depth token (moving average over batches)
-    fixed_s: float = 0.0  # per-request time beyond compute: the batch-fill wait, tokenization
+    fixed_s: float = 0.0  # per-request time beyond compute still to come: the batch-fill wait
     fixed_units_per_s: float = 0.0  # arriving work of fixed-layer requests, full-depth tokens per second
     auto_tokens_per_s: float = 0.0  # arriving tokens of auto-depth requests per second
     capacity_seconds_per_unit: float | None = None  # seconds per full-depth token in large batches (throughput)
@@ -151,7 +151,9 @@ class RateMeter:
 
 class LoadMeter:
     """What a :class:`QueueState` is made of, kept in one place. The batcher reports its queue (``queued_units``)
-    and each batch it runs; the engine reports arrivals (``fixed_units``, ``auto_tokens``) and tokenization."""
+    and each batch it runs; the engine reports arrivals (``fixed_units``, ``auto_tokens``) and the event loop's lag.
+    What a request has already spent (the lag, its own tokenization) is the engine's to measure per request
+    (:func:`choose_layer`'s ``waited_s``), not part of the state."""
 
     def __init__(self, max_wait_s: float, seconds_per_unit: float = 2e-4) -> None:
         self.max_wait_s = max_wait_s  # the batch-fill wait, part of every request's time
@@ -160,7 +162,6 @@ class LoadMeter:
         self.running_since = 0.0
         self.seconds_per_unit = seconds_per_unit  # corrected after every batch that carried work units
         self.capacity_seconds_per_unit = seconds_per_unit  # the same, from large batches only
-        self.tokenize_s = 0.0  # moving average of one request's tokenization
         self.loop_lag_s = 0.0  # moving average of the event loop's lag: how long a ready callback waits to run
         self.fixed_units = RateMeter()  # arriving work of fixed-layer requests
         self.auto_tokens = RateMeter()  # arriving tokens of auto-depth requests
@@ -168,9 +169,6 @@ class LoadMeter:
     def assume(self, seconds_per_unit: float) -> None:
         """Start both speed estimates from ``seconds_per_unit`` (a new model's first estimate)."""
         self.seconds_per_unit = self.capacity_seconds_per_unit = seconds_per_unit
-
-    def tokenized(self, seconds: float) -> None:
-        self.tokenize_s += _TOKENIZE_ALPHA * (seconds - self.tokenize_s)
 
     def loop_lagged(self, seconds: float) -> None:
         """A timer on the event loop fired ``seconds`` late: a request arriving now waits about as long before
@@ -197,7 +195,7 @@ class LoadMeter:
         if self.running_units > 0:
             expected = self.running_units * self.seconds_per_unit
             left = self.running_units * max(0.0, 1.0 - (now - self.running_since) / expected)
-        return QueueState(self.queued_units, left, self.seconds_per_unit, self.max_wait_s + self.tokenize_s,
+        return QueueState(self.queued_units, left, self.seconds_per_unit, self.max_wait_s,
                           fixed_units_per_s=self.fixed_units.rate(now), auto_tokens_per_s=self.auto_tokens.rate(now),
                           capacity_seconds_per_unit=self.capacity_seconds_per_unit)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -353,7 +352,6 @@ class Engine:
                 )
                 t_tok = time.perf_counter() - t0
                 load = self.batcher.load
-                load.tokenized(t_tok)
                 costs = self.costs(model)
                 tokens = sum(e.length for e in encoded)
                 if auto is not None:
@@ -400,11 +398,10 @@ class Engine:
         makes even ``min_layer`` miss its target (answering it late would break the deadline the client set)."""
         load, now = self.batcher.load, time.perf_counter()
         # what this request has spent already (the loop's lag before its handler ran, its tokenization) is
-        # measured, not expected: it replaces the average tokenization in the state's fixed part
-        state = dataclasses.replace(load.state(now), fixed_s=load.max_wait_s)
+        # measured, not expected
         waited = load.loop_lag_s + now - started
-        choice = choose_layer(state, costs, tokens, auto, self.settings.auto_depth_headroom, self._depth_correction,
-                              self.settings.auto_max_utilisation, waited_s=waited)
+        choice = choose_layer(load.state(now), costs, tokens, auto, self.settings.auto_depth_headroom,
+                              self._depth_correction, self.settings.auto_max_utilisation, waited_s=waited)
         if choice.blocked_by_queue:
             raise Overloaded(f"cannot answer within max_latency_ms={auto.max_latency_s * 1000:g} even at layer "
                              f"{auto.min_layer} (expected {choice.expected_s * 1000:.0f} ms); retry later")
