@@ -93,6 +93,12 @@ class Settings(BaseSettings):
         description="Sustained share of the compute an auto-depth choice may leave busy (measured arrivals x the "
         "exit's cost): near saturation latency grows as 1 / (1 - utilisation), so the tail needs room.",
     )
+    auto_shed_margin: float = Field(
+        0.1, ge=0, lt=1,
+        description="Share of an auto-depth request's target held back for answering it: a queued auto request "
+        "whose batch is expected to finish later than (1 - margin) x target from its arrival is shed with 429 "
+        "before compute (writing the answer under overload takes the rest).",
+    )
     retry_after_seconds: int = Field(1, ge=0, description="Retry-After sent with 429 and 503.")
     request_timeout_ms: float = Field(
         30000, gt=0, description="Per-request deadline: inputs still queued past it are dropped (504)."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,4 +204,25 @@ async def test_a_small_request_rides_in_the_next_batch_behind_a_large_one() -> N
     assert model.batches[0] == [100, 101, 102, 103]
     assert model.batches[1] == [104, 1, 105, 2]  # interleaved, each request's rows in order
     assert sorted(t for bt in model.batches for t in bt) == sorted([*range(100, 112), 1, 2])
+    await b.stop()
+
+
+async def test_a_request_the_batch_would_answer_past_its_target_is_shed_before_compute() -> None:
+    """``answer_by``: a batch expected to finish after a request's target sheds that request (429, all its rows,
+    none computed); requests without a target, or whose target the batch makes, ride as usual."""
+    model = FakeModel()
+    b = await _batcher(max_batch_size=2, max_wait_ms=0)
+    b.load.assume(1e-3)  # one unit = 1 ms: a row of 300 units takes 0.3 s
+    now = time.perf_counter()
+    late = b.submit(model, [row(1), row(2), row(3)], timeout_s=5,  # type: ignore[arg-type]
+                    units=[300.0, 300.0, 300.0], answer_by=now + 0.1)
+    plain = b.submit(model, [row(4)], timeout_s=5, units=[300.0])  # type: ignore[arg-type]
+    roomy = b.submit(model, [row(5)], timeout_s=5, units=[1.0], answer_by=now + 5.0)  # type: ignore[arg-type]
+    for fut in late:
+        with pytest.raises(Overloaded, match="max_latency_ms"):
+            await fut
+    assert [int(r.vector[0]) for r in await asyncio.gather(*plain, *roomy)] == [4, 5]
+    assert all(tag not in (1, 2, 3) for batch in model.batches for tag in batch)  # never computed
+    assert b.shed_rows == 1  # one row was cut into the batch; the two still queued were dropped with it
+    assert b.depth == 0
     await b.stop()

@@ -23,7 +23,10 @@ so the tail stays within the target only with the exit cheap enough for the traf
 ``min_layer``. When even ``min_layer`` misses the target because of the queue ahead or the time the request has
 already spent (the event loop's lag before its handler ran, its tokenization; not because the request alone is
 too large for it), the request is refused with 429 rather than answered late: the target is a deadline the
-client chose.
+client chose. The same deadline is checked again when the request's rows are cut into a batch (the batcher's
+``answer_by``, less ``auto_shed_margin`` of the target for writing the answer): an admitted request the batch
+would finish late is shed there with 429 before it costs compute — under overload the queue ahead is only an
+estimate at admission.
 
 The numbers come from one place, :class:`LoadMeter` (the batcher holds it and reports its queue and batches; the
 engine reports arrivals and samples the event loop's lag), whose :meth:`LoadMeter.state` the engine passes to

@@ -358,8 +358,12 @@ class Engine:
                     ly, expected_s = self._pick_layer(costs, auto, tokens, started)
                 rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
                 units = [costs.units(e.length, ly) for e in encoded]
+                # an auto request's target runs from its arrival (the loop's lag before its handler ran counts);
+                # the margin is left for writing the answer
+                answer_by = (started - load.loop_lag_s + auto.max_latency_s * (1 - self.settings.auto_shed_margin)
+                             if auto is not None else None)
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
-                                              reserved=True, units=units)
+                                              reserved=True, units=units, answer_by=answer_by)
                 now = time.perf_counter()  # arrivals, for depth.utilisation
                 if auto is not None:
                     load.auto_tokens.add(tokens, now)
