@@ -3,9 +3,11 @@ explicit layer's bit for bit, bounds are kept, and bad values are a 4xx naming t
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
-from tests.conftest import TINY_LAYERS
+from tests.conftest import TINY_LAYERS, app_client, make_settings
 
 from mipic.service.engine.engine import Engine
 
@@ -122,3 +124,16 @@ def test_tei_bad_depth_values_are_422_naming_the_field(client: TestClient, body:
     assert r.status_code == 422, r.text
     assert r.json()["error_type"] == "Validation"
     assert any(k in r.json()["error"] for k in ("layer", "max_latency_ms")), r.json()
+
+
+def test_the_loop_lag_is_sampled_only_once_auto_requests_come(tiny_model_dir: Path) -> None:
+    """No timer wakes the event loop of a server that never gets an auto-depth request; the first one starts it."""
+    with app_client(make_settings(tiny_model_dir)) as c:
+        engine = engine_of(c)
+        assert c.post("/embed?layer=1", json={"inputs": TEXTS}).status_code == 200
+        assert engine._lag_watch is None
+        assert c.post("/embed?layer=auto", json={"inputs": TEXTS}).status_code == 200
+        watch = engine._lag_watch
+        assert watch is not None and not watch.done()
+        assert c.post("/embed?layer=auto", json={"inputs": TEXTS}).status_code == 200
+        assert engine._lag_watch is watch  # one timer, not one per request

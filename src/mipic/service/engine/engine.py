@@ -144,7 +144,6 @@ class Engine:
     async def start(self, path: Path) -> None:
         """Serve ``path``: a version directory, or a repository directory (its CURRENT version)."""
         self.batcher.start()
-        self._lag_watch = asyncio.get_running_loop().create_task(self._watch_loop_lag(), name="mipic-loop-lag")
         model_dir, self.repository = resolve_model_dir(path)
         await self._swap_to(model_dir)
         self.ready = True
@@ -167,6 +166,12 @@ class Engine:
         if self._model is not None:
             self._model.close()
             self._model = None
+
+    def _watch_lag_from_now(self) -> None:
+        """Start sampling the event loop's lag (at the first auto-depth request: a server that never gets one
+        keeps no timer waking its loop ~100 times a second)."""
+        if self._lag_watch is None:
+            self._lag_watch = asyncio.get_running_loop().create_task(self._watch_loop_lag(), name="mipic-loop-lag")
 
     async def _watch_loop_lag(self) -> None:
         """Sample the event loop's lag (how late a timer fires) for adaptive depth: under overload the queue is
@@ -332,6 +337,8 @@ class Engine:
             raise Draining("server is shutting down; retry on another replica")
         model = self.model  # pinned: a reload during this request does not change its version
         auto = self.resolve_auto(model, layer if isinstance(layer, AutoDepth) else None)
+        if auto is not None:
+            self._watch_lag_from_now()
         d, ly = model.resolve_budget(dim, auto.max_layer if auto else layer if isinstance(layer, int) else None)
         candidates = range(auto.min_layer, auto.max_layer + 1) if auto else (ly,)
         for output in outputs:
