@@ -85,9 +85,9 @@ def summarise(r: LoadResult, target_s: float, quality: dict[int, float]) -> dict
 
 
 def run_mode(url: str, body: dict[str, Any], work: list[list[str]], rates: list[float], cfg: AdaptiveConfig,
-             quality: dict[int, float], label: str) -> list[dict[str, Any]]:
+             quality: dict[int, float], label: str, path: str = "/v1/embeddings") -> list[dict[str, Any]]:
     out = []
-    target = Target(url, "/v1/embeddings", body)
+    target = Target(url, path, body)
     for i, rate in enumerate(rates):
         # settle: a previous point's backlog drains and the server's ~2 s memory of the arrival rate fades, so
         # each point shows the steady behaviour at its own rate
@@ -110,7 +110,8 @@ def infinity_runs(work: list[list[str]], rates: list[float], cfg: AdaptiveConfig
     infinity_dir, _ = ensure_optimum_export()
     server: AbstractContextManager[tuple[str, int]] = infinity_server(infinity_dir)
     with server as (url, _pid):
-        return run_mode(url, {"model": INFINITY_MODEL_NAME}, work, rates, cfg, {}, "infinity")
+        # Infinity serves its OpenAI-style route without the /v1 prefix (as bench.peers calls it)
+        return run_mode(url, {"model": INFINITY_MODEL_NAME}, work, rates, cfg, {}, "infinity", path="/embeddings")
 
 
 def run(model_dir: Path, cfg: AdaptiveConfig, with_infinity: bool = False,

@@ -308,7 +308,8 @@ def main() -> None:
                            if args.quick else profile_served.ProfileConfig(), out)
     if section("adaptive"):  # layer "auto" against fixed layer 6 under load (issue 20)
         adaptive_bench.run(args.model, adaptive_bench.AdaptiveConfig(
-            factors=(0.5, 3.0), seconds=4.0) if args.quick else adaptive_bench.AdaptiveConfig(), results_dir=out)
+            factors=(0.5, 3.0), seconds=4.0) if args.quick else adaptive_bench.AdaptiveConfig(), results_dir=out,
+            with_infinity=not (args.quick or args.skip_infinity))
     if section("peers"):
         cfg = peers_bench.quick_config() if args.quick else peers_bench.PeersConfig()
         peers_bench.run(args.model, copies.get("int8"), cfg, served_cfg, _load(out, "served"),

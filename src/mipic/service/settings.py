@@ -94,7 +94,7 @@ class Settings(BaseSettings):
         "exit's cost): near saturation latency grows as 1 / (1 - utilisation), so the tail needs room.",
     )
     auto_shed_margin: float = Field(
-        0.1, ge=0, lt=1,
+        0.05, ge=0, lt=1,
         description="Share of an auto-depth request's target held back for answering it: a queued auto request "
         "whose batch is expected to finish later than (1 - margin) x target from its arrival is shed with 429 "
         "before compute (writing the answer under overload takes the rest).",

@@ -52,8 +52,11 @@ def test_openai_and_tei_surfaces_take_auto(client: TestClient) -> None:
         assert t.json() == client.post("/tei/embed?layer=2", json={"inputs": TEXTS}).json()
 
 
-def test_slow_server_answers_shallower_within_bounds(client: TestClient) -> None:
+def test_slow_server_answers_shallower_within_bounds(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = engine_of(client)
+    # the choice is tested here, not the shedding at the batch (test_batcher): a slow test machine must not turn
+    # the 40 ms targets below into 429s
+    monkeypatch.setattr(engine.batcher, "_shed_late", lambda batch, now: batch)
     saved = engine.batcher.load.seconds_per_unit
     engine._depth_correction = 1.0  # what earlier requests in this module measured does not steer this test
     try:
@@ -68,15 +71,21 @@ def test_slow_server_answers_shallower_within_bounds(client: TestClient) -> None
         engine.batcher.load.seconds_per_unit = saved
 
 
-def test_queue_that_makes_even_min_layer_late_is_a_429(client: TestClient) -> None:
+def test_queue_that_makes_even_min_layer_late_is_a_429(client: TestClient,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     engine = engine_of(client)
     batcher = engine.batcher
     engine._depth_correction = 1.0
     try:
         batcher.load.queued_units = 1e9  # as if a huge backlog were queued ahead
+        tokenizer = engine.model.tokenizer
+        calls: list[int] = []
+        encode = tokenizer.encode
+        monkeypatch.setattr(tokenizer, "encode", lambda texts, **kw: calls.append(len(texts)) or encode(texts, **kw))
         r = client.post("/embed", json={"inputs": TEXTS, "layer": "auto"})
         assert r.status_code == 429 and "retry-after" in r.headers
         assert "max_latency_ms=250" in r.json()["error"]["message"]
+        assert calls == []  # refused before the tokenizer spent anything on it
         fixed = client.post("/embed?layer=1", json={"inputs": TEXTS})  # a fixed layer is queued as before
         assert fixed.status_code == 200
     finally:
@@ -137,3 +146,18 @@ def test_the_loop_lag_is_sampled_only_once_auto_requests_come(tiny_model_dir: Pa
         assert watch is not None and not watch.done()
         assert c.post("/embed?layer=auto", json={"inputs": TEXTS}).status_code == 200
         assert engine._lag_watch is watch  # one timer, not one per request
+
+
+def test_a_request_too_large_for_its_target_alone_is_served_at_min_layer_not_shed(client: TestClient) -> None:
+    """Nothing ahead, but its own work at min_layer exceeds the target: served there (late), neither refused at
+    admission nor shed at the batch — only a queue that makes a request late is a reason to refuse it."""
+    engine = engine_of(client)
+    saved = engine.batcher.load.seconds_per_unit
+    engine._depth_correction = 1.0
+    try:
+        engine.batcher.load.seconds_per_unit = 1.0  # a full-depth token "costs" 1 s: any text misses 40 ms
+        r = client.post("/embed", json={"inputs": TEXTS, "layer": "auto", "max_latency_ms": 40, "max_layer": 2})
+        assert r.status_code == 200, r.text
+        assert r.json()["layer"] == 1
+    finally:
+        engine.batcher.load.seconds_per_unit = saved

@@ -350,6 +350,8 @@ class Engine:
         started = time.perf_counter()
         expected_s = 0.0
         try:
+            if auto is not None:  # the queue ahead alone already too long: 429 before tokenizing anything
+                self._pick_layer(self.costs(model), auto, 0, started)
             # admitted (or refused with 429) before the tokenizer spends anything on it
             with self.batcher.reserve(len(texts)):
                 t0 = time.perf_counter()
@@ -362,13 +364,14 @@ class Engine:
                 costs = self.costs(model)
                 tokens = sum(e.length for e in encoded)
                 if auto is not None:
-                    ly, expected_s = self._pick_layer(costs, auto, tokens, started)
+                    ly, expected_s, alone_fits = self._pick_layer(costs, auto, tokens, started)
                 rows = [Row(ids=e.ids, dim=d, layer=ly) for e in encoded]
                 units = [costs.units(e.length, ly) for e in encoded]
                 # an auto request's target runs from its arrival (the loop's lag before its handler ran counts);
-                # the margin is left for writing the answer
+                # the margin is left for writing the answer. One too large for the target on its own is served
+                # at min_layer, late, as admitted: it is not shed either.
                 answer_by = (started - load.loop_lag_s + auto.max_latency_s * (1 - self.settings.auto_shed_margin)
-                             if auto is not None else None)
+                             if auto is not None and alone_fits else None)
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
                                               reserved=True, units=units, answer_by=answer_by)
                 now = time.perf_counter()  # arrivals, for depth.utilisation
@@ -404,17 +407,23 @@ class Engine:
             auto=auto is not None,
         )
 
-    def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int, started: float) -> tuple[int, float]:
-        """The layer an auto-depth request gets now and its expected latency (s); 429 when the queue ahead alone
-        makes even ``min_layer`` miss its target (answering it late would break the deadline the client set)."""
+    def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int,
+                    started: float) -> tuple[int, float, bool]:
+        """The layer an auto-depth request gets now, its expected latency (s) and whether it fits its target on its
+        own (with nothing ahead) at ``min_layer``; 429 when the queue ahead alone makes even ``min_layer`` miss
+        its target (answering it late would break the deadline the client set). With ``tokens`` 0 (before
+        tokenization), only that refusal counts: the request's own work only adds."""
         load, now = self.batcher.load, time.perf_counter()
         # what this request has spent already (the loop's lag before its handler ran, its tokenization) is
         # measured, not expected
         waited = load.loop_lag_s + now - started
-        choice = choose_layer(load.state(now), costs, tokens, auto, self.settings.auto_depth_headroom,
+        state = load.state(now)
+        choice = choose_layer(state, costs, tokens, auto, self.settings.auto_depth_headroom,
                               self._depth_correction, self.settings.auto_max_utilisation, waited_s=waited)
         if choice.blocked_by_queue:
             raise Overloaded(f"cannot answer within max_latency_ms={auto.max_latency_s * 1000:g} even at layer "
                              f"{auto.min_layer} (expected {choice.expected_s * 1000:.0f} ms); retry later")
+        alone = self._depth_correction * (state.fixed_s + costs.units(tokens, auto.min_layer) * state.seconds_per_unit)
         # the uncorrected expectation of what the correction measures (from `started` to the answer)
-        return choice.layer, (choice.expected_s - waited) / self._depth_correction + (now - started)
+        return (choice.layer, (choice.expected_s - waited) / self._depth_correction + (now - started),
+                alone <= auto.max_latency_s)
