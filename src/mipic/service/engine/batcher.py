@@ -9,8 +9,8 @@ deadline passed are dropped before they cost compute. A full queue refuses at on
 429). A request with a latency target (adaptive depth's ``max_latency_ms``: ``answer_by``) whose rows the batch
 being cut would finish after it is shed there with 429, with all its rows, before it costs compute: under
 overload the queue's work is only an estimate when the request is admitted, and a row computed past its target is
-compute the requests behind it needed (measured at 5x saturation: 44 % of the admitted answers were late without
-this).
+compute the requests behind it needed (measured at 5x saturation: without this only 44 % of the admitted answers
+came within the target).
 """
 
 from __future__ import annotations
