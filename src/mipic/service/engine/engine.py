@@ -370,7 +370,7 @@ class Engine:
                 # an auto request's target runs from its arrival (the loop's lag before its handler ran counts);
                 # the margin is left for writing the answer. One too large for the target on its own is served
                 # at min_layer, late, as admitted: it is not shed either.
-                answer_by = (started - load.loop_lag_s + auto.max_latency_s * (1 - self.settings.auto_shed_margin)
+                answer_by = (started - load.loop_lag_s + self._shed_after(auto)
                              if auto is not None and alone_fits else None)
                 futures = self.batcher.submit(model, rows, self.settings.request_timeout_ms / 1000.0,
                                               reserved=True, units=units, answer_by=answer_by)
@@ -409,10 +409,10 @@ class Engine:
 
     def _pick_layer(self, costs: StageCosts, auto: DepthBounds, tokens: int,
                     started: float) -> tuple[int, float, bool]:
-        """The layer an auto-depth request gets now, its expected latency (s) and whether it fits its target on its
-        own (with nothing ahead) at ``min_layer``; 429 when the queue ahead alone makes even ``min_layer`` miss
-        its target (answering it late would break the deadline the client set). With ``tokens`` 0 (before
-        tokenization), only that refusal counts: the request's own work only adds."""
+        """The layer an auto-depth request gets now, its expected latency (s) and whether it fits the shedding
+        deadline (:meth:`_shed_after`) on its own (with nothing ahead) at ``min_layer``; 429 when the queue ahead
+        alone makes even ``min_layer`` miss its target (answering it late would break the deadline the client
+        set). With ``tokens`` 0 (before tokenization), only that refusal counts: the request's own work only adds."""
         load, now = self.batcher.load, time.perf_counter()
         # what this request has spent already (the loop's lag before its handler ran, its tokenization) is
         # measured, not expected
@@ -426,4 +426,9 @@ class Engine:
         alone = self._depth_correction * (state.fixed_s + costs.units(tokens, auto.min_layer) * state.seconds_per_unit)
         # the uncorrected expectation of what the correction measures (from `started` to the answer)
         return (choice.layer, (choice.expected_s - waited) / self._depth_correction + (now - started),
-                alone <= auto.max_latency_s)
+                alone <= self._shed_after(auto))
+
+    def _shed_after(self, auto: DepthBounds) -> float:
+        """Seconds from an auto request's arrival after which the batcher sheds it (the target less the margin
+        kept for writing the answer); one that needs longer on its own is never shed."""
+        return auto.max_latency_s * (1 - self.settings.auto_shed_margin)
