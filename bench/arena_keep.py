@@ -1,7 +1,9 @@
 """The shared arena's cost, and what keeping it between small batches buys back: offline engine speed of
 ``arena=shared`` handing memory back after every batch (``keep 0``, the behaviour before), ``arena=shared``
-with the default keep threshold (``MIPIC_ONNX_ARENA_KEEP_TOKENS``) and ``arena=per-session`` (onnxruntime's
-default: fastest, unbounded memory). Each variant runs in its own process (the shared arena is process-wide),
+with the default keep threshold (``MIPIC_ONNX_ARENA_KEEP_TOKENS``), the same with every call told that
+another batch follows (``run(..., more=True)``: what the server does while its queue holds more rows, so a
+large batch's memory is kept until the queue empties) and ``arena=per-session`` (onnxruntime's default:
+fastest, unbounded memory). Each variant runs in its own process (the shared arena is process-wide),
 the variants interleaved in rotated order over ``reps`` repetitions; ratios are to per-session, per rep,
 median (min–max). Usage: ``python -m bench.arena_keep [--reps N]``.
 """
@@ -37,6 +39,7 @@ POINTS: tuple[tuple[int, int, int, int], ...] = (  # (~tokens, batch, dim, layer
 VARIANTS: dict[str, dict[str, Any]] = {
     "shared, keep 0 (before)": {"arena": "shared", "arena_keep_tokens": 0},
     "shared, keep default": {"arena": "shared"},
+    "shared, kept while busy": {"arena": "shared", "more": True},
     "per-session": {"arena": "per-session"},
 }
 REFERENCE = "per-session"
@@ -45,12 +48,14 @@ REFERENCE = "per-session"
 def worker(model_dir: str, variant: str, rep: int, seconds: float) -> dict[str, float]:
     from mipic.modeldir.runner import LoadedModel, Row
 
-    model = LoadedModel(Path(model_dir), provider="cpu", verify_checksums=False, **VARIANTS[variant])
+    spec = dict(VARIANTS[variant])
+    more = bool(spec.pop("more", False))
+    model = LoadedModel(Path(model_dir), provider="cpu", verify_checksums=False, **spec)
     out: dict[str, float] = {}
     for tokens, batch, dim, layer in POINTS:
         texts = make_texts(batch, tokens, seed=rep)
         rows = [Row(ids=np.asarray(e.ids), dim=dim, layer=layer) for e in model.tokenizer.encode(texts)]
-        times = time_calls(functools.partial(model.run, rows), seconds, 3, warmup=1)
+        times = time_calls(functools.partial(model.run, rows, more=more), seconds, 3, warmup=1)
         out[key((tokens, batch, dim, layer))] = batch / float(statistics.median(times))
     return out
 

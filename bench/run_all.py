@@ -40,8 +40,8 @@ from bench.common import (
     write_results,
 )
 
-SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "arena", "served", "profile", "adaptive", "peers",
-            "ratios", "quality")
+SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "arena", "threads", "served", "profile", "adaptive",
+            "peers", "ratios", "quality")
 PEERS_RATIO_TARGET = 1.5
 
 
@@ -184,7 +184,8 @@ def sections_table(out: Path) -> str:
     """When each result file was measured and how busy the machine was then (sections may come from
     different invocations, e.g. ``--only engine`` after a full run)."""
     rows = []
-    for name in ("peak", "precision", "engine", "memory", "arena_keep", "served", "profile_served", "peers", "ratios"):
+    for name in ("peak", "precision", "engine", "memory", "arena_keep", "thread_pool", "served", "profile_served",
+                 "peers", "ratios"):
         data = _load(out, name)
         if not data:
             continue
@@ -209,6 +210,7 @@ def summary(out: Path, started: dict[str, Any], wall_s: float, command: str) -> 
              "\n## Targets (issue 13)\n\n" + md_table(["target", "measured", "met"], targets(out))]
     for name, title in (("peak", "GEMM ceiling"), ("precision", "Precision"), ("engine", "Offline engine"),
                         ("memory", "Memory"), ("arena_keep", "Arena: shared, kept between small batches, per-session"),
+                        ("thread_pool", "Thread pools: global vs per stage session, and early exit"),
                         ("served", "Served (HTTP)"), ("profile_served", "Live server profile"), ("peers", "Peers"),
                         ("ratios", "Speed ratios with spreads"), ("quality", "Quality per budget")):
         md = out / f"{name}.md"
@@ -298,6 +300,10 @@ def main() -> None:
         from bench import arena_keep
 
         arena_keep.run(args.model, reps=2 if args.quick else 5, seconds=0.1 if args.quick else 0.6, results_dir=out)
+    if section("threads"):  # one global onnxruntime thread pool against one per stage session (issue 19)
+        from bench import thread_pool
+
+        thread_pool.run(args.model, thread_pool.quick_config() if args.quick else thread_pool.PoolConfig(), out)
     served_cfg = served_bench.quick_config() if args.quick else served_bench.ServedConfig()
     if section("served"):
         served_bench.run(args.model, served_cfg, out)

@@ -44,11 +44,11 @@ def test_worker_exception_fails_only_that_batch(tiny_model_dir: Path, caplog: py
         real = model.run
         calls = {"n": 0}
 
-        def flaky(rows):  # type: ignore[no-untyped-def]
+        def flaky(rows, more=False):  # type: ignore[no-untyped-def]
             calls["n"] += 1
             if calls["n"] == 1:
                 raise RuntimeError("CUDA error at /secret/internal/path.cu:42")
-            return real(rows)
+            return real(rows, more=more)
 
         model.run = flaky
         with caplog.at_level(logging.ERROR):
@@ -71,11 +71,11 @@ def test_client_disconnect_mid_request_is_dropped(tiny_model_dir: Path, live_ser
     gate, entered, ran = threading.Event(), threading.Event(), []
     real = model.run
 
-    def slow(rows):  # type: ignore[no-untyped-def]
+    def slow(rows, more=False):  # type: ignore[no-untyped-def]
         entered.set()
         gate.wait(timeout=10)
         ran.append(len(rows))
-        return real(rows)
+        return real(rows, more=more)
 
     model.run = slow
     blocker = threading.Thread(target=lambda: httpx.post(srv.url + "/embed", json={"inputs": ["the cat"]}, timeout=30))

@@ -353,3 +353,15 @@ def test_profile_summary_groups_py_spy_stacks_by_thread() -> None:
     assert s["mipic_inclusive"][0] == ["run (mipic/modeldir/runner.py:162)", pytest.approx(0.6)]
     assert thread_ids(raw) == {11: "thread (11): MainThread", 12: "thread (12): mipic-infer_0",
                                13: "thread (13): mipic-tok_0"}
+
+
+def test_early_exit_ratio_is_per_rep_against_the_ideal_l_over_k() -> None:
+    from bench.thread_pool import PoolConfig, early_exit, key
+
+    cfg = PoolConfig(shapes=((16, (8,)),), layers=(1, 3, 6))
+    reps = [{key(16, 8, 1): 1200.0, key(16, 8, 3): 380.0, key(16, 8, 6): 200.0},
+            {key(16, 8, 1): 900.0, key(16, 8, 3): 400.0, key(16, 8, 6): 250.0}]
+    ee = early_exit(reps, cfg)
+    assert ee["~16 tok, B=8, l1 vs l6"].values == (1.0, 0.6)  # 1200/200/6, 900/250/6
+    assert ee["~16 tok, B=8, l3 vs l6"].values == (0.95, 0.8)  # 380/200/2, 400/250/2
+    assert not ee["~16 tok, B=8, l1 vs l6"].met(0.8) and ee["~16 tok, B=8, l3 vs l6"].met(0.8)

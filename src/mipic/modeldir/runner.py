@@ -21,7 +21,7 @@ from threadpoolctl import ThreadpoolController
 from mipic.modeldir.errors import InvalidBudget, InvalidRequest
 from mipic.modeldir.heads import ExitHeads, load_heads
 from mipic.modeldir.manifest import GOLDEN_FILE, Manifest, ManifestError, budget_key, load_manifest
-from mipic.modeldir.runtime import ArenaChoice, ProviderChoice, StagedRuntime
+from mipic.modeldir.runtime import ArenaChoice, ProviderChoice, StagedRuntime, ThreadPoolChoice
 from mipic.modeldir.tokenizer import TextTokenizer
 from mipic.modeldir.vector import (
     CALIBRATED_TYPES,
@@ -100,6 +100,7 @@ class LoadedModel:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS,
         arena_keep_tokens: int = DEFAULT_ARENA_KEEP_TOKENS,
+        threads: ThreadPoolChoice = "per-session",
     ) -> None:
         if max_batch_tokens < 1 or max_batch_token_pairs < 1:
             raise ValueError(
@@ -115,11 +116,12 @@ class LoadedModel:
         max_len = min(max_seq_length or self.manifest.max_seq_length, self.manifest.max_seq_length)
         self.tokenizer = TextTokenizer(self.model_dir / self.manifest.tokenizer, max_len, truncate)
         self.runtime = StagedRuntime(
-            self.model_dir, self.manifest, provider, intra_op_threads, inter_op_threads, arena
+            self.model_dir, self.manifest, provider, intra_op_threads, inter_op_threads, arena, threads
         )
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_token_pairs = max_batch_token_pairs
         self.arena_keep_tokens = max(0, arena_keep_tokens)
+        self._arena_grown = False  # a large sub-batch's growth is still held for the next one (see run)
         self._dims = frozenset(self.manifest.dims)
         cal = self.manifest.calibration
         self._ranges: dict[str, tuple[float, float]] = (
@@ -170,17 +172,25 @@ class LoadedModel:
 
     # ------------------------------------------------------------------ hot path (worker thread)
 
-    def run(self, rows: list[Row]) -> list[np.ndarray]:
+    def run(self, rows: list[Row], more: bool = False) -> list[np.ndarray]:
         """Embed rows of mixed budgets; returns one unit vector per row, in order.
 
         Rows are sorted by length and cut into sub-batches of similar length (less padding), each within
         ``max_batch_tokens`` padded tokens and ``max_batch_token_pairs`` padded token pairs (memory). In
         each sub-batch, stages run in order and rows leave at their exit layer, so a row at layer k costs
         k layers, whatever the other rows asked for.
+
+        Memory: what a large sub-batch grows the shared arena by is kept for the sub-batches after it and handed
+        back at the end of the call, or, with ``more`` (the caller runs another batch right after this one: a
+        busy server's queue), at the end of the first later call without it. So back-to-back large batches do
+        not pay the page faults of regrowing it every time, and an idle engine holds no more than the keep
+        threshold's worth.
         """
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(rows)
-        for chunk in self.sub_batches([r.ids.shape[0] for r in rows]):
-            for i, vec in zip(chunk, self._run_chunk([rows[i] for i in chunk]), strict=True):
+        chunks = self.sub_batches([r.ids.shape[0] for r in rows])
+        for j, chunk in enumerate(chunks):
+            final = j == len(chunks) - 1 and not more
+            for i, vec in zip(chunk, self._run_chunk([rows[i] for i in chunk], final), strict=True):
                 out[i] = vec
         return out
 
@@ -219,17 +229,22 @@ class LoadedModel:
         """Whether ``rows`` rows padded to ``longest`` tokens stay within the sub-batch limits."""
         return rows * longest <= self.max_batch_tokens and rows * longest * longest <= self.max_batch_token_pairs
 
-    def _release(self, rows: int, width: int) -> bool:
-        """Whether a sub-batch of ``rows`` × ``width`` padded tokens hands the shared arena's growth back when
-        it ends: only above the keep threshold (tokens, or a quarter of the token-pair budget)."""
+    def _large(self, rows: int, width: int) -> bool:
+        """Whether a sub-batch of ``rows`` × ``width`` padded tokens grows the shared arena by more than it may
+        keep while idle: above the keep threshold (tokens, or a quarter of the token-pair budget)."""
         return (rows * width > self.arena_keep_tokens
                 or rows * width * width > self.max_batch_token_pairs // 4)
 
-    def _run_chunk(self, rows: list[Row]) -> list[np.ndarray]:
+    def _run_chunk(self, rows: list[Row], final: bool = True) -> list[np.ndarray]:
+        """One sub-batch. ``final``: nothing runs right after it, so the shared arena hands back what this or
+        an earlier kept sub-batch grew it by (at the end of its last stage)."""
         n = len(rows)
         lengths = np.array([r.ids.shape[0] for r in rows])
         exits = np.array([r.layer for r in rows])
         width = int(lengths.max())
+        large = self._large(n, width)
+        release = final and (large or self._arena_grown)
+        self._arena_grown = (self._arena_grown or large) and not release
         ids = np.zeros((n, width), dtype=np.int64)  # (B, T); pad id 0 is masked out
         mask = np.zeros((n, width), dtype=np.int64)
         for i, r in enumerate(rows):
@@ -240,7 +255,7 @@ class LoadedModel:
         states = self.runtime.embed(ids)  # (B, T, H)
         deepest = int(exits.max())
         for layer in range(1, deepest + 1):
-            states = self.runtime.layer(layer, states, mask, last=layer == deepest and self._release(n, width))
+            states = self.runtime.layer(layer, states, mask, last=layer == deepest and release)
             leaving = exits[alive] == layer
             if leaving.any():
                 # fp32 sums whatever the graphs' precision (an fp16 mean over 256 tokens loses ~3 digits)
@@ -289,7 +304,7 @@ class LoadedModel:
         out = np.empty((len(wanted), n, self.manifest.hidden_size), dtype=np.float32)
         width = int(lengths.max())
         for layer in range(1, deepest + 1):
-            states = self.runtime.layer(layer, states, mask, last=layer == deepest and self._release(n, width))
+            states = self.runtime.layer(layer, states, mask, last=layer == deepest and self._large(n, width))
             if layer in wanted:
                 out[wanted.index(layer)] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
         return out

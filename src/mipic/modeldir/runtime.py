@@ -25,10 +25,21 @@ ProviderChoice = Literal["auto", "cpu", "cuda"]
 #   per-session  onnxruntime's default: each session's own arena, each keeping its peak for good (one per
 #                stage: 7 peaks for MiniLM; measured 6.3 GB after one batch of 64 x 256 tokens).
 ArenaChoice = Literal["shared", "off", "per-session"]
+# Where the stage sessions' operators find their threads:
+#   per-session  one pool per stage session (onnxruntime's default), each sleeping when idle (spinning per-stage
+#                pools starve the next stage's, measured 2-3x slower on 2 cores);
+#   global       one intra-op pool for the whole process, shared by every stage session (onnxruntime's global
+#                thread pool): a batch crosses the stages on the same threads, which spin briefly between
+#                operators instead of being woken for each (onnxruntime's Python API cannot turn that off).
+# Measured (bench/results/thread_pool.md): global is ~1.1x per-session offline and over HTTP when the cores are
+# the server's alone, but 0.66-0.84x with one other busy process on a core (spinning threads wait on a thread
+# that is not running), so the default stays per-session.
+ThreadPoolChoice = Literal["global", "per-session"]
 
 _SHRINK = "memory.enable_memory_arena_shrinkage"
 _shared_arena_lock = threading.Lock()
 _shared_arena_registered = False
+_global_pool: tuple[int, int] | None = None  # (intra, inter) of the global pools once made; (-1, -1): made elsewhere
 # glibc: blocks above this are mmapped, so freeing them gives the pages back at once. Its default threshold grows
 # (up to 32 MiB) after a large block is freed, so the (B, T, H) NumPy states stages hand each other (12 MiB at
 # 32 x 256 tokens) would then come from the heap, which keeps what it grew to: measured +190 MB after one such
@@ -44,6 +55,28 @@ def _fix_mmap_threshold() -> None:
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None or not mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES):
         logger.debug("mallopt(M_MMAP_THRESHOLD) not available; freed NumPy buffers may stay in the heap")
+
+
+def _use_global_pool(threads: ThreadPoolChoice, intra: int, inter: int) -> bool:
+    """Whether this process's stage sessions run on onnxruntime's global thread pool.
+
+    onnxruntime makes the global pools once per process, and from then on refuses any session with its own
+    pools. So the first runtime asking for ``global`` sizes them (``intra``/``inter``), and every runtime after
+    it uses them too, whatever it asked for (a warning says so when it asked for something else).
+    """
+    global _global_pool
+    with _shared_arena_lock:
+        if _global_pool is None and threads == "global":
+            try:
+                ort.set_global_thread_pool_sizes(intra, inter)
+                _global_pool = (intra, inter)
+            except Exception as exc:  # onnxruntime's Fail: something else in this process made them first
+                logger.warning("onnxruntime's global thread pools already exist (%s); using them", exc)
+                _global_pool = (-1, -1)
+        if _global_pool is not None and (threads, intra, inter) != ("global", *_global_pool):
+            logger.warning("this process's stage sessions share one global thread pool %s; %s threads (%d, %d) "
+                           "asked for are not used", _global_pool, threads, intra, inter)
+        return _global_pool is not None
 
 
 def _register_shared_cpu_arena() -> None:
@@ -89,18 +122,25 @@ class StagedRuntime:
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
         arena: ArenaChoice = "shared",
+        threads: ThreadPoolChoice = "per-session",
     ) -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = inter_op_threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        # One session per stage means one thread pool per stage. Spinning pools keep burning the cores
-        # after their stage is done and starve the next stage: measured 2-3x slower on 2 cores
-        # (bench/results/engine_settings.md). Idle threads must sleep.
+        # Per-session pools (threads="per-session") mean one thread pool per stage. Spinning pools keep burning
+        # the cores after their stage is done and starve the next stage: measured 2-3x slower on 2 cores
+        # (bench/results/engine_settings.md). Idle threads must sleep. (The global pool is one pool for every
+        # stage, so onnxruntime's default for it, brief spinning, starves no other stage.)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         providers = choose_providers(provider)
+        self.threads: ThreadPoolChoice = "per-session"
+        if _use_global_pool(threads, intra_op_threads, inter_op_threads):
+            opts.use_per_session_threads = False
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 0  # the pool's sizes, set above
+            self.threads = "global"
         # A run that shrinks the arena when it ends: the last stage of a batch. Stages within a batch reuse
         # the memory the previous stage freed.
         self._release: ort.RunOptions | None = None

@@ -51,6 +51,13 @@ class Settings(BaseSettings):
         "after each batch (bounded RSS); off = malloc per tensor; per-session = onnxruntime's default, one "
         "arena per stage keeping its peak (several GB after one long batch). Measured: bench/results/memory.md.",
     )
+    onnx_thread_pool: Literal["global", "per-session"] = Field(
+        "per-session",
+        description="Where the stage sessions' operators get their threads: per-session = onnxruntime's default, "
+        "one sleeping pool per stage; global = one pool for the process, shared by every stage, whose threads spin "
+        "between operators: ~1.1x faster on cores the server has alone, 0.66-0.84x when another process competes "
+        "for them. Measured: bench/results/thread_pool.md.",
+    )
     onnx_arena_keep_tokens: int = Field(
         DEFAULT_ARENA_KEEP_TOKENS, ge=0,
         description="With the shared arena: a batch of at most this many padded tokens keeps the arena's memory "

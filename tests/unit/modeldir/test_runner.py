@@ -187,5 +187,69 @@ def test_the_shared_arena_is_handed_back_only_after_large_sub_batches(tiny_model
     large = [Row(ids=np.array([1, *range(5, 13), 2]), dim=model.manifest.dims[0], layer=2)] * 8  # 8 × 10 = 80
     model.run(large)
     assert calls == [(1, False), (2, True)]
-    assert model._release(5, 10) and not model._release(4, 10)  # above the threshold, not at it
+    assert model._large(5, 10) and not model._large(4, 10)  # above the threshold, not at it
     model.close()
+
+
+def test_a_busy_caller_keeps_the_arena_until_its_first_call_without_more(tiny_model_dir: Path) -> None:
+    """``more=True`` (a server with more batches queued) keeps what a large sub-batch grew the arena by; the
+    next call without it hands it back at its last stage even when that batch is small; sub-batches of one
+    call hand it back once, at the end of the last."""
+    model = LoadedModel(tiny_model_dir, provider="cpu", arena_keep_tokens=40)
+    calls: list[tuple[int, bool]] = []
+    real = model.runtime.layer
+
+    def spy(index: int, states: np.ndarray, mask: np.ndarray, last: bool = False) -> np.ndarray:
+        calls.append((index, last))
+        return real(index, states, mask, last=last)
+
+    model.runtime.layer = spy  # type: ignore[method-assign]
+    dim = model.manifest.dims[0]
+    large = [Row(ids=np.array([1, *range(5, 13), 2]), dim=dim, layer=2)] * 8  # 80 padded tokens > 40
+    small = [Row(ids=np.array([1, 5, 6, 2]), dim=dim, layer=2)] * 4
+    model.run(large, more=True)
+    model.run(large, more=True)
+    assert not any(last for _, last in calls)
+    calls.clear()
+    model.run(small)  # small, but the arena still holds the large batches' growth
+    assert calls == [(1, False), (2, True)]
+    calls.clear()
+    model.run(small)  # nothing held any more: a small batch keeps the arena as before
+    assert not any(last for _, last in calls)
+    calls.clear()
+    # one call of several large sub-batches (different lengths are cut apart): handed back once, at the end
+    mixed = large + [Row(ids=np.array([1, *range(5, 30), 2]), dim=dim, layer=2)] * 8
+    assert len(model.sub_batches([r.ids.shape[0] for r in mixed])) == 2
+    model.run(mixed)
+    assert calls == [(1, False), (2, False), (1, False), (2, True)]
+    model.close()
+
+
+def test_one_global_thread_pool_per_process(tiny_model_dir: Path) -> None:
+    """``threads="global"``: the first model sizes the process's global pool; every later model uses it too
+    (onnxruntime refuses per-session pools once it exists); vectors do not depend on where the threads live.
+    (Own process: the global pool is process-wide and made once.)"""
+    import subprocess
+    import sys
+
+    code = f"""
+import numpy as np
+from pathlib import Path
+from mipic.modeldir.runner import LoadedModel, Row
+d = Path({str(tiny_model_dir)!r})
+a = LoadedModel(d, provider="cpu", threads="global")
+b = LoadedModel(d, provider="cpu", threads="global", intra_op_threads=1)
+c = LoadedModel(d, provider="cpu")
+ids = [e.ids for e in a.tokenizer.encode(["a cat sat on the mat", "the dog"])]
+rows = [Row(ids=i, dim=a.manifest.dims[-1], layer=2) for i in ids]
+print(a.runtime.threads, b.runtime.threads, c.runtime.threads, *np.stack(a.run(rows)).ravel())
+"""
+    per_session = LoadedModel(tiny_model_dir, provider="cpu")  # this process: per-session pools
+    ids = [e.ids for e in per_session.tokenizer.encode(["a cat sat on the mat", "the dog"])]
+    expected = np.stack(per_session.run([Row(ids=i, dim=per_session.manifest.dims[-1], layer=2) for i in ids]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    threads_a, threads_b, threads_c, *values = out.stdout.split()
+    assert (threads_a, threads_b, threads_c) == ("global", "global", "global")
+    np.testing.assert_allclose(np.array(values, dtype=np.float32).reshape(expected.shape), expected, atol=1e-5)
+    assert per_session.runtime.threads == "per-session"
+    per_session.close()

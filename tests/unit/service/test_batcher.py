@@ -26,10 +26,12 @@ class FakeModel:
         self.gate = threading.Event()
         self.gate.set()
         self.fail_next = False
+        self.more: list[bool] = []  # what each batch was told about the rows still queued for this model
 
-    def run(self, rows: list[Row]) -> list[np.ndarray]:
+    def run(self, rows: list[Row], more: bool = False) -> list[np.ndarray]:
         self.gate.wait(timeout=10)
         self.batches.append([int(r.ids[0]) for r in rows])
+        self.more.append(more)
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("boom: /secret/path")
@@ -60,6 +62,26 @@ async def test_rows_come_back_in_order_and_batches_respect_token_budget() -> Non
     # 32 tokens / 8 per row → at most 4 rows per batch
     assert [len(bt) for bt in model.batches] == [4, 4, 2]
     assert all(s.padded_tokens <= 32 for s in stats)
+    await b.stop()
+
+
+async def test_a_batch_is_told_when_more_rows_for_its_model_wait() -> None:
+    """``more`` (keep the memory this batch grows) while rows for the same model are still queued; the batch
+    that empties the queue, and one followed only by another model's rows, hand it back."""
+    model, other = FakeModel(), FakeModel()
+    b = Batcher(max_batch_tokens=32, max_batch_size=8, max_wait_ms=20, max_queue_size=64)
+    b.start()
+    futs = b.submit(model, [row(i, length=8) for i in range(10)], timeout_s=5)  # type: ignore[arg-type]
+    await asyncio.gather(*futs)
+    assert [len(bt) for bt in model.batches] == [4, 4, 2] and model.more == [True, True, False]
+    model.gate.clear()  # the first batch blocks while the rest queue up behind it
+    first = b.submit(model, [row(0, length=8)], timeout_s=5)  # type: ignore[arg-type]
+    await asyncio.sleep(0.05)
+    second = b.submit(model, [row(1, length=8)], timeout_s=5)  # type: ignore[arg-type]
+    third = b.submit(other, [row(2, length=8)], timeout_s=5)  # type: ignore[arg-type]
+    model.gate.set()
+    await asyncio.gather(*first, *second, *third)
+    assert model.more[3:] == [False, False] and other.more == [False]
     await b.stop()
 
 
@@ -156,10 +178,10 @@ async def test_engine_cancellation_drops_queued_rows(tiny_model_dir: Path) -> No
     gate = threading.Event()
     real_run = model.run
 
-    def slow_run(rows: list[Row]) -> list[np.ndarray]:
+    def slow_run(rows: list[Row], more: bool = False) -> list[np.ndarray]:
         gate.wait(timeout=10)
         ran.append(len(rows))
-        return real_run(rows)
+        return real_run(rows, more=more)
 
     model.run = slow_run  # type: ignore[method-assign]
     first = asyncio.ensure_future(engine.embed(["the cat"], 8, 1))

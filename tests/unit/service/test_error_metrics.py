@@ -52,7 +52,7 @@ def _not_ready(c: TestClient, app: FastAPI, tmp: Path) -> httpx.Response:
 
 
 def _inference_failed(c: TestClient, app: FastAPI, tmp: Path) -> httpx.Response:
-    def boom(rows: object) -> None:
+    def boom(rows: object, more: bool = False) -> None:
         raise RuntimeError("no")
 
     app.state.engine.model.run = boom

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -319,7 +320,10 @@ class Batcher:
         t0 = time.perf_counter()
         self.load.batch_started(units, t0)
         try:
-            vectors = await asyncio.get_running_loop().run_in_executor(self._worker, model.run, rows)
+            # more rows for this model already wait: the engine keeps the memory this batch grows for them
+            more = any(r.model is model for r in self._requests)
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self._worker, functools.partial(model.run, rows, more=more))
         except Exception:
             logger.exception("batch of %d rows failed on %s", len(batch), model.model_id)
             for item in batch:
