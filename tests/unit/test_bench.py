@@ -365,3 +365,14 @@ def test_early_exit_ratio_is_per_rep_against_the_ideal_l_over_k() -> None:
     assert ee["~16 tok, B=8, l1 vs l6"].values == (1.0, 0.6)  # 1200/200/6, 900/250/6
     assert ee["~16 tok, B=8, l3 vs l6"].values == (0.95, 0.8)  # 380/200/2, 400/250/2
     assert not ee["~16 tok, B=8, l1 vs l6"].met(0.8) and ee["~16 tok, B=8, l3 vs l6"].met(0.8)
+
+
+def test_md1_floor_matches_queueing_theory() -> None:
+    """M/D/1 at utilisation 0.5: p99 about 4.3 service times; a lighter load has a lower floor."""
+    from bench.served import md1_p99
+
+    p99 = md1_p99(0.5)
+    assert 4.0 < p99 < 4.7
+    assert md1_p99(0.2) < p99 < md1_p99(0.8)
+    with pytest.raises(ValueError, match="rho"):
+        md1_p99(1.0)
