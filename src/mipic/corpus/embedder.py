@@ -16,6 +16,7 @@ from mipic.corpus import DEFAULT_BATCH_TOKENS, DEFAULT_WINDOW_ROWS
 from mipic.corpus.inputs import BadRow, CorpusError, Record, Source, Window, read_window
 from mipic.corpus.outputs import Layout, OutputFormat
 from mipic.modeldir.runner import LoadedModel, Row
+from mipic.modeldir.runtime import ThreadPoolChoice
 
 OnError = Literal["raise", "skip"]
 Progress = Callable[[int], None]
@@ -35,6 +36,7 @@ class EmbedJob:
     overwrite: bool = False
     intra_op_threads: int = 0  # onnxruntime threads; 0 = every core
     max_batch_tokens: int = DEFAULT_BATCH_TOKENS
+    thread_pool: ThreadPoolChoice = "per-session"  # "global": one pool for every stage (faster on idle cores)
 
     @property
     def output_format(self) -> OutputFormat:
@@ -63,7 +65,7 @@ class WindowEmbedder:
         self.job = job
         threads = job.intra_op_threads if intra_op_threads is None else intra_op_threads
         self.model = LoadedModel(job.model_dir, provider="cpu", intra_op_threads=threads,
-                                 max_batch_tokens=job.max_batch_tokens)
+                                 max_batch_tokens=job.max_batch_tokens, threads=job.thread_pool)
         for dim, layer in job.budgets:
             self.model.resolve_budget(dim, layer)
             self.model.check_output(dim, layer, job.embedding_type, param="--embedding-type")

@@ -260,3 +260,22 @@ def test_the_cli(tmp_path: Path, tiny_model_dir: Path) -> None:
         bad = CliRunner().invoke(app, ["embed", str(src), str(target), "--model", str(tiny_model_dir), *argv])
         assert bad.exit_code == 2 and words in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "o.parquet"]  # refusals leave nothing behind
+
+
+def test_the_cli_on_one_global_thread_pool(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """``--thread-pool global`` (in its own process: the pool is process-wide) writes the vectors the runner gives
+    on per-session pools; an unknown choice is refused naming the option."""
+    import subprocess
+    import sys
+
+    items = texts(20)
+    src = write_input(tmp_path / "in.jsonl", [{"text": t} for t in items])
+    out = tmp_path / "o.parquet"
+    done = subprocess.run([sys.executable, "-m", "mipic.cli", "embed", str(src), str(out), "--model",
+                           str(tiny_model_dir), "--budget", "32:3", "--thread-pool", "global", "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(vectors(out), reference(tiny_model_dir, items, 32, 3, 1000), atol=1e-5)
+    bad = CliRunner().invoke(app, ["embed", str(src), str(tmp_path / "x.parquet"), "--model", str(tiny_model_dir),
+                                   "--thread-pool", "shared"])
+    assert bad.exit_code == 2 and "--thread-pool" in bad.stderr, bad.output
