@@ -168,10 +168,9 @@ def test_every_arena_choice_gives_the_same_vectors(tiny_model_dir: Path, loaded:
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_shared_arena_is_handed_back_only_after_large_sub_batches(tiny_model_dir: Path) -> None:
-    """Small sub-batches keep the arena for the next one (no page faults every batch); one above the keep
-    threshold hands back what it grew it by, at its last stage only."""
-    model = LoadedModel(tiny_model_dir, provider="cpu", arena_keep_tokens=40)
+def _arena_spy(model_dir: Path) -> tuple[LoadedModel, list[tuple[int, bool]]]:
+    """A model with a 40-token keep threshold whose layer calls are recorded as (layer, hands the arena back)."""
+    model = LoadedModel(model_dir, provider="cpu", arena_keep_tokens=40)
     calls: list[tuple[int, bool]] = []
     real = model.runtime.layer
 
@@ -180,6 +179,13 @@ def test_the_shared_arena_is_handed_back_only_after_large_sub_batches(tiny_model
         return real(index, states, mask, last=last)
 
     model.runtime.layer = spy  # type: ignore[method-assign]
+    return model, calls
+
+
+def test_the_shared_arena_is_handed_back_only_after_large_sub_batches(tiny_model_dir: Path) -> None:
+    """Small sub-batches keep the arena for the next one (no page faults every batch); one above the keep
+    threshold hands back what it grew it by, at its last stage only."""
+    model, calls = _arena_spy(tiny_model_dir)
     small = [Row(ids=np.array([1, 5, 6, 2]), dim=model.manifest.dims[0], layer=2)] * 4  # 4 × 4 = 16 tokens
     model.run(small)
     assert [last for _, last in calls] == [False, False]
@@ -195,15 +201,7 @@ def test_a_busy_caller_keeps_the_arena_until_its_first_call_without_more(tiny_mo
     """``more=True`` (a server with more batches queued) keeps what a large sub-batch grew the arena by; the
     next call without it hands it back at its last stage even when that batch is small; sub-batches of one
     call hand it back once, at the end of the last."""
-    model = LoadedModel(tiny_model_dir, provider="cpu", arena_keep_tokens=40)
-    calls: list[tuple[int, bool]] = []
-    real = model.runtime.layer
-
-    def spy(index: int, states: np.ndarray, mask: np.ndarray, last: bool = False) -> np.ndarray:
-        calls.append((index, last))
-        return real(index, states, mask, last=last)
-
-    model.runtime.layer = spy  # type: ignore[method-assign]
+    model, calls = _arena_spy(tiny_model_dir)
     dim = model.manifest.dims[0]
     large = [Row(ids=np.array([1, *range(5, 13), 2]), dim=dim, layer=2)] * 8  # 80 padded tokens > 40
     small = [Row(ids=np.array([1, 5, 6, 2]), dim=dim, layer=2)] * 4
