@@ -77,8 +77,7 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(128, gt=0, description="Rows per batch, whatever their length.")
     max_wait_ms: float = Field(
-        2.0, ge=0, description="How long an idle batcher waits for more rows to join the first ones (rows that "
-        "queued while a batch ran go at once). 0 = run whatever is queued."
+        2.0, ge=0, description="How long the batcher waits to fill a batch. 0 = run whatever is queued."
     )
     max_queue_size: int = Field(
         4096,

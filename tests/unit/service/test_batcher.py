@@ -85,23 +85,6 @@ async def test_a_batch_is_told_when_more_rows_for_its_model_wait() -> None:
     await b.stop()
 
 
-async def test_rows_queued_during_a_batch_go_at_once_when_it_ends() -> None:
-    """max_wait gathers rows only for a worker that was idle: rows that queued while a batch ran are cut as soon
-    as it ends, not after another wait."""
-    model = FakeModel()
-    b = await _batcher(max_wait_ms=400.0)
-    model.gate.clear()
-    first = b.submit(model, [row(0)], timeout_s=5)  # type: ignore[arg-type]
-    await asyncio.sleep(0.5)  # the idle worker waited max_wait for company, then took it; it now blocks
-    second = b.submit(model, [row(1)], timeout_s=5)  # type: ignore[arg-type]
-    t0 = time.perf_counter()
-    model.gate.set()
-    await asyncio.gather(*first, *second)
-    assert time.perf_counter() - t0 < 0.2  # not another 400 ms
-    assert model.batches == [[0], [1]]
-    await b.stop()
-
-
 async def test_full_queue_refuses_at_once() -> None:
     model = FakeModel()
     model.gate.clear()  # the worker blocks: the queue fills up

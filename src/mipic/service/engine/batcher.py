@@ -200,18 +200,12 @@ class Batcher:
     # ------------------------------------------------------------------ consumer side
 
     async def _loop(self) -> None:
-        idle = True  # the worker waited for work: give the first rows max_wait to gather company
         while True:
             if not self._queued:
                 self._wakeup.clear()
                 await self._wakeup.wait()
-                idle = True
                 continue
-            if idle:
-                await self._fill()
-            # Back to back (rows queued while the last batch ran): cut at once. Waiting for a fuller batch buys
-            # nothing here (a text costs the same in any batch above ~32 rows) and leaves the cores idle.
-            idle = False
+            await self._fill()
             batch = self._cut()
             if batch:
                 await self._execute(batch)
