@@ -46,8 +46,9 @@ REFERENCE = "per-session"
 
 
 def worker(model_dir: str, variant: str, rep: int, seconds: float) -> dict[str, float]:
-    from mipic.modeldir.runner import LoadedModel, Row
+    from mipic.modeldir.runner import LoadedModel, Row, pin_single_thread_blas
 
+    pin_single_thread_blas()  # as the server does at start: no BLAS thread limit around every exit head
     spec = dict(VARIANTS[variant])
     more = bool(spec.pop("more", False))
     model = LoadedModel(Path(model_dir), provider="cpu", verify_checksums=False, **spec)

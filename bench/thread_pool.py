@@ -67,8 +67,9 @@ def key(tokens: int, batch: int, layer: int) -> str:
 
 def worker(model_dir: str, variant: str, rep: int, cfg: PoolConfig) -> dict[str, float]:
     """One process, one variant: texts/s at every offline point."""
-    from mipic.modeldir.runner import LoadedModel, Row
+    from mipic.modeldir.runner import LoadedModel, Row, pin_single_thread_blas
 
+    pin_single_thread_blas()  # as the server does at start: no BLAS thread limit around every exit head
     model = LoadedModel(Path(model_dir), provider="cpu", verify_checksums=False, threads=variant)  # type: ignore[arg-type]
     if model.runtime.threads != variant:
         raise RuntimeError(f"asked for {variant} thread pools, got {model.runtime.threads}")

@@ -69,7 +69,7 @@ def embed(
                                 ] = DEFAULT_BATCH_TOKENS,
     thread_pool: Annotated[ThreadPool, typer.Option(
         help="per-session: one onnxruntime pool per stage (safe on shared cores); global: one pool for every "
-             "stage, ~1.15x faster on cores the job has alone, ~0.8x when other processes compete "
+             "stage, ~1.1x faster on cores the job has alone, ~0.8x when other processes compete "
              "(bench/results/thread_pool.md).")] = ThreadPool.per_session,
     progress: Annotated[bool, typer.Option(help="Progress bar with texts/s and ETA on stderr.")] = True,
     ray: Annotated[str | None, typer.Option(

@@ -31,10 +31,9 @@ ArenaChoice = Literal["shared", "off", "per-session"]
 #   global       one intra-op pool for the whole process, shared by every stage session (onnxruntime's global
 #                thread pool): a batch crosses the stages on the same threads, which spin briefly between
 #                operators instead of being woken for each (onnxruntime's Python API cannot turn that off).
-# Measured (bench/results/thread_pool.md): offline, global is 0.97-1.56x per-session (median 1.15) when the process
+# Measured (bench/results/thread_pool.md): offline, global is 0.94-1.25x per-session (median 1.11) when the process
 # has the cores alone, but 0.52-0.98x (median 0.81) with one other busy process on a core (spinning threads wait
-# on a thread that is not running); over HTTP it is level (the event loop shares the cores). So the default stays
-# per-session.
+# on a thread that is not running); over HTTP level to +10 %, inside the spread. So the default stays per-session.
 ThreadPoolChoice = Literal["global", "per-session"]
 
 _SHRINK = "memory.enable_memory_arena_shrinkage"

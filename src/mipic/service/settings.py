@@ -55,8 +55,8 @@ class Settings(BaseSettings):
         "per-session",
         description="Where the stage sessions' operators get their threads: per-session = onnxruntime's default, "
         "one sleeping pool per stage; global = one pool for the process, shared by every stage, whose threads spin "
-        "between operators: offline ~1.15x on cores the process has alone, ~0.8x when another process "
-        "competes for them, level over HTTP. Measured: bench/results/thread_pool.md.",
+        "between operators: offline ~1.1x on cores the process has alone, ~0.8x when another process "
+        "competes for them, over HTTP level to +10%. Measured: bench/results/thread_pool.md.",
     )
     onnx_arena_keep_tokens: int = Field(
         DEFAULT_ARENA_KEEP_TOKENS, ge=0,
