@@ -177,6 +177,18 @@ def targets(out: Path) -> list[list[Any]]:
         for t in rat["targets"]:
             rows.append([f"{t['target']} — median of {rat['config']['reps']} interleaved reps",
                          f"{t['median']:.2f} (spread {t['low']:.2f}–{t['high']:.2f})", _yes(t["met"])])
+    pool = _load(out, "thread_pool")
+    if pool:  # issue 19: early exit as the median of interleaved reps, met only at the spread's lower end
+        from bench.ratios import Spread
+        from bench.thread_pool import EARLY_EXIT_BOUND
+
+        ee = {k: Spread(tuple(v["values"])) for k, v in pool["early_exit"]["per-session"].items()}
+        worst_key = min(ee, key=lambda k: ee[k].low)
+        misses = [k for k, v in ee.items() if not v.met(EARLY_EXIT_BOUND)]
+        rows.append([f"layer k ≥ {EARLY_EXIT_BOUND}·(L/k)·layer L at every length and batch — median of "
+                     f"{pool['config']['reps']} interleaved reps (per-session pools, the default)",
+                     f"{len(ee) - len(misses)} of {len(ee)} points met; lowest {worst_key} {ee[worst_key].text()}",
+                     _yes(not misses)])
     rows.append(["GPU: CUDA provider with fp16, batch 1–256 per budget",
                  "not measured: no GPU was available to this project's sessions", "n/a"])
     return rows
