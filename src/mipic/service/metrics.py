@@ -84,3 +84,19 @@ class Metrics:
             ["model", "model_version", "provider"], registry=r,
         )
         self.ready = Gauge("mipic_ready", "1 when a model is loaded and warmed.", registry=r)
+        self.shed_inputs = Counter(
+            "mipic_auto_shed_inputs_total",
+            "Inputs of layer=auto requests refused (429) at the batch, before any compute, because their batch "
+            "would have answered past max_latency_ms (the requests also count in mipic_errors_total, code "
+            "overloaded).", registry=r,
+        )
+        self._shed_seen = 0
+
+    def observe_shed(self, total: int) -> None:
+        """Bring ``mipic_auto_shed_inputs_total`` up to the batcher's running count ``total`` (read at scrape;
+        a count that starts again from zero, a new batcher, is added from there)."""
+        if total < self._shed_seen:
+            self._shed_seen = 0
+        if total > self._shed_seen:
+            self.shed_inputs.inc(total - self._shed_seen)
+            self._shed_seen = total

@@ -132,6 +132,18 @@ def test_metrics_have_budget_labels(client: TestClient) -> None:
         assert name in text
 
 
+def test_inputs_shed_at_the_batch_are_a_counter(client: TestClient) -> None:
+    """``mipic_auto_shed_inputs_total`` follows the batcher's count of inputs shed before compute (the shedding
+    itself: ``test_batcher.py``), and never goes down."""
+    batcher = client.app.state.engine.batcher  # type: ignore[attr-defined]
+    assert "mipic_auto_shed_inputs_total 0.0" in client.get("/metrics").text
+    batcher.shed_rows += 5
+    assert "mipic_auto_shed_inputs_total 5.0" in client.get("/metrics").text
+    batcher.shed_rows += 2
+    assert "mipic_auto_shed_inputs_total 7.0" in client.get("/metrics").text
+    assert "mipic_auto_shed_inputs_total 7.0" in client.get("/metrics").text  # a second scrape adds nothing
+
+
 def test_openai_client_round_trip(tiny_model_dir: Path, live_server_factory) -> None:  # type: ignore[no-untyped-def]
     openai = pytest.importorskip("openai")
     srv = live_server_factory(create_app(make_settings(tiny_model_dir, **SMALL_LIMITS)))

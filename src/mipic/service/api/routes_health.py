@@ -62,4 +62,5 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
 @router.get("/metrics")
 async def metrics(m: MetricsDep, engine: EngineDep) -> Response:
     m.queue_depth.set(engine.batcher.depth)
+    m.observe_shed(engine.batcher.shed_rows)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
