@@ -38,7 +38,15 @@ from bench.common import (
     md_table,
     write_results,
 )
-from bench.ratios import RatiosConfig, Spread, latency_point, paired_ratios, rotated, saturation_texts_per_s
+from bench.ratios import (
+    RatiosConfig,
+    Spread,
+    _batches,
+    latency_point,
+    paired_ratios,
+    rotated,
+    saturation_texts_per_s,
+)
 
 VARIANTS = ("global", "per-session")
 REFERENCE = "per-session"
@@ -100,8 +108,7 @@ def served(model_dir: Path, variant: str, rep: int, cfg: PoolConfig) -> dict[str
     from bench.servers import mipic_server
 
     rcfg = RatiosConfig(concurrency=cfg.concurrency, seconds=cfg.served_seconds)
-    texts = make_texts(8 * 64, 16, seed=7)
-    batches = [texts[i: i + 8] for i in range(0, len(texts), 8)]
+    batches = _batches(rcfg)  # the ratios section's requests: 8 ~16-token texts each
     out: dict[str, float] = {}
     with mipic_server(model_dir, {"MIPIC_ONNX_THREAD_POOL": variant}) as (url, _):
         warm = RatiosConfig(concurrency=cfg.concurrency, seconds=1.0)

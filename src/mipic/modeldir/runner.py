@@ -235,16 +235,22 @@ class LoadedModel:
         return (rows * width > self.arena_keep_tokens
                 or rows * width * width > self.max_batch_token_pairs // 4)
 
+    def _hands_back(self, rows: int, width: int, final: bool) -> bool:
+        """Whether a sub-batch of ``rows`` × ``width`` padded tokens hands the shared arena's growth back at its
+        last stage: when nothing runs right after it (``final``) and it, or an earlier sub-batch whose growth was
+        kept, was large. Records a large sub-batch's growth as held otherwise."""
+        large = self._large(rows, width)
+        release = final and (large or self._arena_grown)
+        self._arena_grown = (self._arena_grown or large) and not release
+        return release
+
     def _run_chunk(self, rows: list[Row], final: bool = True) -> list[np.ndarray]:
-        """One sub-batch. ``final``: nothing runs right after it, so the shared arena hands back what this or
-        an earlier kept sub-batch grew it by (at the end of its last stage)."""
+        """One sub-batch. ``final``: nothing runs right after it (see :meth:`_hands_back`)."""
         n = len(rows)
         lengths = np.array([r.ids.shape[0] for r in rows])
         exits = np.array([r.layer for r in rows])
         width = int(lengths.max())
-        large = self._large(n, width)
-        release = final and (large or self._arena_grown)
-        self._arena_grown = (self._arena_grown or large) and not release
+        release = self._hands_back(n, width, final)
         ids = np.zeros((n, width), dtype=np.int64)  # (B, T); pad id 0 is masked out
         mask = np.zeros((n, width), dtype=np.int64)
         for i, r in enumerate(rows):
@@ -302,9 +308,9 @@ class LoadedModel:
             mask[r, : lengths[r]] = 1
         states = self.runtime.embed(tokens)
         out = np.empty((len(wanted), n, self.manifest.hidden_size), dtype=np.float32)
-        width = int(lengths.max())
+        release = self._hands_back(n, int(lengths.max()), final=True)
         for layer in range(1, deepest + 1):
-            states = self.runtime.layer(layer, states, mask, last=layer == deepest and self._large(n, width))
+            states = self.runtime.layer(layer, states, mask, last=layer == deepest and release)
             if layer in wanted:
                 out[wanted.index(layer)] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
         return out

@@ -220,6 +220,11 @@ def test_a_busy_caller_keeps_the_arena_until_its_first_call_without_more(tiny_mo
     assert len(model.sub_batches([r.ids.shape[0] for r in mixed])) == 2
     model.run(mixed)
     assert calls == [(1, False), (2, False), (1, False), (2, True)]
+    calls.clear()
+    # the offline all-layers pass follows the same rule: it hands back growth a busy call left held
+    model.run(large, more=True)
+    model.pool_all_layers([r.ids for r in small], [1, 2])
+    assert calls == [(1, False), (2, False), (1, False), (2, True)]
     model.close()
 
 
