@@ -6,9 +6,8 @@
 #      starting from (1) — never from the committed assets, so a rebuild does not depend on the last release;
 #   3. export with the heads it trained, the budget table and int8 calibration (export does both);
 #   4. adapter + heads + measurements stored as the assets `mipic bootstrap` (and so `make serve`) builds from.
-# STEPS overrides the recipe's length (default: the config's train.max_steps, 1,200). SEED: the run's seed (43: the
-# committed assets; of the three seeds measured at 1,200 steps, README, seed 42 moved one suite's full budget by
-# more than 0.01). ~40 min on 2 cores.
+# STEPS overrides the recipe's length (default: the config's train.max_steps, 2,400, with distill.anchor_weight 4.0).
+# SEED: the run's seed (43: the committed assets, README "Twice again with a doubled anchor"). 65-140 min on 2 cores.
 # Resumable: the base export and the fitted heads are kept, training resumes from its checkpoints.
 set -euo pipefail
 cd "$(dirname "$0")/.."

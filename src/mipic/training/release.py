@@ -217,7 +217,8 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
 
         cfg = load_config(Path(checkpoint) / CONFIG_FILE)
         recipe.update({"objective": cfg.objective, "steps": cfg.train.max_steps, "seed": cfg.seed,
-                       "distill_weight": cfg.distill.weight, "align_weight": cfg.distill.align_weight,
+                       "distill_weight": cfg.distill.weight, "anchor_weight": cfg.distill.anchor_weight,
+                       "align_weight": cfg.distill.align_weight,
                        "heads_init": str(cfg.model.heads_init)})
         if cfg.distill.align_dim_weighting != "uniform":  # said only when set: older recipes' manifests stay as is
             recipe["align_dim_weighting"] = cfg.distill.align_dim_weighting

@@ -156,7 +156,7 @@ def test_save_load_round_trip(tmp_path: Path, name: str) -> None:
 def test_each_objective_reads_its_own_section() -> None:
     cfg = load_config(CONFIGS / "mipic_minilm.yaml")
     assert isinstance(cfg.loss, MIPICSection) and cfg.objective == "mipic"
-    assert (cfg.distill.weight, cfg.distill.anchor_weight, cfg.distill.align_weight) == (5.0, 2.0, 30.0)
+    assert (cfg.distill.weight, cfg.distill.anchor_weight, cfg.distill.align_weight) == (5.0, 4.0, 30.0)
     mrl = load_config(CONFIGS / "mipic_minilm.yaml", ["loss={objective: mrl}", "distill.weight=0"])
     assert mrl.loss == MRLSection() and mrl.objective == "mrl"
     assert mrl.distill.align_weight == 30.0  # the other sections stay as they were

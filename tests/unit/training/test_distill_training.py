@@ -127,6 +127,7 @@ def test_training_with_pairs_heads_and_lora_saves_adapter_heads_and_merged_encod
     assert found is not None
     recipe = found[1].recipe
     assert recipe["heads_init"] == str(heads_file) and recipe["steps"] == cfg.train.max_steps
+    assert recipe["anchor_weight"] == cfg.distill.anchor_weight == 1.0  # the full-budget anchor is part of the recipe
     assert recipe["heads_init_sha256"] == hashlib.sha256(heads_file.read_bytes()).hexdigest()
 
 
