@@ -44,6 +44,12 @@ def make_texts(n: int, tokens: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(words)) for _ in range(n)]
 
 
+def request_batches(texts_per_request: int, tokens: int, n_batches: int = 64) -> list[list[str]]:
+    """``n_batches`` request bodies' texts: ``texts_per_request`` texts of ~``tokens`` tokens each (seed 7)."""
+    texts = make_texts(texts_per_request * n_batches, tokens, seed=7)
+    return [texts[i: i + texts_per_request] for i in range(0, len(texts), texts_per_request)]
+
+
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
     """p50/p95/p99/mean/max in milliseconds of samples given in seconds (zeros when there are none)."""
     if len(samples_s) == 0:

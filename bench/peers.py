@@ -33,10 +33,11 @@ from bench.common import (
     load_snapshot,
     make_texts,
     md_table,
+    request_batches,
     time_calls,
     write_results,
 )
-from bench.served import ServedConfig, request_batches, saturation, sweep
+from bench.served import ServedConfig, saturation, sweep
 
 Budget = tuple[int, int]
 CHECK_TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.", "The stock market fell sharply today."]
@@ -156,7 +157,7 @@ def run_http(model_dir: Path, infinity_dir: Path, cfg: PeersConfig, served_cfg: 
     from bench.loadgen import Target
     from bench.servers import INFINITY_MODEL_NAME, infinity_command, infinity_server, mipic_server
 
-    batches = request_batches(served_cfg)
+    batches = request_batches(served_cfg.texts_per_request, served_cfg.tokens)
     mipic_points: dict[Budget, dict[str, Any]] = {}
     if served_payload is not None:
         sc = served_payload["config"]

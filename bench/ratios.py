@@ -36,8 +36,8 @@ from bench.common import (
     env_line,
     environment,
     load_snapshot,
-    make_texts,
     md_table,
+    request_batches,
     time_calls,
     write_results,
 )
@@ -118,12 +118,6 @@ def rotated(names: Sequence[T], rep: int) -> list[T]:
 # --------------------------------------------------------------------------- measurements
 
 
-def _batches(cfg: RatiosConfig, n: int = 64) -> list[list[str]]:
-    texts = make_texts(cfg.texts_per_request * n, cfg.tokens, seed=7)
-    k = cfg.texts_per_request
-    return [texts[i: i + k] for i in range(0, len(texts), k)]
-
-
 def saturation_texts_per_s(url: str, path: str, body: dict[str, Any], batches: list[list[str]],
                            cfg: RatiosConfig) -> float:
     """Closed-loop throughput (200s only) of ``cfg.concurrency`` clients for ``cfg.seconds``."""
@@ -175,7 +169,7 @@ def run(model_dir: Path, cfg: RatiosConfig, results_dir: Path | None = None, nam
 
     load = load_snapshot()
     env = environment()
-    batches = _batches(cfg)
+    batches = request_batches(cfg.texts_per_request, cfg.tokens)
     offline = Offline(model_dir, [t for b in batches for t in b], cfg)
     full = max(cfg.http_budgets, key=lambda b: (b[1], b[0]))
     latency: dict[str, list[dict[str, float]]] = {}

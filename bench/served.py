@@ -29,8 +29,8 @@ from bench.common import (
     env_line,
     environment,
     load_snapshot,
-    make_texts,
     md_table,
+    request_batches,
     time_calls,
     write_results,
 )
@@ -74,19 +74,13 @@ def md1_p99(rho: float, n: int = 200_000, seed: int = 0) -> float:
     return float(np.percentile(sojourn, 99))
 
 
-def request_batches(cfg: ServedConfig, n_batches: int = 64) -> list[list[str]]:
-    texts = make_texts(cfg.texts_per_request * n_batches, cfg.tokens, seed=7)
-    k = cfg.texts_per_request
-    return [texts[i: i + k] for i in range(0, len(texts), k)]
-
-
 def offline_reference(model_dir: Path, cfg: ServedConfig) -> dict[Budget, dict[str, float]]:
     """Per budget: the best pre-tokenized ``LoadedModel.run`` throughput over ``offline_batches`` (same
     texts), and the median time of one request's batch (``texts_per_request`` texts) over the request batches."""
     from mipic.modeldir.runner import LoadedModel, Row
 
     model = LoadedModel(model_dir, provider="cpu", verify_checksums=False)
-    requests = request_batches(cfg)
+    requests = request_batches(cfg.texts_per_request, cfg.tokens)
     texts = [t for b in requests for t in b]
     ids = [e.ids for e in model.tokenizer.encode(texts)]
     k = cfg.texts_per_request
@@ -161,7 +155,7 @@ def run(model_dir: Path, cfg: ServedConfig, results_dir: Path | None = None, nam
     load = load_snapshot()
     env = environment()
     offline = offline_reference(model_dir, cfg)
-    batches = request_batches(cfg)
+    batches = request_batches(cfg.texts_per_request, cfg.tokens)
     results: list[dict[str, Any]] = []
     load_server = load_snapshot()
     with mipic_server(model_dir, dict(cfg.extra_env)) as (url, pid):

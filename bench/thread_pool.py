@@ -36,12 +36,12 @@ from bench.common import (
     load_snapshot,
     make_texts,
     md_table,
+    request_batches,
     write_results,
 )
 from bench.ratios import (
     RatiosConfig,
     Spread,
-    _batches,
     latency_point,
     paired_ratios,
     rotated,
@@ -108,7 +108,7 @@ def served(model_dir: Path, variant: str, rep: int, cfg: PoolConfig) -> dict[str
     from bench.servers import mipic_server
 
     rcfg = RatiosConfig(concurrency=cfg.concurrency, seconds=cfg.served_seconds)
-    batches = _batches(rcfg)  # the ratios section's requests: 8 ~16-token texts each
+    batches = request_batches(rcfg.texts_per_request, rcfg.tokens)  # as the ratios section: 8 ~16-token texts
     out: dict[str, float] = {}
     with mipic_server(model_dir, {"MIPIC_ONNX_THREAD_POOL": variant}) as (url, _):
         warm = RatiosConfig(concurrency=cfg.concurrency, seconds=1.0)
