@@ -48,6 +48,13 @@ class LoraSection(_Section):
                                  "output.dense"],
         description="Module-name suffixes that get an adapter (BERT names; the pooler is left out).",
     )
+    init: Path | Literal["default"] | None = Field(
+        default=None,
+        description="Start the adapter from this saved PEFT adapter (a directory with adapter_config.json, "
+        "e.g. a run's final/adapter; 'default' = the default model's committed adapter) instead of zeros: a "
+        "continuation of an earlier run. The teacher stays the base encoder as loaded, never the adapted one. "
+        "Its rank, alpha and target modules must equal r, alpha and target_modules here (checked).",
+    )
 
 
 class ModelSection(_Section):

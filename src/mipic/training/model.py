@@ -56,13 +56,39 @@ def build_model(cfg: TrainConfig, encoder: PreTrainedModel) -> SimCSEModel:
 
 
 def wrap_lora(encoder: PreTrainedModel, cfg: LoraSection) -> PreTrainedModel:
-    """PEFT LoRA adapters on ``cfg.target_modules``; only the adapters are trainable."""
-    from peft import LoraConfig, get_peft_model
+    """PEFT LoRA adapters on ``cfg.target_modules``; only the adapters are trainable.
 
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                        target_modules=list(cfg.target_modules), bias="none")
-    wrapped: PreTrainedModel = get_peft_model(encoder, config)  # type: ignore[assignment]
-    return wrapped
+    They start at zero (B = 0), or, with ``cfg.init``, from a saved adapter of the same shape (a continuation).
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if cfg.init is None:
+        config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                            target_modules=list(cfg.target_modules), bias="none")
+        wrapped: PreTrainedModel = get_peft_model(encoder, config)  # type: ignore[assignment]
+        return wrapped
+    path = adapter_init_path(cfg.init)
+    saved = LoraConfig.from_pretrained(str(path))
+    if (saved.r, saved.lora_alpha, sorted(saved.target_modules or [])) != (cfg.r, cfg.alpha,
+                                                                           sorted(cfg.target_modules)):
+        raise ValueError(
+            f"model.lora.init: the adapter at {path} has r={saved.r}, alpha={saved.lora_alpha}, target modules "
+            f"{sorted(saved.target_modules or [])}; the config asks for r={cfg.r}, alpha={cfg.alpha}, "
+            f"{sorted(cfg.target_modules)}")
+    continued: PreTrainedModel = PeftModel.from_pretrained(  # type: ignore[assignment]
+        encoder, str(path), is_trainable=True)
+    return continued
+
+
+def adapter_init_path(spec: Path | str) -> Path:
+    """The adapter directory ``model.lora.init`` names: 'default' (the default model's committed adapter) or
+    a directory with ``adapter_config.json``."""
+    from mipic.training.default_assets import ASSETS_DIR, DEFAULT_ADAPTER_DIR
+
+    path = ASSETS_DIR / DEFAULT_ADAPTER_DIR if str(spec) == "default" else Path(spec)
+    if not (path / "adapter_config.json").is_file():
+        raise ValueError(f"model.lora.init: no adapter_config.json in {path}")
+    return path
 
 
 def merged_encoder(encoder: nn.Module) -> nn.Module:

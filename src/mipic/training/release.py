@@ -222,6 +222,13 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
                        "heads_init": str(cfg.model.heads_init)})
         if cfg.distill.align_dim_weighting != "uniform":  # said only when set: older recipes' manifests stay as is
             recipe["align_dim_weighting"] = cfg.distill.align_dim_weighting
+        if cfg.model.lora.init is not None:  # a continuation: the adapter it started from, by content
+            from mipic.training.model import adapter_init_path
+
+            weights = adapter_init_path(cfg.model.lora.init) / "adapter_model.safetensors"
+            recipe["lora_init"] = str(cfg.model.lora.init)
+            if weights.is_file():
+                recipe["lora_init_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
         # the heads training started from, by content: a path (or 'default') can be rewritten after the run
         init = heads_init_path(cfg.model.heads_init) if cfg.model.heads_init is not None else None
         if init is not None and init.is_file():

@@ -165,3 +165,38 @@ def test_readout_makes_losses_see_the_served_vectors() -> None:
     doubled = EncoderOutputs(hidden, mask, readout=lambda layer, x: 2 * x)
     torch.testing.assert_close(doubled.pooled(2), 2 * plain.pooled(2))
     torch.testing.assert_close(doubled.pooled(0), plain.pooled(0))  # the embedding block has no head
+
+
+def test_continuation_starts_the_adapter_from_a_saved_one_and_keeps_the_base_as_teacher(
+    tiny_torch_model: Any, heads_file: Path, tmp_path: Path
+) -> None:
+    _, tokenizer, ckpt = tiny_torch_model
+    texts = training_sentences(64)
+    first = train(distill_config(ckpt, tmp_path / "first", heads_file), sentences=texts, positives=texts)
+    adapter = first.final_dir / "adapter"
+    cfg = distill_config(ckpt, tmp_path / "second", first.final_dir, f"model.lora.init={adapter}")
+    encoder, _ = load_encoder(cfg.model)
+    base = {k: v.clone() for k, v in encoder.state_dict().items()}
+    model = build_model(cfg, encoder)
+    batch = tokenizer(training_sentences(5), padding=True, return_tensors="pt")
+    merged, _ = load_encoder(load_config(CONFIGS / "tiny_smoke.yaml", [f"model.base={first.final_dir}"]).model)
+    model.eval()
+    merged.eval()
+    with torch.no_grad():  # the continued adapter starts where the first run's merged encoder ended
+        start = model.encoder(**batch).last_hidden_state
+        ended = merged(**batch).last_hidden_state
+    assert float((start - ended).abs().max()) <= 1e-5
+    teacher = model.teacher
+    assert teacher is not None
+    for k, v in teacher.state_dict().items():  # the teacher is the base as loaded, not the adapted encoder
+        torch.testing.assert_close(v, base[k], rtol=0, atol=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("lora_" in n for n in trainable)  # loaded trainable, not frozen for inference
+    second = train(cfg, sentences=texts, positives=texts)
+    found = checkpoint_heads(second.final_dir)
+    assert found is not None
+    digest = hashlib.sha256((adapter / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert found[1].recipe["lora_init"] == str(adapter) and found[1].recipe["lora_init_sha256"] == digest
+    with pytest.raises(ValueError, match="r=4"):  # a different shape fails loudly
+        build_model(distill_config(ckpt, tmp_path / "third", heads_file, f"model.lora.init={adapter}",
+                                   "model.lora.r=8"), load_encoder(cfg.model)[0])
