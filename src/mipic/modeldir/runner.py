@@ -262,9 +262,12 @@ class LoadedModel:
         deepest = int(exits.max())
         for layer in range(1, deepest + 1):
             states = self.runtime.layer(layer, states, mask, last=layer == deepest and release)
+            # fp32 sums whatever the graphs' precision (an fp16 mean over 256 tokens loses ~3 digits)
+            if layer == deepest:  # every row still here leaves: pool the batch as it is, no gather
+                pooled[alive] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
+                break
             leaving = exits[alive] == layer
             if leaving.any():
-                # fp32 sums whatever the graphs' precision (an fp16 mean over 256 tokens loses ~3 digits)
                 pooled[alive[leaving]] = pool(states[leaving].astype(np.float32, copy=False), mask[leaving],
                                               self.manifest.pooling)
                 stay = ~leaving
@@ -273,6 +276,9 @@ class LoadedModel:
                     # Right padding only: columns past the longest remaining row are pure padding.
                     keep = int(lengths[alive].max())
                     states, mask = states[:, :keep], mask[:, :keep]
+        first = rows[0]
+        if all(r.layer == first.layer and r.dim == first.dim for r in rows):  # one budget: one head call
+            return list(self.embed_pooled(pooled, first.layer, first.dim))
         out: list[np.ndarray] = [np.empty(0, np.float32)] * n
         groups: dict[tuple[int, int], list[int]] = {}
         for i, r in enumerate(rows):
