@@ -3,6 +3,8 @@
 #   promtool + prometheus  (package `prometheus`)      -> tests/deploy: check config/rules, scrape test
 #   docker-compose v1.29.2 (package `docker-compose`)  -> tests/deploy: `docker-compose config`, no engine needed
 #   chromium               (package `chromium`)        -> tests/ui: the budget page in a headless browser
+#   WordNet's data files   (package `wordnet-base`)    -> the built-in WordNet suite and training sentences
+#                                                         (without it both silently leave WordNet out)
 # Needs root and apt-get; otherwise it only reports what is missing (the tests then skip with a reason).
 set -euo pipefail
 
@@ -16,6 +18,12 @@ for tool in promtool prometheus docker-compose chromium; do
     [[ " ${missing[*]-} " == *" $pkg "* ]] || missing+=("$pkg")
   fi
 done
+
+if [ -f /usr/share/wordnet/data.noun ]; then
+  echo "ci_system_deps: wordnet-base present (/usr/share/wordnet)"
+else
+  missing+=(wordnet-base)
+fi
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "ci_system_deps: nothing to install"
@@ -45,3 +53,4 @@ for tool in promtool prometheus docker-compose chromium; do
     echo "ci_system_deps: WARNING $tool still missing" >&2
   fi
 done
+[ -f /usr/share/wordnet/data.noun ] || echo "ci_system_deps: WARNING wordnet-base still missing" >&2

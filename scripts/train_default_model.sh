@@ -14,6 +14,9 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-runs/default-model}"
 MIPIC="${MIPIC:-.venv/bin/mipic}"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# The recipe's training sentences (and the built-in suites its measurements use) include WordNet, which comes from
+# Debian's wordnet-base: without it a run silently trains on other sentences and measures five suites, not six.
+[ -f /usr/share/wordnet/data.noun ] || { echo "needs Debian's wordnet-base (apt-get install wordnet-base, or scripts/ci_system_deps.sh)" >&2; exit 1; }
 [ -f "$OUT/base/1/manifest.json" ] || "$MIPIC" bootstrap --out "$OUT/base/1" --no-heads
 [ -f "$OUT/fitted/1/heads.npz" ] || "$MIPIC" heads fit "$OUT/base/1" --out "$OUT/fitted/1" --seed 0 --no-budgets
 sets=(--set "train.output_dir=$OUT/train" --set train.resume=true --set "model.heads_init=$OUT/fitted/1" --set "seed=${SEED:-43}")

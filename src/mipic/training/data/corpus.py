@@ -37,9 +37,18 @@ PACKAGED_SOURCES: dict[str, PackagedSource] = {
 
 
 def available_sources() -> tuple[str, ...]:
-    """The packaged sources, plus WordNet when Debian's ``wordnet-base`` is installed."""
-    extra = (wordnet.SOURCE,) if wordnet.wordnet_available() else ()
-    return (*PACKAGED_SOURCES, *extra)
+    """The packaged sources, plus WordNet when Debian's ``wordnet-base`` is installed (said once in the log when
+    it is not: training sentences and the built-in suites then differ from a machine that has it)."""
+    if wordnet.wordnet_available():
+        return (*PACKAGED_SOURCES, wordnet.SOURCE)
+    _warn_no_wordnet()
+    return tuple(PACKAGED_SOURCES)
+
+
+@lru_cache(maxsize=1)
+def _warn_no_wordnet() -> None:
+    logger.warning("WordNet is not installed (Debian wordnet-base, %s): training sentences and the built-in "
+                   "suites leave it out; `scripts/ci_system_deps.sh` installs it", wordnet.WORDNET_DIR)
 
 
 def load_documents(source: str, data_dir: str | Path | None = None) -> tuple[Document, ...]:

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 from data_fakes import ZipFactory, bbc_members, news_members, rotten_members
 
 from mipic.training.data.bbc import parse_bbc
@@ -62,3 +63,22 @@ def test_parse_wordnet_dir(tmp_path: Path) -> None:
     assert wordnet_available(tmp_path)
     docs = parse_wordnet(tmp_path)
     assert [d.label for d in docs] == ["n", "v", "a", "r"]
+
+
+def test_sources_without_wordnet_leave_it_out_and_say_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from mipic.training.data import corpus, wordnet
+
+    corpus._warn_no_wordnet.cache_clear()
+    monkeypatch.setattr(wordnet, "wordnet_available", lambda root=wordnet.WORDNET_DIR: False)
+    with caplog.at_level(logging.WARNING, logger="mipic.training.data.corpus"):
+        assert corpus.available_sources() == ("bbc", "news", "rotten")
+        corpus.available_sources()
+    said = [r for r in caplog.records if "wordnet-base" in r.getMessage()]
+    assert len(said) == 1  # once per process, not per call
+    monkeypatch.setattr(wordnet, "wordnet_available", lambda root=wordnet.WORDNET_DIR: True)
+    assert corpus.available_sources()[-1] == wordnet.SOURCE
+    corpus._warn_no_wordnet.cache_clear()
