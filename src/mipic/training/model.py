@@ -20,7 +20,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 
 from mipic.modeldir.heads import ExitHeads
 from mipic.training.config import LoraSection, ModelSection, TrainConfig
-from mipic.training.default_assets import DEFAULT_HEADS_ASSET
+from mipic.training.default_assets import ADAPTER_FILES, ASSETS_DIR, DEFAULT_ADAPTER_DIR, DEFAULT_HEADS_ASSET
 from mipic.training.exit_heads import ExitHeadsModule
 from mipic.training.losses import EncoderOutputs, LossOutput, SelfDistillLoss, mean_pool
 from mipic.training.objectives import build_distill, build_objective
@@ -68,6 +68,8 @@ def wrap_lora(encoder: PreTrainedModel, cfg: LoraSection) -> PreTrainedModel:
         wrapped: PreTrainedModel = get_peft_model(encoder, config)  # type: ignore[assignment]
         return wrapped
     path = adapter_init_path(cfg.init)
+    if not (path / ADAPTER_FILES[1]).is_file():
+        raise ValueError(f"model.lora.init: no {ADAPTER_FILES[1]} in {path}")
     saved = LoraConfig.from_pretrained(str(path))
     if (saved.r, saved.lora_alpha, sorted(saved.target_modules or [])) != (cfg.r, cfg.alpha,
                                                                            sorted(cfg.target_modules)):
@@ -82,13 +84,8 @@ def wrap_lora(encoder: PreTrainedModel, cfg: LoraSection) -> PreTrainedModel:
 
 def adapter_init_path(spec: Path | str) -> Path:
     """The adapter directory ``model.lora.init`` names: 'default' (the default model's committed adapter) or
-    a directory with ``adapter_config.json``."""
-    from mipic.training.default_assets import ASSETS_DIR, DEFAULT_ADAPTER_DIR
-
-    path = ASSETS_DIR / DEFAULT_ADAPTER_DIR if str(spec) == "default" else Path(spec)
-    if not (path / "adapter_config.json").is_file():
-        raise ValueError(f"model.lora.init: no adapter_config.json in {path}")
-    return path
+    the directory itself (not checked here: an export reads it after the run, when it may be gone)."""
+    return ASSETS_DIR / DEFAULT_ADAPTER_DIR if str(spec) == "default" else Path(spec)
 
 
 def merged_encoder(encoder: nn.Module) -> nn.Module:

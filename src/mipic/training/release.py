@@ -225,7 +225,7 @@ def checkpoint_heads(checkpoint: Path) -> tuple[ExitHeads, HeadsSpec] | None:
         if cfg.model.lora.init is not None:  # a continuation: the adapter it started from, by content
             from mipic.training.model import adapter_init_path
 
-            weights = adapter_init_path(cfg.model.lora.init) / "adapter_model.safetensors"
+            weights = adapter_init_path(cfg.model.lora.init) / ADAPTER_FILES[0]
             recipe["lora_init"] = str(cfg.model.lora.init)
             if weights.is_file():
                 recipe["lora_init_sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
