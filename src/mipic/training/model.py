@@ -24,6 +24,7 @@ from mipic.training.default_assets import ADAPTER_FILES, ASSETS_DIR, DEFAULT_ADA
 from mipic.training.exit_heads import ExitHeadsModule
 from mipic.training.losses import EncoderOutputs, LossOutput, SelfDistillLoss, mean_pool
 from mipic.training.objectives import build_distill, build_objective
+from mipic.training.teacher import TeacherTable
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,9 @@ class SimCSEModel(nn.Module):
     With ``heads`` every loss sees the served read-out (pooled states through the exit heads). With a
     ``distill`` loss, a frozen ``teacher`` (a copy of the base encoder, never trained, not a submodule so it
     is neither optimised nor checkpointed) gives the target similarities of all 2B texts at its last layer.
+    With a ``teacher_table`` (set by the trainer: the teacher's vector for every distinct training text,
+    computed once; :mod:`mipic.training.teacher`) and the batch's ``text_key`` / ``pos_key``, the step looks
+    the targets up instead of running the teacher.
     """
 
     def __init__(
@@ -158,6 +162,7 @@ class SimCSEModel(nn.Module):
         if teacher is not None:
             teacher.eval().requires_grad_(False)
             self._teacher = (teacher,)
+        self.teacher_table: TeacherTable | None = None
 
     @property
     def teacher(self) -> PreTrainedModel | None:
@@ -177,6 +182,8 @@ class SimCSEModel(nn.Module):
         pos_input_ids: Tensor | None = None,
         pos_attention_mask: Tensor | None = None,
         pos_token_type_ids: Tensor | None = None,
+        text_key: Tensor | None = None,
+        pos_key: Tensor | None = None,
     ) -> dict[str, Any]:
         batch = input_ids.shape[0]
         readout = self.heads
@@ -186,6 +193,7 @@ class SimCSEModel(nn.Module):
             view_a = EncoderOutputs(tuple(h[:batch] for h in hidden), attention_mask, readout)  # L + 1 × (B, T, H)
             view_b = EncoderOutputs(tuple(h[batch:] for h in hidden), attention_mask, readout)
             pos_input_ids, pos_attention_mask, pos_token_type_ids = input_ids, attention_mask, token_type_ids
+            pos_key = text_key
         else:
             if pos_attention_mask is None:
                 raise ValueError("pos_input_ids needs pos_attention_mask")
@@ -204,9 +212,13 @@ class SimCSEModel(nn.Module):
                 nn.Module.to(teacher, input_ids.device)
             assert pos_attention_mask is not None
             with torch.no_grad():
-                t_a = teacher(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-                t_b = teacher(input_ids=pos_input_ids, attention_mask=pos_attention_mask).last_hidden_state
-                target = torch.cat([mean_pool(t_a, attention_mask), mean_pool(t_b, pos_attention_mask)])  # (2B, H)
+                table = self.teacher_table
+                if table is not None and text_key is not None and pos_key is not None:
+                    target = torch.cat([table.lookup(text_key), table.lookup(pos_key)])  # (2B, H)
+                else:
+                    t_a = teacher(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                    t_b = teacher(input_ids=pos_input_ids, attention_mask=pos_attention_mask).last_hidden_state
+                    target = torch.cat([mean_pool(t_a, attention_mask), mean_pool(t_b, pos_attention_mask)])  # (2B, H)
                 if readout is not None:
                     # the teacher in the student's last-layer coordinates: the KL does not care (the last head
                     # is a rotation), the text-by-text anchor and align terms do

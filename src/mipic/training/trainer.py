@@ -51,6 +51,7 @@ from mipic.training.model import (
     merged_encoder,
 )
 from mipic.training.run import FINAL_DIR, RunSpec, TrainResult, run
+from mipic.training.teacher import TeacherTable, text_keys
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ LOG_FILE = "training_log.json"
 TEXT_COLUMN = "text"
 POS_COLUMN = "pos"
 LENGTH_COLUMN = "length"
+TEXT_KEY_COLUMN = "text_key"  # one integer per distinct text (anchors and positives together): the teacher cache's key
+POS_KEY_COLUMN = "pos_key"
 ADAPTER_DIR = "adapter"
 ONNX_DIR = "onnx"
 
@@ -69,7 +72,8 @@ ONNX_DIR = "onnx"
 
 class SentenceCollator:
     """``[{"text": str, "pos"?: str}, ...]`` → padded ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``)
-    tensors, plus ``pos_*`` tensors for the positives when the dataset has them.
+    tensors, plus ``pos_*`` tensors for the positives when the dataset has them, plus ``text_key`` /
+    ``pos_key`` (int64, one per row) when it has those columns (the teacher cache's keys).
 
     Pads to the longest text of the batch, not to ``max_length``: on CPU, padding is wasted compute.
     """
@@ -87,14 +91,19 @@ class SentenceCollator:
         out = self._tokenize([str(f[TEXT_COLUMN]) for f in features])
         if features and POS_COLUMN in features[0]:
             out.update({f"pos_{k}": v for k, v in self._tokenize([str(f[POS_COLUMN]) for f in features]).items()})
+        for column in (TEXT_KEY_COLUMN, POS_KEY_COLUMN):
+            if features and column in features[0]:
+                out[column] = torch.tensor([int(f[column]) for f in features], dtype=torch.long)
         return out
 
 
 def build_dataset(
-    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int, positives: Sequence[str] | None = None
+    texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_length: int, positives: Sequence[str] | None = None,
+    *, keys: tuple[list[int], list[int] | None] | None = None,
 ) -> Dataset:
     """``text`` (and ``pos``, its positive) plus the token count ``length`` of the longer of the two (read by
-    the Trainer's length-grouped sampler)."""
+    the Trainer's length-grouped sampler); with ``keys`` (from :func:`mipic.training.teacher.text_keys`),
+    ``text_key`` (and ``pos_key``): each row's index into the teacher table."""
     lengths = [len(x) for x in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
     columns: dict[str, list[Any]] = {TEXT_COLUMN: list(texts)}
     if positives is not None:
@@ -104,6 +113,13 @@ def build_dataset(
         lengths = [max(a, len(b)) for a, b in zip(lengths, pos_ids, strict=True)]
         columns[POS_COLUMN] = list(positives)
     columns[LENGTH_COLUMN] = lengths
+    if keys is not None:
+        text_key, pos_key = keys
+        if len(text_key) != len(texts) or (pos_key is not None and len(pos_key) != len(texts)):
+            raise ValueError("one key per text (and per positive)")
+        columns[TEXT_KEY_COLUMN] = list(text_key)
+        if pos_key is not None:
+            columns[POS_KEY_COLUMN] = list(pos_key)
     return Dataset.from_dict(columns)
 
 
@@ -339,6 +355,13 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
     )
 
 
+def _teacher_device() -> torch.device:
+    """Where the teacher table is computed: this process's GPU (``LOCAL_RANK`` under torchrun) if any, else CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def _export(cfg: TrainConfig, final_dir: Path, seconds: float) -> Path:
     from mipic.training.release import export_options_for, export_with_heads
 
@@ -381,12 +404,18 @@ def train(
     else:
         texts, pos = load_training_examples(cfg)
     pairs = "sentences" if pos is None else f"{sum(a != b for a, b in zip(texts, pos, strict=True))} pairs"
+    keys = None
+    if model.teacher is not None and cfg.distill.cache_teacher:
+        distinct, text_key, pos_key = text_keys(texts, pos)
+        keys = (text_key, pos_key)
+        model.teacher_table = TeacherTable.build(model.teacher, tokenizer, distinct, cfg.data.max_length,
+                                                 device=_teacher_device())
 
     def build_trainer() -> MipicTrainer:
         return MipicTrainer(
             model=model,
             args=training_arguments(cfg),
-            train_dataset=build_dataset(texts, tokenizer, cfg.data.max_length, pos),
+            train_dataset=build_dataset(texts, tokenizer, cfg.data.max_length, pos, keys=keys),
             data_collator=SentenceCollator(tokenizer, cfg.data.max_length),
             processing_class=tokenizer,
             callbacks=[RunFilesCallback(cfg, term_log)],

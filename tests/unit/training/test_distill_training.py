@@ -200,3 +200,58 @@ def test_continuation_starts_the_adapter_from_a_saved_one_and_keeps_the_base_as_
     with pytest.raises(ValueError, match="r=4"):  # a different shape fails loudly
         build_model(distill_config(ckpt, tmp_path / "third", heads_file, f"model.lora.init={adapter}",
                                    "model.lora.r=8"), load_encoder(cfg.model)[0])
+
+
+def test_teacher_table_holds_the_per_step_targets(tiny_torch_model: Any, heads_file: Path, tmp_path: Path) -> None:
+    from mipic.training.losses import mean_pool
+    from mipic.training.teacher import TeacherTable, text_keys
+
+    _, _, ckpt = tiny_torch_model
+    cfg = distill_config(ckpt, tmp_path, heads_file, "distill.align_weight=1.0")
+    encoder, tokenizer = load_encoder(cfg.model)
+    model = build_model(cfg, encoder)
+    teacher = model.teacher
+    assert teacher is not None
+    texts = training_sentences(12)
+    positives = [" ".join(t.split()[:3]) if i % 3 == 0 else t for i, t in enumerate(texts)]  # 4 weak pairs
+    distinct, text_key, pos_key = text_keys(texts, positives)
+    assert distinct == texts + [positives[i] for i in (0, 3, 6, 9)]  # a text paired with itself: one key
+    assert text_key == list(range(12)) and pos_key == [12, 1, 2, 13, 4, 5, 14, 7, 8, 15, 10, 11]
+    table = TeacherTable.build(teacher, tokenizer, distinct, 16, batch_size=5)  # other batches, other padding
+    assert len(table) == 16
+    one = SentenceCollator(tokenizer, 16)([{"text": t} for t in distinct])
+    with torch.no_grad():
+        direct = mean_pool(teacher(input_ids=one["input_ids"], attention_mask=one["attention_mask"]).last_hidden_state,
+                           one["attention_mask"])
+    assert float((table.lookup(torch.arange(16)) - direct).abs().max()) <= 1e-5
+    assert float(direct.abs().max()) > 0.1
+    # a step's distillation terms are the same looked up as computed (student in eval mode: no dropout)
+    batch = SentenceCollator(tokenizer, 16)([{"text": t, "pos": p, "text_key": a, "pos_key": b}
+                                             for t, p, a, b in zip(texts, positives, text_key, pos_key, strict=True)])
+    model.eval()
+    model.teacher_table = table
+    looked_up = model(**batch)["terms"]
+    model.teacher_table = None
+    computed = model(**batch)["terms"]
+    for term in ("distill_kl", "distill_anchor", "distill_align"):
+        assert looked_up[term] == pytest.approx(computed[term], rel=1e-4, abs=1e-6)
+    assert computed["distill_align"] > 1e-3  # the exits are not yet aligned: the comparison means something
+
+
+def test_training_with_the_teacher_table_matches_training_without(
+    tiny_torch_model: Any, heads_file: Path, tmp_path: Path
+) -> None:
+    _, _, ckpt = tiny_torch_model
+    texts = training_sentences(64)
+    positives = [t if i % 2 else " ".join(t.split()[:2]) for i, t in enumerate(texts)]
+    runs = {flag: train(distill_config(ckpt, tmp_path / flag, heads_file, f"distill.cache_teacher={flag}"),
+                        sentences=texts, positives=positives) for flag in ("true", "false")}
+    a = load_file(str(runs["true"].final_dir / "model.safetensors"))
+    b = load_file(str(runs["false"].final_dir / "model.safetensors"))
+    base = load_file(str(ckpt / "model.safetensors"))
+    moved = 0.0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-4)  # the same run up to float rounding
+        if k in base:
+            moved = max(moved, float((a[k] - base[k]).abs().max()))
+    assert moved > 1e-3  # and the run did train
