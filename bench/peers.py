@@ -51,6 +51,7 @@ class PeersConfig:
     seconds: float = 1.0
     min_iters: int = 1
     http_budgets: tuple[Budget, ...] = ((384, 6), (64, 6))
+    reps: int = 5  # in-process repetitions, engines interleaved in rotated order; ratios are per rep
 
 
 # --------------------------------------------------------------------------- in-process (child processes)
@@ -117,6 +118,36 @@ def _has(dist: str) -> bool:
         return True
     except md.PackageNotFoundError:
         return False
+
+
+def merge_reps(reps: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per-engine results of several repetitions (each a list in the same engine order) → one entry per engine:
+    each point's ``texts_per_s`` the median over reps, ``texts_per_s_reps`` every rep's figure (in rep order, so
+    a ratio can be taken rep by rep); an engine that failed in any rep keeps that rep's error."""
+    merged = []
+    for per_engine in zip(*reps, strict=True):
+        failed = next((r for r in per_engine if "points" not in r), None)
+        if failed is not None:
+            merged.append(failed)
+            continue
+        first = per_engine[0]
+        points = []
+        for i, p in enumerate(first["points"]):
+            tps = [float(r["points"][i]["texts_per_s"]) for r in per_engine]
+            ms = [float(r["points"][i]["batch_ms_p50"]) for r in per_engine]
+            points.append({**p, "texts_per_s": float(np.median(tps)), "texts_per_s_reps": tps,
+                           "batch_ms_p50": float(np.median(ms)), "iters": sum(r["points"][i]["iters"]
+                                                                              for r in per_engine)})
+        merged.append({**first, "points": points, "reps": len(per_engine)})
+    return merged
+
+
+def point_ratio(ref: dict[str, Any], point: dict[str, Any]) -> tuple[float, float, float]:
+    """(median, min, max) over reps of ref's texts/s ÷ point's, rep by rep (one rep: the single ratio)."""
+    a = ref.get("texts_per_s_reps") or [ref["texts_per_s"]]
+    b = point.get("texts_per_s_reps") or [point["texts_per_s"]]
+    ratios = [x / y for x, y in zip(a, b, strict=True)]
+    return float(np.median(ratios)), min(ratios), max(ratios)
 
 
 def run_inproc(kind: str, path: Path, cfg: PeersConfig) -> dict[str, Any]:
@@ -230,10 +261,13 @@ def markdown(payload: dict[str, Any]) -> str:
         for p in r["points"]:
             base = next((q for q in (ref or {}).get("points", []) if (q["length"], q["dim"], q["layer"])
                          == (p["length"], p["dim"], p["layer"])), None)
-            ratio = base["texts_per_s"] / p["texts_per_s"] if base else float("nan")
+            med, lo, hi = point_ratio(base, p) if base else (float("nan"),) * 3
             rows.append([r["kind"], p["length"], f"d{p['dim']}/l{p['layer']}", p["texts_per_s"],
-                         p["batch_ms_p50"], f"{ratio:.2f}×"])
+                         p["batch_ms_p50"], f"{med:.2f}× ({lo:.2f}–{hi:.2f})"])
+    n_reps = next((r.get("reps", 1) for r in inproc if "points" in r), 1)
     parts.append(f"\n### In process, tokenization included, batch {cfg['batch']}\n\n"
+                 f"Median of {n_reps} repetitions, engines interleaved in rotated order, each in its own process; "
+                 "the ratio is taken rep by rep (median, min–max).\n\n"
                  + md_table(["engine", "tokens", "budget", "texts/s", "batch p50 ms", f"{default} is faster by"], rows))
     agr = payload.get("agreement", {})
     if agr:
@@ -335,10 +369,15 @@ def run(model_dir: Path, int8_dir: Path | None, cfg: PeersConfig, served_cfg: Se
     if int8_dir is not None and default_precision != "int8":
         engines.append(("mipic-int8", int8_dir))
     engines += [("st-torch", packaged_minilm()), ("st-onnx", st_onnx_dir)]
-    inproc = []
-    for kind, path in engines:
-        print(f"peers: in process {kind}", flush=True)
-        inproc.append(run_inproc(kind, path, cfg))
+    reps = []
+    for rep in range(max(1, cfg.reps)):
+        shift = rep % len(engines)
+        got = {}
+        for kind, path in engines[shift:] + engines[:shift]:  # rotated: no engine always first or last
+            print(f"peers: in process {kind} (rep {rep + 1}/{cfg.reps})", flush=True)
+            got[kind] = run_inproc(kind, path, cfg)
+        reps.append([got[kind] for kind, _ in engines])
+    inproc = merge_reps(reps)
     ref_check: dict[str, Any] = next((r["check"] for r in inproc if r["kind"] == default and "check" in r), {})
     agr = {r["kind"]: agreement(ref_check, r["check"]) for r in inproc if "check" in r and r["kind"] != default}
     http: dict[str, Any] | None = None
@@ -368,7 +407,7 @@ def run(model_dir: Path, int8_dir: Path | None, cfg: PeersConfig, served_cfg: Se
 
 
 def quick_config() -> PeersConfig:
-    return PeersConfig(lengths=(16,), batch=8, seconds=0.05, min_iters=1)
+    return PeersConfig(lengths=(16,), batch=8, seconds=0.05, min_iters=1, reps=1)
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from bench.common import (
     md_table,
     write_results,
 )
+from bench.peers import point_ratio
 
 SECTIONS = ("peak", "precision", "engine", "corpus", "memory", "arena", "threads", "served", "profile", "adaptive",
             "peers", "ratios", "quality")
@@ -156,13 +157,16 @@ def targets(out: Path) -> list[list[Any]]:
             ratios = []
             for p in r["points"]:
                 q = next(q for q in ref["points"] if (q["length"], q["dim"]) == (p["length"], p["dim"]))
-                ratios.append((q["texts_per_s"] / p["texts_per_s"], p))
-            worst_ratio, wp = min(ratios, key=lambda x: x[0])
+                ratios.append((point_ratio(q, p), p))
+            (worst_med, worst_lo, _), wp = min(ratios, key=lambda x: x[0][1])  # the lowest lower end
             want = PEERS_RATIO_TARGET if r["kind"] == "st-torch" else 1.0
-            detail = ", ".join(f"{x:.2f}× (~{p['length']} tok, d{p['dim']})" for x, p in ratios)
-            rows.append([f"{default} ≥ {want:g}× {r['kind']} in process, both lengths, d384/l6 and d64/l6",
-                         f"worst {worst_ratio:.2f}× (~{wp['length']} tokens, d{wp['dim']}); {detail}",
-                         _yes(worst_ratio >= want)])
+            detail = ", ".join(f"{m:.2f}× ({lo:.2f}–{hi:.2f}) (~{p['length']} tok, d{p['dim']})"
+                               for (m, lo, hi), p in ratios)
+            reps = r.get("reps", 1)
+            rows.append([f"{default} ≥ {want:g}× {r['kind']} in process, both lengths, d384/l6 and d64/l6"
+                         + (f" — median of {reps} interleaved reps" if reps > 1 else ""),
+                         f"lowest {worst_med:.2f}× ({worst_lo:.2f} at the lower end; ~{wp['length']} tokens, "
+                         f"d{wp['dim']}); {detail}", _yes(worst_lo >= want)])
         http = prs.get("http") or {}
         if "results" in http:
             for r in http["results"]:

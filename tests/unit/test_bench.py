@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -376,3 +377,23 @@ def test_md1_floor_matches_queueing_theory() -> None:
     assert md1_p99(0.2) < p99 < md1_p99(0.8)
     with pytest.raises(ValueError, match="rho"):
         md1_p99(1.0)
+
+
+def test_peer_ratios_are_taken_rep_by_rep_from_interleaved_repetitions() -> None:
+    from bench.peers import merge_reps, point_ratio
+
+    def engine(kind: str, tps: float) -> dict[str, Any]:
+        return {"kind": kind, "points": [{"length": 16, "dim": 64, "layer": 6, "batch": 8, "iters": 2,
+                                          "texts_per_s": tps, "batch_ms_p50": 8000 / tps}]}
+
+    # rep 2 ran on a slow moment for both engines: per-rep ratios stay 2.0, 2.0, 2.0, 2.0, 1.0
+    reps = [[engine("mipic", m), engine("st", s)] for m, s in ((200, 100), (100, 50), (220, 110), (180, 90),
+                                                                (150, 150))]
+    mipic, st = merge_reps(reps)
+    assert mipic["reps"] == 5 and mipic["points"][0]["texts_per_s"] == 180.0  # median of 200 100 220 180 150
+    assert mipic["points"][0]["texts_per_s_reps"] == [200, 100, 220, 180, 150]
+    assert point_ratio(mipic["points"][0], st["points"][0]) == (2.0, 1.0, 2.0)  # not 180 / 100 = 1.8
+    failed = merge_reps([[engine("mipic", 1)], [{"kind": "mipic", "error": "boom"}]])
+    assert failed == [{"kind": "mipic", "error": "boom"}]
+    single = engine("a", 10)["points"][0]
+    assert point_ratio(single, engine("b", 5)["points"][0]) == (2.0, 2.0, 2.0)
