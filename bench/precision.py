@@ -49,6 +49,7 @@ class PrecisionConfig:
     speed_points: tuple[tuple[int, int, int, int], ...] = (  # (tokens, batch, dim, layer)
         (16, 128, 384, 6), (256, 32, 384, 6), (16, 128, 64, 1))
     speed_seconds: float = 1.0
+    speed_reps: int = 5  # speed repetitions, variants interleaved in rotated order; speedups are taken rep by rep
     noise_control: bool = True
 
 
@@ -147,9 +148,18 @@ def drops(reference: dict[str, Any], other: dict[str, Any]) -> dict[str, dict[st
 
 
 def choose_default(variants: dict[str, dict[str, Any]]) -> str:
-    """The fastest variant (geometric mean of its speed points over fp32's) whose quality holds; fp32 if none."""
-    ok = [name for name, v in variants.items() if v.get("quality_ok") and "speedup" in v]
+    """The fastest variant (median over reps of the geometric mean of its speed points over fp32's) whose quality
+    holds and that is faster than fp32 at the lower end of its spread (``speedup_low`` > 1); fp32 if none."""
+    ok = [name for name, v in variants.items() if v.get("quality_ok") and "speedup" in v
+          and (name == "fp32" or v.get("speedup_low", v["speedup"]) > 1.0)]
     return max(ok, key=lambda n: variants[n]["speedup"], default="fp32")
+
+
+def speedups(ref_reps: list[list[float]], reps: list[list[float]]) -> tuple[float, float, float]:
+    """(median, min, max) over reps of the geometric mean over points of texts/s ÷ fp32's in the same rep."""
+    per_rep = [float(np.exp(np.mean(np.log(np.asarray(v) / np.asarray(r))))) for r, v in zip(ref_reps, reps,
+                                                                                               strict=True)]
+    return float(np.median(per_rep)), min(per_rep), max(per_rep)
 
 
 def run(model_dir: Path, copies: dict[str, Path], cfg: PrecisionConfig, results_dir: Path | None = None
@@ -158,11 +168,27 @@ def run(model_dir: Path, copies: dict[str, Path], cfg: PrecisionConfig, results_
     dirs = {"fp32": model_dir, **copies}
     variants: dict[str, dict[str, Any]] = {}
     for name, path in dirs.items():
-        print(f"precision: {name} quality ({cfg.max_items} items per suite) and speed", flush=True)
+        print(f"precision: {name} quality ({cfg.max_items} items per suite)", flush=True)
         quality = _child("quality", {"dir": str(path), "max_items": cfg.max_items})
-        speed = _child("speed", {"dir": str(path), "points": [list(p) for p in cfg.speed_points],
-                                 "seconds": cfg.speed_seconds})
-        variants[name] = {"dir": str(path), "quality": quality, "speed": speed}
+        variants[name] = {"dir": str(path), "quality": quality}
+    names = list(dirs)
+    speed_reps: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for rep in range(max(1, cfg.speed_reps)):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:  # rotated: no variant always first
+            print(f"precision: {name} speed (rep {rep + 1}/{cfg.speed_reps})", flush=True)
+            spec = {"dir": str(dirs[name]), "points": [list(p) for p in cfg.speed_points], "seconds": cfg.speed_seconds}
+            speed_reps[name].append(_child("speed", spec))
+    for name in names:
+        runs = speed_reps[name]
+        failed = next((r for r in runs if "points" not in r), None)
+        if failed is not None:
+            variants[name]["speed"] = failed
+            continue
+        points = [{**p, "texts_per_s": float(np.median([r["points"][i]["texts_per_s"] for r in runs])),
+                   "texts_per_s_reps": [r["points"][i]["texts_per_s"] for r in runs]}
+                  for i, p in enumerate(runs[0]["points"])]
+        variants[name]["speed"] = {**runs[0], "points": points, "reps": len(runs)}
     if cfg.noise_control:
         print(f"precision: fp32 + noise at cosine {NOISE_COSINE} (control)", flush=True)
         variants[NOISE] = {"dir": str(model_dir), "quality": _child(
@@ -173,10 +199,10 @@ def run(model_dir: Path, copies: dict[str, Path], cfg: PrecisionConfig, results_
         if "scores" in v["quality"] and "scores" in ref["quality"]:
             v["drops"] = drops(ref["quality"], v["quality"])
             v["quality_ok"] = all(d["worst_drop"] <= TOLERANCE for d in v["drops"].values())
-        if "points" in v.get("speed", {}) and "points" in ref["speed"]:
-            ratios = [p["texts_per_s"] / q["texts_per_s"] for p, q in zip(v["speed"]["points"], ref["speed"]["points"],
-                                                                             strict=True)]
-            v["speedup"] = float(np.exp(np.mean(np.log(ratios))))
+        if "points" in v.get("speed", {}) and "points" in ref.get("speed", {}):
+            by_rep = [list(x) for x in zip(*(p["texts_per_s_reps"] for p in v["speed"]["points"]), strict=True)]
+            ref_by_rep = [list(x) for x in zip(*(p["texts_per_s_reps"] for p in ref["speed"]["points"]), strict=True)]
+            v["speedup"], v["speedup_low"], v["speedup_high"] = speedups(ref_by_rep, by_rep)
     payload = {"env": environment(), "load_at_start": load, "config": cfg.__dict__, "tolerance": TOLERANCE,
                "noise_cosine": NOISE_COSINE, "variants": variants,
                "bf16": {"supported": bf16 is None, "error": bf16},
@@ -201,16 +227,21 @@ def markdown(payload: dict[str, Any]) -> str:
         rows.append([name, *(f"{d[s]['worst_drop']:+.4f} (l{d[s]['layer']}/d{d[s]['dim']}; "
                              f"{d[s]['budgets_over']}/{d[s]['budgets']})" if s in d else "" for s in suites),
                      *(sp.get(k, "") for k in speed_keys),
-                     f"{v['speedup']:.2f}×" if "speedup" in v else "",
+                     f"{v['speedup']:.2f}× ({v['speedup_low']:.2f}–{v['speedup_high']:.2f})" if "speedup" in v else "",
                      "" if name == "fp32" else ("yes" if v.get("quality_ok") else "no")])
     headers = ["precision", *(f"{s} worst drop (where; budgets > {TOLERANCE})" for s in suites),
-               *(f"~{t} tok B={b} d{d}/l{ly} texts/s" for t, b, d, ly in speed_keys), "speed vs fp32",
+               *(f"~{t} tok B={b} d{d}/l{ly} texts/s" for t, b, d, ly in speed_keys),
+               "speed vs fp32 (median of reps; min–max)",
                f"quality within {TOLERANCE}"]
     bf16 = payload["bf16"]
     notes = [f"- bf16: {'runs' if bf16['supported'] else 'not run: ' + str(bf16['error'])}.",
              f"- `{NOISE}` is a control, not a precision: fp32's pooled states plus isotropic noise at cosine "
              f"{payload['noise_cosine']} (no speed). Its drops are what the suites report for vectors that barely "
              "move.",
+             f"- Speed: texts/s the median of {payload['config'].get('speed_reps', 1)} repetitions, variants "
+             "interleaved in rotated order; the speedup is the geometric mean over the points of the ratio to fp32 "
+             "in the same rep, median (min–max) over reps. A variant counts as faster only when the lower end is "
+             "above 1.",
              f"- CPU default by this rule: **{payload['default_cpu_precision']}**."]
     for name, v in variants.items():
         if "error" in v.get("speed", {}):
@@ -222,7 +253,8 @@ def markdown(payload: dict[str, Any]) -> str:
 
 
 def quick_config() -> PrecisionConfig:
-    return PrecisionConfig(max_items=40, speed_points=((16, 32, 384, 6),), speed_seconds=0.2, noise_control=False)
+    return PrecisionConfig(max_items=40, speed_points=((16, 32, 384, 6),), speed_seconds=0.2, speed_reps=1,
+                           noise_control=False)
 
 
 def main() -> None:

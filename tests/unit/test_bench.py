@@ -397,3 +397,17 @@ def test_peer_ratios_are_taken_rep_by_rep_from_interleaved_repetitions() -> None
     assert failed == [{"kind": "mipic", "error": "boom"}]
     single = engine("a", 10)["points"][0]
     assert point_ratio(single, engine("b", 5)["points"][0]) == (2.0, 2.0, 2.0)
+
+
+def test_precision_speedup_is_taken_rep_by_rep_and_must_clear_one_at_the_lower_end() -> None:
+    from bench.precision import choose_default, speedups
+
+    fp32 = [[100.0, 10.0], [50.0, 5.0], [100.0, 10.0]]  # rep 2 ran on a slow moment for both
+    fp16 = [[150.0, 10.0], [75.0, 5.0], [80.0, 8.0]]
+    med, lo, hi = speedups(fp32, fp16)
+    assert med == pytest.approx(1.5 ** 0.5) and hi == pytest.approx(1.5 ** 0.5) and lo == pytest.approx(0.8)
+    variants = {"fp32": {"quality_ok": True, "speedup": 1.0}, "fp16": {"quality_ok": True, "speedup": med,
+                                                                      "speedup_low": lo}}
+    assert choose_default(variants) == "fp32"  # faster at the median, not at the lower end
+    variants["fp16"]["speedup_low"] = 1.05
+    assert choose_default(variants) == "fp16"
