@@ -37,6 +37,7 @@ from bench.common import (
     time_calls,
     write_results,
 )
+from bench.ratios import Spread, merge_runs, paired_ratios, rotated
 from bench.served import ServedConfig, saturation, sweep
 
 Budget = tuple[int, int]
@@ -121,33 +122,17 @@ def _has(dist: str) -> bool:
 
 
 def merge_reps(reps: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per-engine results of several repetitions (each a list in the same engine order) → one entry per engine:
-    each point's ``texts_per_s`` the median over reps, ``texts_per_s_reps`` every rep's figure (in rep order, so
-    a ratio can be taken rep by rep); an engine that failed in any rep keeps that rep's error."""
-    merged = []
-    for per_engine in zip(*reps, strict=True):
-        failed = next((r for r in per_engine if "points" not in r), None)
-        if failed is not None:
-            merged.append(failed)
-            continue
-        first = per_engine[0]
-        points = []
-        for i, p in enumerate(first["points"]):
-            tps = [float(r["points"][i]["texts_per_s"]) for r in per_engine]
-            ms = [float(r["points"][i]["batch_ms_p50"]) for r in per_engine]
-            points.append({**p, "texts_per_s": float(np.median(tps)), "texts_per_s_reps": tps,
-                           "batch_ms_p50": float(np.median(ms)), "iters": sum(r["points"][i]["iters"]
-                                                                              for r in per_engine)})
-        merged.append({**first, "points": points, "reps": len(per_engine)})
-    return merged
+    """Per-engine results of several repetitions (each a list in the same engine order) → one entry per engine
+    (:func:`bench.ratios.merge_runs`: texts/s and batch p50 the median over reps, every rep's texts/s kept for
+    rep-by-rep ratios); an engine that failed in any rep keeps that rep's error."""
+    return [merge_runs(per_engine, ("texts_per_s", "batch_ms_p50"), ("iters",))
+            for per_engine in zip(*reps, strict=True)]
 
 
-def point_ratio(ref: dict[str, Any], point: dict[str, Any]) -> tuple[float, float, float]:
-    """(median, min, max) over reps of ref's texts/s ÷ point's, rep by rep (one rep: the single ratio)."""
-    a = ref.get("texts_per_s_reps") or [ref["texts_per_s"]]
-    b = point.get("texts_per_s_reps") or [point["texts_per_s"]]
-    ratios = [x / y for x, y in zip(a, b, strict=True)]
-    return float(np.median(ratios)), min(ratios), max(ratios)
+def point_ratio(ref: dict[str, Any], point: dict[str, Any]) -> Spread:
+    """ref's texts/s ÷ point's, rep by rep (:func:`bench.ratios.paired_ratios`; one rep: the single ratio)."""
+    return paired_ratios(ref.get("texts_per_s_reps") or [ref["texts_per_s"]],
+                         point.get("texts_per_s_reps") or [point["texts_per_s"]])
 
 
 def run_inproc(kind: str, path: Path, cfg: PeersConfig) -> dict[str, Any]:
@@ -261,9 +246,10 @@ def markdown(payload: dict[str, Any]) -> str:
         for p in r["points"]:
             base = next((q for q in (ref or {}).get("points", []) if (q["length"], q["dim"], q["layer"])
                          == (p["length"], p["dim"], p["layer"])), None)
-            med, lo, hi = point_ratio(base, p) if base else (float("nan"),) * 3
+            sp = point_ratio(base, p) if base else None
+            ratio = f"{sp.median:.2f}× ({sp.low:.2f}–{sp.high:.2f})" if sp else "nan"
             rows.append([r["kind"], p["length"], f"d{p['dim']}/l{p['layer']}", p["texts_per_s"],
-                         p["batch_ms_p50"], f"{med:.2f}× ({lo:.2f}–{hi:.2f})"])
+                         p["batch_ms_p50"], ratio])
     n_reps = next((r.get("reps", 1) for r in inproc if "points" in r), 1)
     parts.append(f"\n### In process, tokenization included, batch {cfg['batch']}\n\n"
                  f"Median of {n_reps} repetitions, engines interleaved in rotated order, each in its own process; "
@@ -371,9 +357,8 @@ def run(model_dir: Path, int8_dir: Path | None, cfg: PeersConfig, served_cfg: Se
     engines += [("st-torch", packaged_minilm()), ("st-onnx", st_onnx_dir)]
     reps = []
     for rep in range(max(1, cfg.reps)):
-        shift = rep % len(engines)
         got = {}
-        for kind, path in engines[shift:] + engines[:shift]:  # rotated: no engine always first or last
+        for kind, path in rotated(engines, rep):  # no engine always first or last
             print(f"peers: in process {kind} (rep {rep + 1}/{cfg.reps})", flush=True)
             got[kind] = run_inproc(kind, path, cfg)
         reps.append([got[kind] for kind, _ in engines])

@@ -37,6 +37,7 @@ from bench.common import (
     time_calls,
     write_results,
 )
+from bench.ratios import Spread, merge_runs, rotated
 
 TOLERANCE = 0.005
 NOISE_COSINE = 0.999
@@ -155,11 +156,10 @@ def choose_default(variants: dict[str, dict[str, Any]]) -> str:
     return max(ok, key=lambda n: variants[n]["speedup"], default="fp32")
 
 
-def speedups(ref_reps: list[list[float]], reps: list[list[float]]) -> tuple[float, float, float]:
-    """(median, min, max) over reps of the geometric mean over points of texts/s ÷ fp32's in the same rep."""
-    per_rep = [float(np.exp(np.mean(np.log(np.asarray(v) / np.asarray(r))))) for r, v in zip(ref_reps, reps,
-                                                                                               strict=True)]
-    return float(np.median(per_rep)), min(per_rep), max(per_rep)
+def speedups(ref_reps: list[list[float]], reps: list[list[float]]) -> Spread:
+    """Per rep, the geometric mean over points of texts/s ÷ fp32's in the same rep; their median and range."""
+    return Spread(tuple(float(np.exp(np.mean(np.log(np.asarray(v) / np.asarray(r)))))
+                        for r, v in zip(ref_reps, reps, strict=True)))
 
 
 def run(model_dir: Path, copies: dict[str, Path], cfg: PrecisionConfig, results_dir: Path | None = None
@@ -174,21 +174,12 @@ def run(model_dir: Path, copies: dict[str, Path], cfg: PrecisionConfig, results_
     names = list(dirs)
     speed_reps: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for rep in range(max(1, cfg.speed_reps)):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:  # rotated: no variant always first
+        for name in rotated(names, rep):  # no variant always first
             print(f"precision: {name} speed (rep {rep + 1}/{cfg.speed_reps})", flush=True)
             spec = {"dir": str(dirs[name]), "points": [list(p) for p in cfg.speed_points], "seconds": cfg.speed_seconds}
             speed_reps[name].append(_child("speed", spec))
     for name in names:
-        runs = speed_reps[name]
-        failed = next((r for r in runs if "points" not in r), None)
-        if failed is not None:
-            variants[name]["speed"] = failed
-            continue
-        points = [{**p, "texts_per_s": float(np.median([r["points"][i]["texts_per_s"] for r in runs])),
-                   "texts_per_s_reps": [r["points"][i]["texts_per_s"] for r in runs]}
-                  for i, p in enumerate(runs[0]["points"])]
-        variants[name]["speed"] = {**runs[0], "points": points, "reps": len(runs)}
+        variants[name]["speed"] = merge_runs(speed_reps[name])
     if cfg.noise_control:
         print(f"precision: fp32 + noise at cosine {NOISE_COSINE} (control)", flush=True)
         variants[NOISE] = {"dir": str(model_dir), "quality": _child(
@@ -202,7 +193,8 @@ def run(model_dir: Path, copies: dict[str, Path], cfg: PrecisionConfig, results_
         if "points" in v.get("speed", {}) and "points" in ref.get("speed", {}):
             by_rep = [list(x) for x in zip(*(p["texts_per_s_reps"] for p in v["speed"]["points"]), strict=True)]
             ref_by_rep = [list(x) for x in zip(*(p["texts_per_s_reps"] for p in ref["speed"]["points"]), strict=True)]
-            v["speedup"], v["speedup_low"], v["speedup_high"] = speedups(ref_by_rep, by_rep)
+            spread = speedups(ref_by_rep, by_rep)
+            v["speedup"], v["speedup_low"], v["speedup_high"] = spread.median, spread.low, spread.high
     payload = {"env": environment(), "load_at_start": load, "config": cfg.__dict__, "tolerance": TOLERANCE,
                "noise_cosine": NOISE_COSINE, "variants": variants,
                "bf16": {"supported": bf16 is None, "error": bf16},

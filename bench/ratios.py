@@ -109,6 +109,24 @@ def paired_ratios(num: Sequence[float], den: Sequence[float]) -> Spread:
     return Spread(tuple(float(a) / float(b) for a, b in zip(num, den, strict=True)))
 
 
+def merge_runs(runs: Sequence[dict[str, Any]], median_keys: Sequence[str] = ("texts_per_s",),
+               sum_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """Repetitions of one measurement (each ``{"points": [...], ...}``, the same points in the same order) → the
+    first run with each point's ``median_keys`` the median over runs, ``sum_keys`` summed, and every run's
+    ``texts_per_s`` kept as ``texts_per_s_reps`` (in rep order, for :func:`paired_ratios`); plus ``reps``. A run
+    without points (it failed) is returned as it is."""
+    failed = next((r for r in runs if "points" not in r), None)
+    if failed is not None:
+        return dict(failed)
+    points = []
+    for i, p in enumerate(runs[0]["points"]):
+        merged = {**p, "texts_per_s_reps": [float(r["points"][i]["texts_per_s"]) for r in runs]}
+        merged.update({k: float(statistics.median(float(r["points"][i][k]) for r in runs)) for k in median_keys})
+        merged.update({k: sum(r["points"][i][k] for r in runs) for k in sum_keys})
+        points.append(merged)
+    return {**runs[0], "points": points, "reps": len(runs)}
+
+
 def rotated(names: Sequence[T], rep: int) -> list[T]:
     """``names`` rotated by ``rep`` places: each variant runs at every position across reps."""
     k = rep % len(names) if names else 0

@@ -158,15 +158,15 @@ def targets(out: Path) -> list[list[Any]]:
             for p in r["points"]:
                 q = next(q for q in ref["points"] if (q["length"], q["dim"]) == (p["length"], p["dim"]))
                 ratios.append((point_ratio(q, p), p))
-            (worst_med, worst_lo, _), wp = min(ratios, key=lambda x: x[0][1])  # the lowest lower end
+            worst, wp = min(ratios, key=lambda x: x[0].low)  # the lowest lower end
             want = PEERS_RATIO_TARGET if r["kind"] == "st-torch" else 1.0
-            detail = ", ".join(f"{m:.2f}× ({lo:.2f}–{hi:.2f}) (~{p['length']} tok, d{p['dim']})"
-                               for (m, lo, hi), p in ratios)
+            detail = ", ".join(f"{sp.median:.2f}× ({sp.low:.2f}–{sp.high:.2f}) (~{p['length']} tok, d{p['dim']})"
+                               for sp, p in ratios)
             reps = r.get("reps", 1)
             rows.append([f"{default} ≥ {want:g}× {r['kind']} in process, both lengths, d384/l6 and d64/l6"
                          + (f" — median of {reps} interleaved reps" if reps > 1 else ""),
-                         f"lowest {worst_med:.2f}× ({worst_lo:.2f} at the lower end; ~{wp['length']} tokens, "
-                         f"d{wp['dim']}); {detail}", _yes(worst_lo >= want)])
+                         f"lowest {worst.median:.2f}× ({worst.low:.2f} at the lower end; ~{wp['length']} tokens, "
+                         f"d{wp['dim']}); {detail}", _yes(worst.met(want))])
         http = prs.get("http") or {}
         if "results" in http:
             for r in http["results"]:

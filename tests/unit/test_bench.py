@@ -392,11 +392,13 @@ def test_peer_ratios_are_taken_rep_by_rep_from_interleaved_repetitions() -> None
     mipic, st = merge_reps(reps)
     assert mipic["reps"] == 5 and mipic["points"][0]["texts_per_s"] == 180.0  # median of 200 100 220 180 150
     assert mipic["points"][0]["texts_per_s_reps"] == [200, 100, 220, 180, 150]
-    assert point_ratio(mipic["points"][0], st["points"][0]) == (2.0, 1.0, 2.0)  # not 180 / 100 = 1.8
+    ratio = point_ratio(mipic["points"][0], st["points"][0])
+    assert (ratio.median, ratio.low, ratio.high) == (2.0, 1.0, 2.0)  # not 180 / 100 = 1.8
     failed = merge_reps([[engine("mipic", 1)], [{"kind": "mipic", "error": "boom"}]])
     assert failed == [{"kind": "mipic", "error": "boom"}]
     single = engine("a", 10)["points"][0]
-    assert point_ratio(single, engine("b", 5)["points"][0]) == (2.0, 2.0, 2.0)
+    ratio = point_ratio(single, engine("b", 5)["points"][0])
+    assert (ratio.median, ratio.low, ratio.high) == (2.0, 2.0, 2.0)
 
 
 def test_precision_speedup_is_taken_rep_by_rep_and_must_clear_one_at_the_lower_end() -> None:
@@ -404,7 +406,8 @@ def test_precision_speedup_is_taken_rep_by_rep_and_must_clear_one_at_the_lower_e
 
     fp32 = [[100.0, 10.0], [50.0, 5.0], [100.0, 10.0]]  # rep 2 ran on a slow moment for both
     fp16 = [[150.0, 10.0], [75.0, 5.0], [80.0, 8.0]]
-    med, lo, hi = speedups(fp32, fp16)
+    spread = speedups(fp32, fp16)
+    med, lo, hi = spread.median, spread.low, spread.high
     assert med == pytest.approx(1.5 ** 0.5) and hi == pytest.approx(1.5 ** 0.5) and lo == pytest.approx(0.8)
     variants = {"fp32": {"quality_ok": True, "speedup": 1.0}, "fp16": {"quality_ok": True, "speedup": med,
                                                                       "speedup_low": lo}}
