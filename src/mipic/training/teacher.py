@@ -11,7 +11,7 @@ The table is computed in a fixed order (distinct texts sorted by token length, c
 each padded to its own longest row), so it depends only on the set of texts: a resumed run rebuilds the same
 table bit for bit and resumes exactly. Each vector equals the per-step computation up to float rounding
 (padding is masked out of attention and pooling; tested ≤ 1e-5). Memory: ``H`` floats per distinct text
-(the default recipe's ~40,000 texts × 384 × 4 B ≈ 61 MB); it is not checkpointed.
+(the default recipe's 33,653 texts × 384 × 4 B ≈ 52 MB); it is not checkpointed.
 """
 
 from __future__ import annotations

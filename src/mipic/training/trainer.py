@@ -61,7 +61,7 @@ LOG_FILE = "training_log.json"
 TEXT_COLUMN = "text"
 POS_COLUMN = "pos"
 LENGTH_COLUMN = "length"
-TEXT_KEY_COLUMN = "text_key"  # one integer per distinct text (anchors and positives together): the teacher cache's key
+TEXT_KEY_COLUMN = "text_key"  # one integer per distinct text (anchors and positives together): the teacher table's key
 POS_KEY_COLUMN = "pos_key"
 ADAPTER_DIR = "adapter"
 ONNX_DIR = "onnx"
@@ -73,7 +73,7 @@ ONNX_DIR = "onnx"
 class SentenceCollator:
     """``[{"text": str, "pos"?: str}, ...]`` → padded ``input_ids`` / ``attention_mask`` (/ ``token_type_ids``)
     tensors, plus ``pos_*`` tensors for the positives when the dataset has them, plus ``text_key`` /
-    ``pos_key`` (int64, one per row) when it has those columns (the teacher cache's keys).
+    ``pos_key`` (int64, one per row) when it has those columns (the teacher table's keys).
 
     Pads to the longest text of the batch, not to ``max_length``: on CPU, padding is wasted compute.
     """
