@@ -227,7 +227,8 @@ def summary(out: Path, started: dict[str, Any], wall_s: float, command: str) -> 
              "\n" + sections_table(out),
              "\n## Targets (issue 13)\n\n" + md_table(["target", "measured", "met"], targets(out))]
     for name, title in (("peak", "GEMM ceiling"), ("precision", "Precision"), ("engine", "Offline engine"),
-                        ("memory", "Memory"), ("arena_keep", "Arena: shared, kept between small batches, per-session"),
+                        ("memory", "Memory"),
+                        ("arena_keep", "Arena: shared (kept between batches, handed back when idle) vs per-session"),
                         ("thread_pool", "Thread pools: global vs per stage session, and early exit"),
                         ("served", "Served (HTTP)"), ("profile_served", "Live server profile"), ("peers", "Peers"),
                         ("ratios", "Speed ratios with spreads"), ("quality", "Quality per budget")):

@@ -10,7 +10,8 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,12 @@ DEFAULT_MAX_BATCH_TOKEN_PAIRS = 32 * 256 * 256
 # common small batches do not pay page faults every time (measured: bench/results/arena_keep.md). What it
 # keeps is bounded by what a sub-batch of this size needs (estimated ~60 MB for MiniLM at ~16-256 tokens).
 DEFAULT_ARENA_KEEP_TOKENS = 4096
+# What a large sub-batch grew the shared arena by is handed back once the engine has been idle this long after
+# it (seconds), not at the end of the call: a caller that comes back sooner (an in-process loop over batches of
+# long texts, a server under steady load between two queue-empty moments) reuses the grown arena instead of
+# regrowing it page fault by page fault (measured: bench/results/arena_keep.md), and an idle engine is back to
+# the keep threshold's worth this long after its last call. 0 = at the end of the call, as before.
+DEFAULT_ARENA_IDLE_RELEASE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,15 @@ class LoadedModel:
         max_batch_token_pairs: int = DEFAULT_MAX_BATCH_TOKEN_PAIRS,
         arena_keep_tokens: int = DEFAULT_ARENA_KEEP_TOKENS,
         threads: ThreadPoolChoice = "per-session",
+        arena_idle_release_s: float = DEFAULT_ARENA_IDLE_RELEASE_S,
     ) -> None:
         if max_batch_tokens < 1 or max_batch_token_pairs < 1:
             raise ValueError(
                 f"max_batch_tokens and max_batch_token_pairs must be positive, got {max_batch_tokens} and "
                 f"{max_batch_token_pairs}"
             )
+        if not arena_idle_release_s >= 0:
+            raise ValueError(f"arena_idle_release_s must be >= 0, got {arena_idle_release_s}")
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify=verify_checksums)
         m = self.manifest
@@ -122,6 +132,12 @@ class LoadedModel:
         self.max_batch_token_pairs = max_batch_token_pairs
         self.arena_keep_tokens = max(0, arena_keep_tokens)
         self._arena_grown = False  # a large sub-batch's growth is still held for the next one (see run)
+        self.arena_idle_release_s = arena_idle_release_s
+        # One call (or one idle release) at a time; calls nest (run_budgets → pool_all_layers), so reentrant.
+        self._lock = threading.RLock()
+        self._depth = 0  # calls in progress on this thread's stack
+        self._calls = 0  # outermost calls begun: an idle release armed before a later call does nothing
+        self._idle_timer: threading.Timer | None = None
         self._dims = frozenset(self.manifest.dims)
         cal = self.manifest.calibration
         self._ranges: dict[str, tuple[float, float]] = (
@@ -181,18 +197,54 @@ class LoadedModel:
         k layers, whatever the other rows asked for.
 
         Memory: what a large sub-batch grows the shared arena by is kept for the sub-batches after it and handed
-        back at the end of the call, or, with ``more`` (the caller runs another batch right after this one: a
-        busy server's queue), at the end of the first later call without it. So back-to-back large batches do
-        not pay the page faults of regrowing it every time, and an idle engine holds no more than the keep
-        threshold's worth.
+        back once the engine has been idle for ``arena_idle_release_s`` after the call (by a timer; 0: at the
+        call's last stage). With ``more`` (the caller runs another batch right after this one: a busy server's
+        queue) and a zero idle time, it is handed back at the end of the first later call without it. So
+        back-to-back large batches do not pay the page faults of regrowing it every time, and an idle engine
+        holds no more than the keep threshold's worth.
         """
         out: list[np.ndarray] = [np.empty(0, np.float32)] * len(rows)
-        chunks = self.sub_batches([r.ids.shape[0] for r in rows])
-        for j, chunk in enumerate(chunks):
-            final = j == len(chunks) - 1 and not more
-            for i, vec in zip(chunk, self._run_chunk([rows[i] for i in chunk], final), strict=True):
-                out[i] = vec
+        with self._call():
+            chunks = self.sub_batches([r.ids.shape[0] for r in rows])
+            for j, chunk in enumerate(chunks):
+                final = j == len(chunks) - 1 and not more
+                for i, vec in zip(chunk, self._run_chunk([rows[i] for i in chunk], final), strict=True):
+                    out[i] = vec
         return out
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        """Around every public call that runs the sessions: one at a time, a pending idle release cancelled
+        at the start and, if a large sub-batch's growth is still held at the end, armed again."""
+        with self._lock:
+            outermost = self._depth == 0
+            if outermost:
+                self._calls += 1
+                if self._idle_timer is not None:
+                    self._idle_timer.cancel()
+                    self._idle_timer = None
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if outermost and self._arena_grown and self.arena_idle_release_s > 0:
+                    self._idle_timer = threading.Timer(self.arena_idle_release_s, self._idle_release,
+                                                       args=(self._calls,))
+                    self._idle_timer.daemon = True
+                    self._idle_timer.start()
+
+    def _idle_release(self, calls: int) -> None:
+        """The idle timer: hand the held growth back unless a call began since it was armed."""
+        with self._lock:
+            if calls != self._calls or not self._arena_grown:
+                return
+            self._idle_timer = None
+            try:
+                self.runtime.release_arena()
+            except Exception:  # a closed or failing runtime: the memory is the process's problem, not a crash
+                logger.warning("could not hand the arena back after the idle time", exc_info=True)
+            self._arena_grown = False
 
     def run_budgets(self, ids: list[np.ndarray], budgets: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """Every input at several (dim, layer) budgets in one pass → one (N, dim) array per budget.
@@ -202,10 +254,11 @@ class LoadedModel:
         """
         layers = sorted({layer for _, layer in budgets})
         out = [np.empty((len(ids), dim), dtype=np.float32) for dim, _ in budgets]
-        for chunk in self.sub_batches([i.shape[0] for i in ids]):
-            pooled = self.pool_all_layers([ids[i] for i in chunk], layers)  # (len(layers), B, H)
-            for b, (dim, layer) in enumerate(budgets):
-                out[b][chunk] = self.embed_pooled(pooled[layers.index(layer)], layer, dim)
+        with self._call():
+            for chunk in self.sub_batches([i.shape[0] for i in ids]):
+                pooled = self.pool_all_layers([ids[i] for i in chunk], layers)  # (len(layers), B, H)
+                for b, (dim, layer) in enumerate(budgets):
+                    out[b][chunk] = self.embed_pooled(pooled[layers.index(layer)], layer, dim)
         return out
 
     def sub_batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -237,10 +290,10 @@ class LoadedModel:
 
     def _hands_back(self, rows: int, width: int, final: bool) -> bool:
         """Whether a sub-batch of ``rows`` × ``width`` padded tokens hands the shared arena's growth back at its
-        last stage: when nothing runs right after it (``final``) and it, or an earlier sub-batch whose growth was
-        kept, was large. Records a large sub-batch's growth as held otherwise."""
+        last stage: when nothing runs right after it (``final``), no idle timer does it instead, and it, or an
+        earlier sub-batch whose growth was kept, was large. Records a large sub-batch's growth as held otherwise."""
         large = self._large(rows, width)
-        release = final and (large or self._arena_grown)
+        release = final and self.arena_idle_release_s == 0 and (large or self._arena_grown)
         self._arena_grown = (self._arena_grown or large) and not release
         return release
 
@@ -312,13 +365,15 @@ class LoadedModel:
         for r, row in enumerate(ids):
             tokens[r, : lengths[r]] = row
             mask[r, : lengths[r]] = 1
-        states = self.runtime.embed(tokens)
         out = np.empty((len(wanted), n, self.manifest.hidden_size), dtype=np.float32)
-        release = self._hands_back(n, int(lengths.max()), final=True)
-        for layer in range(1, deepest + 1):
-            states = self.runtime.layer(layer, states, mask, last=layer == deepest and release)
-            if layer in wanted:
-                out[wanted.index(layer)] = pool(states.astype(np.float32, copy=False), mask, self.manifest.pooling)
+        with self._call():
+            states = self.runtime.embed(tokens)
+            release = self._hands_back(n, int(lengths.max()), final=True)
+            for layer in range(1, deepest + 1):
+                states = self.runtime.layer(layer, states, mask, last=layer == deepest and release)
+                if layer in wanted:
+                    out[wanted.index(layer)] = pool(states.astype(np.float32, copy=False), mask,
+                                                    self.manifest.pooling)
         return out
 
     def verify_golden(self) -> float:
@@ -358,4 +413,8 @@ class LoadedModel:
         self.run([Row(ids=ids, dim=self.manifest.hidden_size, layer=k) for k in self.manifest.layers])
 
     def close(self) -> None:
-        self.runtime.close()
+        with self._lock:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+                self._idle_timer = None
+            self.runtime.close()

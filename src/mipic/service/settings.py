@@ -8,7 +8,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mipic.modeldir.runner import DEFAULT_ARENA_KEEP_TOKENS, DEFAULT_MAX_BATCH_TOKEN_PAIRS, DEFAULT_MAX_BATCH_TOKENS
+from mipic.modeldir.runner import (
+    DEFAULT_ARENA_IDLE_RELEASE_S,
+    DEFAULT_ARENA_KEEP_TOKENS,
+    DEFAULT_MAX_BATCH_TOKEN_PAIRS,
+    DEFAULT_MAX_BATCH_TOKENS,
+)
 
 # A repository (versions + CURRENT pointer): the server follows promotions without restart.
 DEFAULT_MODEL_DIR = Path("models/all-minilm-l6-v2")
@@ -63,6 +68,12 @@ class Settings(BaseSettings):
         description="With the shared arena: a batch of at most this many padded tokens keeps the arena's memory "
         "for the next batch instead of handing it back (no page faults on every small batch); larger batches "
         "hand back what they grew it by. 0 = hand back after every batch.",
+    )
+    onnx_arena_idle_release_s: float = Field(
+        DEFAULT_ARENA_IDLE_RELEASE_S, ge=0,
+        description="With the shared arena: what a batch above the keep threshold grew the arena by is handed back "
+        "once the engine has been idle this many seconds, so steady traffic of long texts does not regrow it "
+        "batch after batch. 0 = hand back as soon as the queue empties.",
     )
 
     # --- batching

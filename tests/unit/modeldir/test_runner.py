@@ -168,9 +168,10 @@ def test_every_arena_choice_gives_the_same_vectors(tiny_model_dir: Path, loaded:
         np.testing.assert_array_equal(a, b)
 
 
-def _arena_spy(model_dir: Path) -> tuple[LoadedModel, list[tuple[int, bool]]]:
-    """A model with a 40-token keep threshold whose layer calls are recorded as (layer, hands the arena back)."""
-    model = LoadedModel(model_dir, provider="cpu", arena_keep_tokens=40)
+def _arena_spy(model_dir: Path, idle_s: float = 0.0) -> tuple[LoadedModel, list[tuple[int, bool]]]:
+    """A model with a 40-token keep threshold whose layer calls are recorded as (layer, hands the arena back);
+    growth handed back at the end of a call (``idle_s`` 0) or after that idle time."""
+    model = LoadedModel(model_dir, provider="cpu", arena_keep_tokens=40, arena_idle_release_s=idle_s)
     calls: list[tuple[int, bool]] = []
     real = model.runtime.layer
 
@@ -226,6 +227,75 @@ def test_a_busy_caller_keeps_the_arena_until_its_first_call_without_more(tiny_mo
     model.pool_all_layers([r.ids for r in small], [1, 2])
     assert calls == [(1, False), (2, False), (1, False), (2, True)]
     model.close()
+
+
+def _release_spy(model: LoadedModel) -> list[float]:
+    """Record when the runtime's out-of-batch arena release runs (and still run it)."""
+    import time
+
+    released: list[float] = []
+    real = model.runtime.release_arena
+
+    def spy() -> None:
+        released.append(time.monotonic())
+        real()
+
+    model.runtime.release_arena = spy  # type: ignore[method-assign]
+    return released
+
+
+def test_large_growth_is_handed_back_after_the_idle_time_not_during_a_loop(tiny_model_dir: Path) -> None:
+    """With an idle time, no call hands the arena back at its last stage: back-to-back large calls reuse it, and
+    the growth goes back once, by the timer, that long after the last call; a small call keeps nothing to
+    release; close() cancels a pending release."""
+    import time
+
+    model, calls = _arena_spy(tiny_model_dir, idle_s=0.3)
+    released = _release_spy(model)
+    dim = model.manifest.dims[0]
+    large = [Row(ids=np.array([1, *range(5, 13), 2]), dim=dim, layer=2)] * 8  # 80 padded tokens > 40
+    small = [Row(ids=np.array([1, 5, 6, 2]), dim=dim, layer=2)] * 4
+    first = model.run(large)
+    for _ in range(3):
+        again = model.run(large)
+    assert not any(last for _, last in calls) and released == []  # each call re-arms the timer
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    end = time.monotonic()
+    deadline = end + 10.0
+    while not released and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(released) == 1 and released[0] - end >= 0.29
+    assert not model._arena_grown
+    model.run(small)  # below the threshold: nothing held, no timer
+    time.sleep(0.5)
+    assert len(released) == 1 and model._idle_timer is None
+    # the offline multi-budget pass defers the same way, and close() cancels the pending release
+    model.run_budgets([r.ids for r in large], [(dim, 1), (dim, 2)])
+    assert model._idle_timer is not None and not any(last for _, last in calls)
+    model.close()
+    time.sleep(0.5)
+    assert len(released) == 1
+
+
+def test_an_idle_release_armed_before_a_later_call_does_nothing(tiny_model_dir: Path) -> None:
+    """A timer that fires after a newer call began (it raced the cancel) leaves the newer call's growth alone."""
+    model, _ = _arena_spy(tiny_model_dir, idle_s=30.0)
+    released = _release_spy(model)
+    large = [Row(ids=np.array([1, *range(5, 13), 2]), dim=model.manifest.dims[0], layer=2)] * 8
+    model.run(large)
+    stale = model._calls
+    model.run(large)
+    model._idle_release(stale)
+    assert released == [] and model._arena_grown
+    model._idle_release(model._calls)
+    assert len(released) == 1 and not model._arena_grown
+    model.close()
+
+
+def test_the_idle_time_must_not_be_negative(tiny_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="arena_idle_release_s must be >= 0, got -1"):
+        LoadedModel(tiny_model_dir, provider="cpu", arena_idle_release_s=-1)
 
 
 def test_one_global_thread_pool_per_process(tiny_model_dir: Path) -> None:

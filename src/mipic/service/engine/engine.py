@@ -127,6 +127,7 @@ class Engine:
                 max_batch_tokens=s.max_batch_tokens,
                 max_batch_token_pairs=s.max_batch_token_pairs,
                 arena_keep_tokens=s.onnx_arena_keep_tokens,
+                arena_idle_release_s=s.onnx_arena_idle_release_s,
                 threads=s.onnx_thread_pool,
             )
             if s.verify_golden:
