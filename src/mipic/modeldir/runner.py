@@ -133,6 +133,7 @@ class LoadedModel:
         self.arena_keep_tokens = max(0, arena_keep_tokens)
         self._arena_grown = False  # a large sub-batch's growth is still held for the next one (see run)
         self.arena_idle_release_s = arena_idle_release_s
+        self._shared_arena = arena == "shared"
         # One call (or one idle release) at a time; calls nest (run_budgets → pool_all_layers), so reentrant.
         self._lock = threading.RLock()
         self._depth = 0  # calls in progress on this thread's stack
@@ -228,7 +229,8 @@ class LoadedModel:
                 yield
             finally:
                 self._depth -= 1
-                if outermost and self._arena_grown and self.arena_idle_release_s > 0:
+                if (outermost and self._arena_grown and self.arena_idle_release_s > 0
+                        and self._shared_arena):  # other arenas have nothing to hand back
                     self._idle_timer = threading.Timer(self.arena_idle_release_s, self._idle_release,
                                                        args=(self._calls,))
                     self._idle_timer.daemon = True

@@ -293,6 +293,14 @@ def test_an_idle_release_armed_before_a_later_call_does_nothing(tiny_model_dir: 
     model.close()
 
 
+def test_no_idle_release_is_armed_for_arenas_that_are_not_shared(tiny_model_dir: Path) -> None:
+    model = LoadedModel(tiny_model_dir, provider="cpu", arena="per-session", arena_keep_tokens=40,
+                        arena_idle_release_s=30.0)
+    model.run([Row(ids=np.array([1, *range(5, 13), 2]), dim=model.manifest.dims[0], layer=2)] * 8)
+    assert model._idle_timer is None
+    model.close()
+
+
 def test_the_idle_time_must_not_be_negative(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="arena_idle_release_s must be >= 0, got -1"):
         LoadedModel(tiny_model_dir, provider="cpu", arena_idle_release_s=-1)
