@@ -227,9 +227,10 @@ class DistillSection(_Section):
         description="Weights of the align term's budgets: 'uniform', or 'linear' (∝ dim: wide prefixes weigh most).")
     cache_teacher: bool = Field(
         default=True,
-        description="Run the frozen teacher once per distinct training text and keep its vector (in memory; "
-        "training/teacher.py): a sentence paired with itself and every epoch after the first skip the teacher's "
-        "forward. Same targets up to float rounding; false = the teacher runs on every row of every step.")
+        description="Run the frozen teacher once per distinct training text and keep its vector "
+        "(training/teacher.py): a sentence paired with itself and every epoch after the first skip the teacher's "
+        "forward. Same targets up to float rounding. Saved as output_dir/teacher_table.pt under a fingerprint, so a "
+        "resumed run reads it back. false = the teacher runs on every row of every step.")
 
 
 # The flat ``loss:`` section of configs before issue 21 (``objective`` at the top level; every objective's

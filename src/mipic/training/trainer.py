@@ -51,7 +51,7 @@ from mipic.training.model import (
     merged_encoder,
 )
 from mipic.training.run import FINAL_DIR, RunSpec, TrainResult, run
-from mipic.training.teacher import TeacherTable, text_keys
+from mipic.training.teacher import TABLE_FILE, TeacherTable, text_keys
 
 logger = logging.getLogger(__name__)
 
@@ -408,8 +408,9 @@ def train(
     if model.teacher is not None and cfg.distill.cache_teacher:
         distinct, text_key, pos_key = text_keys(texts, pos)
         keys = (text_key, pos_key)
-        model.teacher_table = TeacherTable.build(model.teacher, tokenizer, distinct, cfg.data.max_length,
-                                                 device=_teacher_device())
+        model.teacher_table = TeacherTable.load_or_build(Path(cfg.train.output_dir) / TABLE_FILE, model.teacher,
+                                                         tokenizer, distinct, cfg.data.max_length,
+                                                         device=_teacher_device())
 
     def build_trainer() -> MipicTrainer:
         return MipicTrainer(

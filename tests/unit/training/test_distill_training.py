@@ -255,3 +255,48 @@ def test_training_with_the_teacher_table_matches_training_without(
         if k in base:
             moved = max(moved, float((a[k] - base[k]).abs().max()))
     assert moved > 1e-3  # and the run did train
+
+
+def test_teacher_table_is_read_back_only_for_the_same_teacher_texts_and_settings(
+    tiny_torch_model: Any, heads_file: Path, tmp_path: Path
+) -> None:
+    """A resumed run reads the saved table instead of running the teacher again; another teacher, other texts,
+    another max length or an unreadable file build it afresh."""
+    from mipic.training.teacher import TeacherTable
+
+    _, _, ckpt = tiny_torch_model
+    cfg = distill_config(ckpt, tmp_path / "run", heads_file)
+    encoder, tokenizer = load_encoder(cfg.model)
+    teacher = build_model(cfg, encoder).teacher
+    assert teacher is not None
+    forwards: list[int] = []
+    teacher.register_forward_hook(lambda *_: forwards.append(1))
+    texts = training_sentences(10)
+    path = tmp_path / "table" / "teacher_table.pt"
+    first = TeacherTable.load_or_build(path, teacher, tokenizer, texts, 16, batch_size=4)
+    assert path.is_file() and len(forwards) == 3  # 10 texts in batches of 4
+    again = TeacherTable.load_or_build(path, teacher, tokenizer, texts, 16, batch_size=4)
+    assert len(forwards) == 3 and torch.equal(again.vectors, first.vectors)  # read back, bit for bit
+    TeacherTable.load_or_build(path, teacher, tokenizer, texts[:-1], 16, batch_size=4)
+    assert len(forwards) == 6  # other texts: built again (and saved over)
+    TeacherTable.load_or_build(path, teacher, tokenizer, texts[:-1], 12, batch_size=4)
+    assert len(forwards) == 9  # another max length
+    with torch.no_grad():
+        next(teacher.parameters()).add_(0.01)
+    moved = TeacherTable.load_or_build(path, teacher, tokenizer, texts[:-1], 12, batch_size=4)
+    assert len(forwards) == 12 and not torch.equal(moved.vectors, first.vectors[:-1])  # another teacher
+    path.write_bytes(b"not a table")
+    TeacherTable.load_or_build(path, teacher, tokenizer, texts[:-1], 12, batch_size=4)
+    assert len(forwards) == 15 and not list(path.parent.glob("*.tmp"))
+
+
+def test_a_training_run_keeps_its_teacher_table_for_resuming(
+    tiny_torch_model: Any, heads_file: Path, tmp_path: Path
+) -> None:
+    from mipic.training.teacher import TABLE_FILE
+
+    _, _, ckpt = tiny_torch_model
+    texts = training_sentences(24)
+    run = train(distill_config(ckpt, tmp_path / "run", heads_file), sentences=texts)
+    saved = torch.load(run.output_dir / TABLE_FILE, weights_only=True)
+    assert saved["vectors"].shape == (24, TINY_HIDDEN) and len(saved["fingerprint"]) == 64
