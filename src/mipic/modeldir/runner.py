@@ -134,6 +134,7 @@ class LoadedModel:
         self._arena_grown = False  # a large sub-batch's growth is still held for the next one (see run)
         self.arena_idle_release_s = arena_idle_release_s
         self._shared_arena = arena == "shared"
+        self._closed = False
         # One call (or one idle release) at a time; calls nest (run_budgets → pool_all_layers), so reentrant.
         self._lock = threading.RLock()
         self._depth = 0  # calls in progress on this thread's stack
@@ -230,7 +231,7 @@ class LoadedModel:
             finally:
                 self._depth -= 1
                 if (outermost and self._arena_grown and self.arena_idle_release_s > 0
-                        and self._shared_arena):  # other arenas have nothing to hand back
+                        and self._shared_arena and not self._closed):  # other arenas have nothing to hand back
                     self._idle_timer = threading.Timer(self.arena_idle_release_s, self._idle_release,
                                                        args=(self._calls,))
                     self._idle_timer.daemon = True
@@ -239,7 +240,7 @@ class LoadedModel:
     def _idle_release(self, calls: int) -> None:
         """The idle timer: hand the held growth back unless a call began since it was armed."""
         with self._lock:
-            if calls != self._calls or not self._arena_grown:
+            if calls != self._calls or not self._arena_grown or self._closed:
                 return
             self._idle_timer = None
             try:
@@ -415,8 +416,10 @@ class LoadedModel:
         self.run([Row(ids=ids, dim=self.manifest.hidden_size, layer=k) for k in self.manifest.layers])
 
     def close(self) -> None:
-        with self._lock:
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
-                self._idle_timer = None
-            self.runtime.close()
+        """Drop the sessions and any pending idle release. Does not wait for a call in progress (a server
+        stopping at its drain deadline closes the model while the last batch still runs on the worker thread)."""
+        self._closed = True
+        timer = self._idle_timer
+        if timer is not None:
+            timer.cancel()
+        self.runtime.close()

@@ -301,6 +301,45 @@ def test_no_idle_release_is_armed_for_arenas_that_are_not_shared(tiny_model_dir:
     model.close()
 
 
+def test_close_does_not_wait_for_a_call_in_progress(tiny_model_dir: Path) -> None:
+    """A server stopping at its drain deadline closes the model while the worker thread still runs a batch:
+    close() returns at once (it used to block the event loop until the batch ended), and the call that was
+    running arms no idle release afterwards."""
+    import threading
+    import time
+
+    model, _ = _arena_spy(tiny_model_dir, idle_s=0.2)
+    released = _release_spy(model)
+    entered, go_on = threading.Event(), threading.Event()
+    real = model.runtime.embed
+
+    def slow_embed(ids: np.ndarray) -> np.ndarray:
+        entered.set()
+        go_on.wait(10)
+        return real(ids)
+
+    model.runtime.embed = slow_embed  # type: ignore[method-assign]
+    large = [Row(ids=np.array([1, *range(5, 13), 2]), dim=model.manifest.dims[0], layer=2)] * 8
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            model.run(large)
+        except BaseException as exc:  # the sessions are gone under it: what onnxruntime says is not the point
+            errors.append(exc)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    assert entered.wait(10)
+    t0 = time.monotonic()
+    model.close()
+    assert time.monotonic() - t0 < 0.5
+    go_on.set()
+    worker.join(10)
+    time.sleep(0.4)
+    assert model._idle_timer is None and released == []
+
+
 def test_the_idle_time_must_not_be_negative(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="arena_idle_release_s must be >= 0, got -1"):
         LoadedModel(tiny_model_dir, provider="cpu", arena_idle_release_s=-1)
