@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     onnx_arena_keep_tokens: int = Field(
         DEFAULT_ARENA_KEEP_TOKENS, ge=0,
         description="With the shared arena: a batch of at most this many padded tokens keeps the arena's memory "
-        "for the next batch instead of handing it back (no page faults on every small batch); larger batches "
-        "hand back what they grew it by. 0 = hand back after every batch.",
+        "for the next batch instead of handing it back (no page faults on every small batch); what larger batches "
+        "grew it by goes back once the engine is idle (onnx_arena_idle_release_s). 0 = hand back after every batch.",
     )
     onnx_arena_idle_release_s: float = Field(
         DEFAULT_ARENA_IDLE_RELEASE_S, ge=0,
