@@ -67,7 +67,7 @@ class Settings(BaseSettings):
         DEFAULT_ARENA_KEEP_TOKENS, ge=0,
         description="With the shared arena: a batch of at most this many padded tokens keeps the arena's memory "
         "for the next batch instead of handing it back (no page faults on every small batch); what larger batches "
-        "grew it by goes back once the engine is idle (onnx_arena_idle_release_s). 0 = hand back after every batch.",
+        "grew it by goes back once the engine is idle (onnx_arena_idle_release_s). 0 = every batch counts as large.",
     )
     onnx_arena_idle_release_s: float = Field(
         DEFAULT_ARENA_IDLE_RELEASE_S, ge=0,
