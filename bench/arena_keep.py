@@ -107,12 +107,12 @@ def markdown(payload: dict[str, Any]) -> str:
             tps = statistics.median(r[k] for r in payload["values"][v])
             row.append(f"{tps:,.0f} ({Spread(tuple(payload['ratios'][v][k]['values'])).text()})")
         rows.append(row)
-    faults = [[key(p), *(f"{statistics.median(r.get(FAULTS + key(p), float('nan')) for r in payload['values'][v]):,.0f}"
+    faults = [[key(p), *(f"{statistics.median(r[FAULTS + key(p)] for r in payload['values'][v]):,.0f}"
                          for v in VARIANTS)] for p in POINTS]
     return (f"Offline engine texts/s, median of {payload['reps']} interleaved reps, each variant in its own process; "
             f"in brackets the per-rep ratio to per-session arenas, median (min–max). Keep threshold "
             f"{payload['keep_tokens']} padded tokens (a batch above it hands the arena back: at the end of "
-            f"the call, or {payload.get('idle_release_s', 1.0):g} s after it by default). "
+            f"the call, or {payload['idle_release_s']:g} s after it by default). "
             f"{env_line(payload['env'])}. Load average at start: {payload['load_at_start']['loadavg'][0]}.\n\n"
             + md_table(["point", *VARIANTS], rows)
             + "\nMinor page faults per call (median over calls and reps): memory the arena handed back and had to "

@@ -116,9 +116,10 @@ class TeacherTable:
 
 def fingerprint(teacher: nn.Module, texts: Sequence[str], max_length: int, batch_size: int) -> str:
     """SHA-256 over what the table's values depend on: every parameter and buffer of ``teacher`` (names and
-    bytes), the texts in order, the maximum length and the batch size (it sets the padding, hence the rounding)."""
+    bytes), the texts in order, the maximum length and the batch size (it sets the padding, hence the rounding).
+    The tokenizer is not hashed: the trainer loads it with the teacher's weights, from the same base model."""
     h = hashlib.sha256(f"{max_length}|{batch_size}|{len(texts)}".encode())
-    for name, tensor in [*teacher.state_dict().items()]:
+    for name, tensor in teacher.state_dict().items():
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     for t in texts:
