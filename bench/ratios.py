@@ -6,8 +6,10 @@ the same neighbour):
   texts, OpenAI surface) at every budget of ``http_budgets``,
 - Infinity over HTTP at saturation, same texts, load and surface (``dimensions``), at every dim of them,
 - mipic's offline engine (``LoadedModel.run``, pre-tokenized, best of the ``offline_batches``) at every budget,
-- the latency of both servers at the same open-loop offered rates (fractions of the *lower* saturation of
-  the two, measured in the first rep), at the full budget.
+- the same for mipic served by ``workers`` processes (``mipic serve --workers N``, one onnxruntime thread each
+  on 2 cores) for every N of ``extra_workers``, under keys ``mipic_wN_…``,
+- the latency of every server at the same open-loop offered rates (fractions of the *lower* saturation of
+  mipic's single process and Infinity, measured in the first rep), at the full budget.
 Both servers stay up for the whole run (the idle one costs nothing measurable: both wait on a socket).
 Each rep yields one value of every ratio — mipic/Infinity, served/offline, served layer 1 / layer 6 — from
 measurements taken minutes apart at most; the table gives the median and the (min–max) spread of those
@@ -59,6 +61,7 @@ class RatiosConfig:
     latency_fractions: tuple[float, ...] = (0.5, 0.75)  # of the lower saturation, full budget
     latency_seconds: float = 6.0
     infinity: bool = True
+    extra_workers: tuple[int, ...] = (2,)  # mipic also served by this many worker processes (``--workers``)
     # targets (issue 19): (name, ratio key, bound)
     targets: tuple[tuple[str, str, float], ...] = field(default=(
         ("≥ 1.5× Infinity over HTTP at saturation, d384/l6 (fp32 vs fp32)", "http_vs_infinity_d384_l6", 1.5),
@@ -68,6 +71,13 @@ class RatiosConfig:
         ("served/offline ≥ 90 % at d384/l6", "served_over_offline_d384_l6", 0.90),
         ("served/offline ≥ 75 % at d64/l1", "served_over_offline_d64_l1", 0.75),
         ("served layer 1 ≥ 4× served layer 6 (d64)", "served_l1_over_l6_d64", 4.0),
+        ("2 workers: ≥ 1.5× Infinity over HTTP at saturation, d384/l6", "w2_http_vs_infinity_d384_l6", 1.5),
+        ("2 workers: ≥ 1.5× Infinity over HTTP at saturation, d64/l6", "w2_http_vs_infinity_d64_l6", 1.5),
+        ("2 workers: ≥ 1.2× Infinity at equal precision, d384/l6", "w2_http_vs_infinity_d384_l6", 1.2),
+        ("2 workers: ≥ 1.2× Infinity at equal precision, d64/l6", "w2_http_vs_infinity_d64_l6", 1.2),
+        ("2 workers: served/offline ≥ 90 % at d384/l6", "w2_served_over_offline_d384_l6", 0.90),
+        ("2 workers: served/offline ≥ 75 % at d64/l1", "w2_served_over_offline_d64_l1", 0.75),
+        ("2 workers: served layer 1 ≥ 4× served layer 6 (d64)", "w2_served_l1_over_l6_d64", 4.0),
     ))
 
 
@@ -193,11 +203,15 @@ def run(model_dir: Path, cfg: RatiosConfig, results_dir: Path | None = None, nam
     latency: dict[str, list[dict[str, float]]] = {}
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
-        m_url, _ = stack.enter_context(mipic_server(model_dir))
+        m_urls = {1: stack.enter_context(mipic_server(model_dir))[0]}
+        for n in cfg.extra_workers:
+            m_urls[n] = stack.enter_context(mipic_server(model_dir, {"MIPIC_WORKERS": str(n)}))[0]
         i_url = stack.enter_context(infinity_server(ensure_optimum_export()[0]))[0] if cfg.infinity else None
         loads: dict[str, tuple[str, str, dict[str, Any]]] = {}  # HTTP measurements: name → (url, path, body)
-        for dim, layer in cfg.http_budgets:
-            loads[f"mipic_http_d{dim}_l{layer}"] = (m_url, "/v1/embeddings", {"dimensions": dim, "layer": layer})
+        for n, m_url in m_urls.items():
+            for dim, layer in cfg.http_budgets:
+                loads[f"{mipic_key(n)}_http_d{dim}_l{layer}"] = (m_url, "/v1/embeddings",
+                                                                 {"dimensions": dim, "layer": layer})
         if i_url is not None:  # Infinity has no early exit: its dims at the full depth only
             for dim in sorted({d for d, layer in cfg.http_budgets if layer == full[1]}):
                 body = {"model": INFINITY_MODEL_NAME, "dimensions": dim}
@@ -209,7 +223,7 @@ def run(model_dir: Path, cfg: RatiosConfig, results_dir: Path | None = None, nam
             k: functools.partial(saturation_texts_per_s, *v, batches, cfg) for k, v in loads.items()}
         for dim, layer in cfg.http_budgets:
             steps[f"offline_d{dim}_l{layer}"] = functools.partial(offline.texts_per_s, dim, layer)
-        servers = [("mipic", *loads[f"mipic_http_d{full[0]}_l{full[1]}"])]
+        servers = [(mipic_key(n), *loads[f"{mipic_key(n)}_http_d{full[0]}_l{full[1]}"]) for n in m_urls]
         if i_url is not None:
             servers.append(("infinity", *loads[f"infinity_http_d{full[0]}"]))
         values: dict[str, list[float]] = {k: [] for k in steps}
@@ -239,23 +253,33 @@ def run(model_dir: Path, cfg: RatiosConfig, results_dir: Path | None = None, nam
     return payload
 
 
+def mipic_key(workers: int) -> str:
+    """The series name of mipic served by ``workers`` processes: ``mipic`` for one (the default server)."""
+    return "mipic" if workers == 1 else f"mipic_w{workers}"
+
+
 def ratio_table(values: dict[str, list[float]], cfg: RatiosConfig) -> dict[str, Spread]:
-    """Every ratio this section reports, per rep, from the measured series."""
+    """Every ratio this section reports, per rep, from the measured series; the multi-worker server's ratios
+    are prefixed ``wN_`` (and ``wN_over_w1_…`` compares it with one process)."""
     out: dict[str, Spread] = {}
-    for dim, layer in cfg.http_budgets:
-        served, offline = values.get(f"mipic_http_d{dim}_l{layer}"), values.get(f"offline_d{dim}_l{layer}")
-        if served and offline:
-            out[f"served_over_offline_d{dim}_l{layer}"] = paired_ratios(served, offline)
-        inf = values.get(f"infinity_http_d{dim}")
-        if served and inf and layer == max(b[1] for b in cfg.http_budgets):
-            out[f"http_vs_infinity_d{dim}_l{layer}"] = paired_ratios(served, inf)
-    dims = {d for d, _ in cfg.http_budgets}
-    for dim in dims:
-        layers = sorted(layer for d, layer in cfg.http_budgets if d == dim)
-        if len(layers) >= 2:
-            lo, hi = layers[0], layers[-1]
-            out[f"served_l{lo}_over_l{hi}_d{dim}"] = paired_ratios(
-                values[f"mipic_http_d{dim}_l{lo}"], values[f"mipic_http_d{dim}_l{hi}"])
+    for n in (1, *cfg.extra_workers):
+        name, prefix = mipic_key(n), "" if n == 1 else f"w{n}_"
+        for dim, layer in cfg.http_budgets:
+            served, offline = values.get(f"{name}_http_d{dim}_l{layer}"), values.get(f"offline_d{dim}_l{layer}")
+            if served and offline:
+                out[f"{prefix}served_over_offline_d{dim}_l{layer}"] = paired_ratios(served, offline)
+            inf = values.get(f"infinity_http_d{dim}")
+            if served and inf and layer == max(b[1] for b in cfg.http_budgets):
+                out[f"{prefix}http_vs_infinity_d{dim}_l{layer}"] = paired_ratios(served, inf)
+            one = values.get(f"mipic_http_d{dim}_l{layer}")
+            if n != 1 and served and one:
+                out[f"{prefix}over_w1_d{dim}_l{layer}"] = paired_ratios(served, one)
+        for dim in {d for d, _ in cfg.http_budgets}:
+            layers = sorted(layer for d, layer in cfg.http_budgets if d == dim)
+            lo_key, hi_key = (f"{name}_http_d{dim}_l{layers[0]}", f"{name}_http_d{dim}_l{layers[-1]}")
+            if len(layers) >= 2 and lo_key in values and hi_key in values:
+                out[f"{prefix}served_l{layers[0]}_over_l{layers[-1]}_d{dim}"] = paired_ratios(
+                    values[lo_key], values[hi_key])
     return out
 
 
@@ -295,7 +319,8 @@ def markdown(payload: dict[str, Any]) -> str:
 
 def quick_config() -> RatiosConfig:
     return RatiosConfig(reps=2, http_budgets=((64, 6), (64, 1)), seconds=0.5, offline_batches=(8,),
-                        offline_seconds=0.1, latency_fractions=(0.5,), latency_seconds=0.5, infinity=False)
+                        offline_seconds=0.1, latency_fractions=(0.5,), latency_seconds=0.5, infinity=False,
+                        extra_workers=(2,))
 
 
 def main() -> None:

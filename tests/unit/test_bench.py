@@ -340,6 +340,22 @@ def test_ratio_table_pairs_each_rep_with_its_own_reference() -> None:
     assert "http_vs_infinity_d64_l1" not in r  # Infinity has no early exit
 
 
+def test_ratio_table_reports_the_multi_worker_server_against_the_same_references() -> None:
+    from bench.ratios import RatiosConfig, ratio_table
+
+    cfg = RatiosConfig(http_budgets=((64, 6), (64, 1)), extra_workers=(2,))
+    values = {"mipic_http_d64_l6": [100.0, 100.0], "offline_d64_l6": [110.0, 100.0],
+              "mipic_http_d64_l1": [400.0, 500.0], "offline_d64_l1": [500.0, 500.0],
+              "mipic_w2_http_d64_l6": [110.0, 120.0], "mipic_w2_http_d64_l1": [480.0, 600.0],
+              "infinity_http_d64": [50.0, 60.0]}
+    r = ratio_table(values, cfg)
+    assert r["w2_http_vs_infinity_d64_l6"].values == (2.2, 2.0)
+    assert r["w2_served_over_offline_d64_l1"].values == (0.96, 1.2)
+    assert r["w2_over_w1_d64_l6"].values == (1.1, 1.2)
+    assert r["w2_served_l1_over_l6_d64"].values == (480 / 110, 5.0)
+    assert r["http_vs_infinity_d64_l6"].values == (2.0, 100 / 60)  # the single process's own ratios unchanged
+
+
 def test_profile_summary_groups_py_spy_stacks_by_thread() -> None:
     from bench.profile_served import summarize, thread_ids
 

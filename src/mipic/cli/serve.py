@@ -54,18 +54,28 @@ def serve(
         typer.Option(help="text, or json lines for a log collector (server, access and mipic lines alike).",
                      show_default=_setting_default("log_format")),
     ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Server processes sharing the port (each its own model copy and share of "
+                     "the cores): more texts/s at saturation, a lone request slower.",
+                     show_default=_setting_default("workers")),
+    ] = None,
 ) -> None:
     """Serve a model directory over HTTP (default: the bootstrapped all-MiniLM-L6-v2). Every other knob is
     a MIPIC_* environment variable (README: Configuration)."""
     from mipic.service.app import create_app
     from mipic.service.server import run
+    from mipic.service.workers import supervise
 
     given = {"host": host, "port": port, "model_dir": model, "provider": provider and provider.value,
-             "log_level": log_level and log_level.value, "log_format": log_format and log_format.value}
+             "log_level": log_level and log_level.value, "log_format": log_format and log_format.value,
+             "workers": workers}
     try:
         settings = Settings(**{k: v for k, v in given.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as exc:
         raise UserError(f"bad setting: {one_line(exc)}") from None
     start(settings.log_level, settings.log_format)
     servable(settings.model_dir, bootstrap=settings.bootstrap_default)
+    if settings.workers > 1:
+        raise typer.Exit(supervise(settings))
     run(create_app(settings), settings)

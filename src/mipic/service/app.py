@@ -140,10 +140,13 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         metrics.inference_duration.labels(v).observe(stats.inference_seconds)
         for q in stats.queue_seconds:
             metrics.queue_duration.labels(v).observe(q)
+        # also set at every scrape; kept current here because with several workers the scrape reaches one
+        metrics.queue_depth.set(engine.batcher.depth)
+        metrics.observe_shed(engine.batcher.shed_rows)
 
     def on_swap(old: LoadedModel | None, new: LoadedModel) -> None:
         if old is not None:
-            metrics.model_info.remove(old.manifest.name, old.version, old.runtime.provider)
+            metrics.retire_model(old.manifest.name, old.version, old.runtime.provider)
         metrics.model_info.labels(new.manifest.name, new.version, new.runtime.provider).set(1)
 
     engine = Engine(settings, on_batch=on_batch, on_swap=on_swap)

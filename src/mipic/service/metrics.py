@@ -1,5 +1,9 @@
 """Every Prometheus metric the service exports, defined once on a private registry.
 
+With several workers (``workers.Supervisor``) every worker records into Prometheus's multiprocess files
+(``PROMETHEUS_MULTIPROC_DIR``) and :meth:`Metrics.exposition` reports all of them, whichever worker is scraped:
+counters and histograms summed, each gauge as its ``multiprocess_mode`` says.
+
 Label values are bounded: ``dim`` and ``layer`` come from the manifest's allowed sets (validated before
 any observation), ``model_version`` from the loaded manifests, ``endpoint`` and ``status`` from the
 routes and the error table.
@@ -7,7 +11,10 @@ routes and the error table.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 # Sub-millisecond buckets for the tiny-input CPU case up to several seconds for overload.
 LATENCY_BUCKETS_S = (
@@ -23,6 +30,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # set by workers.Supervisor before this process imported prometheus_client (which then records to files)
+        self.multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         self.request_duration = Histogram(
             "mipic_request_duration_seconds",
@@ -60,7 +69,8 @@ class Metrics:
             "mipic_batch_tokens", "Padded tokens per executed batch.", ["model_version"],
             buckets=BATCH_TOKEN_BUCKETS, registry=r,
         )
-        self.queue_depth = Gauge("mipic_queue_depth", "Inputs waiting in the batch queue.", registry=r)
+        self.queue_depth = Gauge("mipic_queue_depth", "Inputs waiting in the batch queue (summed over workers).",
+                                 registry=r, multiprocess_mode="livesum")
         self.requests = Counter(
             "mipic_requests_total", "Embed requests by endpoint and HTTP status.", ["endpoint", "status"],
             registry=r,
@@ -81,9 +91,10 @@ class Metrics:
         )
         self.model_info = Gauge(
             "mipic_model_info", "1 for the model version being served.",
-            ["model", "model_version", "provider"], registry=r,
+            ["model", "model_version", "provider"], registry=r, multiprocess_mode="livemax",
         )
-        self.ready = Gauge("mipic_ready", "1 when a model is loaded and warmed.", registry=r)
+        self.ready = Gauge("mipic_ready", "1 when a model is loaded and warmed (with several workers: every one).",
+                           registry=r, multiprocess_mode="livemin")
         self.shed_inputs = Counter(
             "mipic_auto_shed_inputs_total",
             "Inputs of layer=auto requests refused (429) at the batch, before any compute, because their batch "
@@ -91,6 +102,22 @@ class Metrics:
             "overloaded).", registry=r,
         )
         self._shed_seen = 0
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The text a scrape returns and its content type: this process's registry, or with several workers
+        every worker's multiprocess files."""
+        if not self.multiproc_dir:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, self.multiproc_dir)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    def retire_model(self, name: str, version: str, provider: str) -> None:
+        """A swapped-out version leaves ``mipic_model_info``: removed, or with several workers set to 0 (the
+        multiprocess files cannot remove a series; ``livemax`` then shows 0 once every worker has switched)."""
+        self.model_info.labels(name, version, provider).set(0)
+        if not self.multiproc_dir:
+            self.model_info.remove(name, version, provider)
 
     def observe_shed(self, total: int) -> None:
         """Bring ``mipic_auto_shed_inputs_total`` up to the batcher's running count ``total`` (read at scrape;

@@ -31,6 +31,7 @@ from mipic.logs import logging_config
 from mipic.modeldir.runner import pin_single_thread_blas
 from mipic.service.api.errors import OTHER_ENDPOINT
 from mipic.service.engine.engine import Engine
+from mipic.service.engine.errors import EngineError
 from mipic.service.metrics import Metrics
 from mipic.service.protocol import HeadLimits, limited_protocol
 from mipic.service.settings import Settings
@@ -52,10 +53,28 @@ class DrainingServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_started = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[None] | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
+        self._loop.add_signal_handler(signal.SIGHUP, self._reload_current)
+        try:
+            await super().serve(sockets)
+        finally:
+            self._loop.remove_signal_handler(signal.SIGHUP)
+
+    def _reload_current(self) -> None:
+        """SIGHUP: reload the repository's CURRENT, as ``POST /admin/reload`` without a body does; a failure is
+        logged and the served version stays."""
+        async def reload() -> None:
+            try:
+                model_id, changed = await self.engine.reload()
+            except EngineError as exc:
+                logger.warning("SIGHUP reload refused: %s", exc)
+            else:
+                logger.info("SIGHUP reload: serving %s%s", model_id, "" if changed else " (unchanged)")
+
+        self._reload_task = asyncio.ensure_future(reload())
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._drain_started or self._loop is None or sig != signal.SIGTERM:
@@ -103,8 +122,9 @@ def uvicorn_config(app: FastAPI, settings: Settings, configure_logging: bool = T
     )
 
 
-def run(app: FastAPI, settings: Settings) -> None:
-    """Serve until SIGTERM/SIGINT (then drain). This process's only BLAS work is the exit heads: BLAS is set to
-    one thread once here rather than limited around every batch (``pin_single_thread_blas``)."""
+def run(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (then drain); SIGHUP reloads. ``sockets``: listen there instead of binding
+    host:port (a worker of ``workers.Supervisor``). This process's only BLAS work is the exit heads: BLAS is set
+    to one thread once here rather than limited around every batch (``pin_single_thread_blas``)."""
     pin_single_thread_blas()
-    DrainingServer(uvicorn_config(app, settings), app.state.engine, settings.drain_timeout_s).run()
+    DrainingServer(uvicorn_config(app, settings), app.state.engine, settings.drain_timeout_s).run(sockets)

@@ -51,6 +51,10 @@ class NotFound(ApiError):
     """A named thing this server does not have (a UI file)."""
 
 
+class SingleWorkerOnly(ApiError):
+    """A request one worker of several cannot apply to the others (a reload to a given ``model_dir``)."""
+
+
 class UnsupportedMediaType(ApiError):
     """A body that is not JSON."""
 
@@ -84,6 +88,7 @@ ERROR_TABLE: list[ErrorRow] = [
     ErrorRow(NotFound, 404, "invalid_request_error", "Validation", 404),
     ErrorRow(engine_errors.ModelRejected, 409, "invalid_request_error", "Backend", 409),
     ErrorRow(engine_errors.PointerInvalid, 409, "invalid_request_error", "Backend", 409),
+    ErrorRow(SingleWorkerOnly, 409, "invalid_request_error", "Validation", 409),
     ErrorRow(UnsupportedMediaType, 415, "invalid_request_error", "Validation", 415),
     ErrorRow(engine_errors.Overloaded, 429, "rate_limit_error", "Overloaded", 429),
     ErrorRow(engine_errors.NotReady, 503, "service_unavailable", "Unhealthy", 503),

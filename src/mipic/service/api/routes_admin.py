@@ -1,14 +1,20 @@
-"""Admin endpoints, behind a bearer token: hot reload of the model version."""
+"""Admin endpoints, behind a bearer token: hot reload of the model version.
+
+With several workers (``mipic serve --workers N``) the worker that answers reloads and then sends its parent
+SIGHUP, which every worker answers by reloading the repository's CURRENT (``workers.py``); a reload to a given
+``model_dir`` cannot reach the other workers and is refused (409 ``needs_single_worker``)."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from mipic.service.api.deps import EngineDep, SettingsDep, bearer_matches
-from mipic.service.api.errors import Forbidden, Unauthorized
+from mipic.service.api.errors import Forbidden, SingleWorkerOnly, Unauthorized
 
 
 async def require_admin(request: Request, settings: SettingsDep) -> None:
@@ -36,8 +42,15 @@ class ReloadResponse(BaseModel):
 
 
 @router.post("/reload", response_model=ReloadResponse)
-async def reload(engine: EngineDep, body: ReloadRequest | None = None) -> ReloadResponse:
+async def reload(request: Request, engine: EngineDep, body: ReloadRequest | None = None) -> ReloadResponse:
     """Load the repository's CURRENT version (or ``model_dir``) beside the served one, then switch."""
     path = Path(body.model_dir) if body and body.model_dir else None
+    supervisor: int | None = getattr(request.app.state, "supervisor_pid", None)
+    if supervisor is not None and path is not None:
+        raise SingleWorkerOnly("model_dir cannot be reloaded with several workers: point the repository's CURRENT "
+                               "at the version and POST /admin/reload without a body (every worker follows)",
+                               "needs_single_worker", "model_dir")
     model_id, changed = await engine.reload(path)
+    if supervisor is not None:
+        os.kill(supervisor, signal.SIGHUP)  # the other workers reload CURRENT too
     return ReloadResponse(model=model_id, changed=changed)

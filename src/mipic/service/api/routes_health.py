@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mipic.service.api.deps import EngineDep, MetricsDep, SettingsDep
 from mipic.service.api.routes_budgets import budget_entries, exit_space_info
@@ -63,4 +62,5 @@ async def info(engine: EngineDep, settings: SettingsDep) -> InfoResponse:
 async def metrics(m: MetricsDep, engine: EngineDep) -> Response:
     m.queue_depth.set(engine.batcher.depth)
     m.observe_shed(engine.batcher.shed_rows)
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = m.exposition()
+    return Response(body, media_type=content_type)
