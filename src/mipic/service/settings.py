@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=64,
         description="Server processes sharing the port, each a whole server with its own model copy (memory × N) "
-        "and 1/N of the cores; /metrics sums them. 2 on 2 cores served 1.11× (d384/l6) and 1.20× (d64/l1) the "
-        "texts/s of 1 at saturation; 1 answers a lone request fastest. Measured: README, Benchmarks.",
+        "and 1/N of the cores; /metrics sums them. 2 on 2 cores: 0.99–1.20× the texts/s of 1 at saturation "
+        "(medians of two 5-rep runs), a lone request and light load slower, so 1 stays the default. "
+        "Measured: README, Benchmarks.",
     )
     intra_op_threads: int = Field(0, ge=0, description="Threads per operator; 0 = onnxruntime default "
                                   "(with several workers: the cores split between them).")

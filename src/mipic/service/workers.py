@@ -1,10 +1,12 @@
 """``mipic serve`` with ``workers`` > 1: N whole server processes sharing one listening socket.
 
-Why: on 2 cores, two processes of one onnxruntime thread each served 1.11× (1.02–1.22) the texts/s of one
-process of two threads at d384/l6 and 1.20× (1.06–1.25) at d64/l1 (README, Benchmarks). One process's
-onnxruntime threads share their cores with its event loop and wait for each other at every operator's
-parallel section; a process per core has neither cost. The price: each worker holds its own copy of the
-model (memory × N), and a lone request runs on 1/N of the cores, so the default stays one worker.
+Why: one process's onnxruntime threads share their cores with its event loop and wait for each other at every
+operator's parallel section; a process per core has neither cost. Measured on 2 cores (README, Benchmarks), two
+processes of one onnxruntime thread each against one process of two, texts/s at saturation: 1.11× (1.02–1.22)
+at d384/l6 and 1.20× (1.06–1.25) at d64/l1 in a scratch run, 0.99× (0.68–0.99), 1.08× (d64/l6) and 1.11×
+(0.91–1.14) in ``bench.ratios``. The price: each worker holds its own copy of the model (memory × N), and a
+lone request runs on 1/N of the cores (at half saturation p50/p99 68/210 ms against 55/146 ms), so the default
+stays one worker.
 
 The parent (this module's :class:`Supervisor`) binds the socket once, then starts the workers with
 multiprocessing's *spawn* context (no state forked from the parent); the kernel hands each new connection to
