@@ -76,6 +76,17 @@ def _embed_200s(url: str) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
+def _model_info(url: str) -> dict[str, float]:
+    """mipic_model_info by version, as a scrape reports it."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    out = {}
+    for ln in text.splitlines():
+        if ln.startswith("mipic_model_info{"):
+            version = ln.split('model_version="', 1)[1].split('"', 1)[0]
+            out[version] = float(ln.rsplit(" ", 1)[1])
+    return out
+
+
 @pytest.fixture
 def repo(tmp_path: Path, tiny_model_dir: Path, tiny_model_v2_dir: Path) -> ModelRepository:
     r = ModelRepository(tmp_path / "tiny")
@@ -103,19 +114,16 @@ def test_two_workers_share_the_port_metrics_restarts_reload_and_stop(repo: Model
         _wait(lambda: _ready(url), "replacements ready", proc)
         assert not set(_workers(proc)) & set(first)
         assert _embed_200s(url) == 20
-        metrics = httpx.get(url + "/metrics", timeout=10).text
-        assert "mipic_ready 1.0" in metrics
+        # mipic_ready is the minimum over live workers: 1 once both replacements have loaded and warmed
+        _wait(lambda: "\nmipic_ready 1.0" in httpx.get(url + "/metrics", timeout=10).text, "both ready", proc)
 
         # a reload answered by one worker reaches the other through the parent (watching CURRENT is off here)
         repo.promote("2")
         r = httpx.post(url + "/admin/reload", headers={"authorization": f"Bearer {TOKEN}"}, timeout=60)
         assert r.status_code == 200 and r.json()["model"] == "tiny@2", r.text
-        _wait(lambda: all(_embed_version(url) == "tiny@2" for _ in range(10)), "every worker on version 2", proc,
-              timeout=30)
-        metrics = httpx.get(url + "/metrics", timeout=10).text
-        info = [ln for ln in metrics.splitlines() if ln.startswith("mipic_model_info{")]
-        assert all(ln.endswith(" 0.0") for ln in info if 'model_version="1"' in ln)
-        assert [ln.endswith(" 1.0") for ln in info if 'model_version="2"' in ln] == [True]
+        # mipic_model_info is the maximum over live workers: version 1 reads 0 only once every worker has left it
+        _wait(lambda: _model_info(url) == {"1": 0.0, "2": 1.0}, "every worker on version 2", proc, timeout=30)
+        assert {_embed_version(url) for _ in range(10)} == {"tiny@2"}
         # a reload to a path cannot reach the other workers: refused, naming the field
         r = httpx.post(url + "/admin/reload", headers={"authorization": f"Bearer {TOKEN}"},
                        json={"model_dir": str(repo.path / "1")}, timeout=30)
@@ -166,3 +174,24 @@ def test_worker_settings_split_the_cores_unless_set(tmp_path: Path) -> None:
     assert (s.intra_op_threads, s.tokenizer_threads) == (3, 4)
     one = Settings(model_dir=tmp_path)
     assert worker_settings(one, cpus=8) is one
+
+
+def test_sighup_reloads_current_in_a_single_process_server(repo: ModelRepository) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MIPIC_BOOTSTRAP_DEFAULT": "false", "MIPIC_WATCH_INTERVAL_S": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "mipic.cli", "serve", "--port", str(port), "--model",
+                             str(repo.path), "--log-level", "info"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait(lambda: _ready(url), "ready", proc)
+        assert _embed_version(url) == "tiny@1"
+        repo.promote("2")
+        time.sleep(0.5)
+        assert _embed_version(url) == "tiny@1"  # the watcher is off: nothing switches by itself
+        proc.send_signal(signal.SIGHUP)
+        _wait(lambda: _embed_version(url) == "tiny@2", "version 2 after SIGHUP", proc, timeout=30)
+        assert _model_info(url) == {"2": 1.0}  # one process: the old series is removed, not left at 0
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert "SIGHUP reload: serving tiny@2" in (proc.stderr.read() if proc.stderr else "")
