@@ -195,3 +195,22 @@ def test_sighup_reloads_current_in_a_single_process_server(repo: ModelRepository
         proc.terminate()
         proc.wait(30)
     assert "SIGHUP reload: serving tiny@2" in (proc.stderr.read() if proc.stderr else "")
+
+
+def test_workers_stop_when_their_parent_is_killed(tiny_model_dir: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(tiny_model_dir, port)
+    try:
+        _wait(lambda: len(_workers(proc)) == 2 and _ready(url), "two workers", proc)
+        workers = [psutil.Process(p) for p in _workers(proc)]
+        proc.kill()  # SIGKILL: the parent cannot forward anything
+        proc.wait(10)
+        gone, alive = psutil.wait_procs(workers, timeout=5 + SHUTDOWN_MARGIN_S + 5)
+        assert alive == [], "orphaned workers kept running"
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(url + "/ready", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

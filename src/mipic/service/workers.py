@@ -22,6 +22,9 @@ Signals to the parent:
 - SIGHUP: forwarded; each worker reloads the repository's CURRENT, as ``POST /admin/reload`` without a body does.
   That endpoint, answered by one worker, sends the parent this signal so every worker follows.
 
+Each worker leaves the parent's process group (a signal to the group, Ctrl-C in a terminal, reaches it once,
+through the parent) and drains and stops by itself if the parent dies without stopping it (SIGKILL).
+
 A worker that exits while the parent is not stopping is started again, unless it failed before it ever served
 (uvicorn's startup-failure exit code 3: a model that does not verify, a bad setting), which every restart would
 repeat: then the parent stops the others and exits with that code. More than :data:`MAX_RESTARTS` restarts
@@ -45,6 +48,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
 from collections import deque
 from multiprocessing.context import SpawnProcess
@@ -84,14 +88,28 @@ def worker_settings(settings: Settings, cpus: int | None = None) -> Settings:
 
 
 def _worker(settings: Settings, sock: socket.socket) -> None:  # pragma: no cover - runs in a spawned process
-    """One worker: the single-process server on the parent's socket."""
+    """One worker: the single-process server on the parent's socket. It leaves the parent's process group, so a
+    signal to the group (Ctrl-C in a terminal) reaches it once, forwarded by the parent, not twice (a second
+    SIGTERM or SIGINT skips the drain), and it stops (draining) if the parent dies without stopping it."""
     from mipic.service.app import create_app
     from mipic.service.server import run
 
+    os.setpgrp()
+    parent = os.getppid()
+    threading.Thread(target=_stop_when_orphaned, args=(parent,), name="mipic-parent-watch", daemon=True).start()
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
-    app.state.supervisor_pid = os.getppid()
+    app.state.supervisor_pid = parent
     run(app, settings, sockets=[sock])
+
+
+def _stop_when_orphaned(parent: int, interval_s: float = 1.0) -> None:  # pragma: no cover - in a worker
+    """SIGTERM this worker (a drain) once its parent is gone (killed with SIGKILL, say): nothing else would
+    stop it, and it would keep serving on the socket."""
+    while os.getppid() == parent:
+        time.sleep(interval_s)
+    logger.warning("the supervisor (pid %d) is gone: stopping this worker", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
@@ -133,8 +151,14 @@ class Supervisor:
         return code
 
     def _start(self, sock: socket.socket) -> SpawnProcess:
+        """A new worker. It is started with SIGHUP ignored (a disposition that survives exec) until its server
+        installs its reload handler: a reload broadcast while it loads must not kill it (it loads CURRENT anyway)."""
         proc = self._ctx.Process(target=_worker, args=(self.child_settings, sock), name="mipic-worker", daemon=False)
-        proc.start()
+        handler = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        try:
+            proc.start()
+        finally:
+            signal.signal(signal.SIGHUP, handler)
         return proc
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
