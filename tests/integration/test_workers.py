@@ -171,7 +171,9 @@ def test_worker_settings_split_the_cores_unless_set(tmp_path: Path) -> None:
     s = worker_settings(Settings(model_dir=tmp_path, workers=4), cpus=2)
     assert (s.intra_op_threads, s.tokenizer_threads) == (1, 1)
     s = worker_settings(Settings(model_dir=tmp_path, workers=2, intra_op_threads=3, tokenizer_threads=4), cpus=2)
-    assert (s.intra_op_threads, s.tokenizer_threads) == (3, 4)
+    assert (s.intra_op_threads, s.tokenizer_threads) == (3, 4)  # positive: each worker's own
+    s = worker_settings(Settings(model_dir=tmp_path, workers=2, intra_op_threads=0), cpus=4)
+    assert s.intra_op_threads == 2  # 0 means all cores, whether set or left: split
     one = Settings(model_dir=tmp_path)
     assert worker_settings(one, cpus=8) is one
 
@@ -206,7 +208,7 @@ def test_workers_stop_when_their_parent_is_killed(tiny_model_dir: Path) -> None:
         workers = [psutil.Process(p) for p in _workers(proc)]
         proc.kill()  # SIGKILL: the parent cannot forward anything
         proc.wait(10)
-        gone, alive = psutil.wait_procs(workers, timeout=5 + SHUTDOWN_MARGIN_S + 5)
+        _gone, alive = psutil.wait_procs(workers, timeout=5 + SHUTDOWN_MARGIN_S + 5)
         assert alive == [], "orphaned workers kept running"
         with pytest.raises(httpx.HTTPError):
             httpx.get(url + "/ready", timeout=2)

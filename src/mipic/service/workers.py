@@ -73,14 +73,15 @@ multiprocessing.allow_connection_pickling()  # sockets travel to spawned workers
 
 
 def worker_settings(settings: Settings, cpus: int | None = None) -> Settings:
-    """The settings one of ``settings.workers`` workers runs with: threads left at their defaults become the
-    worker's share of the cores (at least one each); anything set explicitly is kept."""
+    """The settings one of ``settings.workers`` workers runs with: ``intra_op_threads`` 0 (all cores) becomes the
+    worker's share of the cores (at least one), and so does an unset ``tokenizer_threads`` at most; a positive
+    ``intra_op_threads`` or a set ``tokenizer_threads`` is each worker's own."""
     n = settings.workers
     if n <= 1:
         return settings
     share = max(1, (cpus or os.cpu_count() or 1) // n)
     update: dict[str, int] = {}
-    if "intra_op_threads" not in settings.model_fields_set and settings.intra_op_threads == 0:
+    if settings.intra_op_threads == 0:
         update["intra_op_threads"] = share
     if "tokenizer_threads" not in settings.model_fields_set:
         update["tokenizer_threads"] = min(settings.tokenizer_threads, share)
