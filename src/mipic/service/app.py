@@ -140,9 +140,9 @@ def create_app(settings: Settings | None = None, metrics: Metrics | None = None)
         metrics.inference_duration.labels(v).observe(stats.inference_seconds)
         for q in stats.queue_seconds:
             metrics.queue_duration.labels(v).observe(q)
-        # also set at every scrape; kept current here because with several workers the scrape reaches one
-        metrics.queue_depth.set(engine.batcher.depth)
-        metrics.observe_shed(engine.batcher.shed_rows)
+        if metrics.multiproc_dir:  # a scrape sets these for its own worker only: keep every worker's current
+            metrics.queue_depth.set(engine.batcher.depth)
+            metrics.observe_shed(engine.batcher.shed_rows)
 
     def on_swap(old: LoadedModel | None, new: LoadedModel) -> None:
         if old is not None:

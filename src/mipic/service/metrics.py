@@ -16,6 +16,9 @@ import os
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+#: Where several workers' metrics meet (set by ``workers.Supervisor`` before a worker imports prometheus_client).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
 # Sub-millisecond buckets for the tiny-input CPU case up to several seconds for overload.
 LATENCY_BUCKETS_S = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
@@ -31,7 +34,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         # set by workers.Supervisor before this process imported prometheus_client (which then records to files)
-        self.multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
         r = self.registry
         self.request_duration = Histogram(
             "mipic_request_duration_seconds",

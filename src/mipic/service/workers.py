@@ -58,6 +58,7 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from mipic.logs import logging_config, setup_logging
+from mipic.service.metrics import MULTIPROC_ENV
 from mipic.service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,6 @@ EXIT_GRACE_S = 5.0
 #: Restarts of crashed workers allowed within :data:`RESTART_WINDOW_S` before the server gives up.
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 multiprocessing.allow_connection_pickling()  # sockets travel to spawned workers
 
