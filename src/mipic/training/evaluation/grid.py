@@ -15,11 +15,20 @@ from mipic.modeldir.manifest import default_dims
 from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder
 from mipic.training.evaluation.pooling import truncate_normalize
 from mipic.training.evaluation.report import write_report
-from mipic.training.evaluation.result import EXIT_COSINE, EXITS_SUITE, GridResult
+from mipic.training.evaluation.result import EXIT_COSINE, EXITS_SUITE, INDEX_PREFIX, GridResult
 from mipic.training.evaluation.suites import Embed, Suite, geometry_suite
 
 logger = logging.getLogger(__name__)
 
+#: Dims at which every (query layer, document layer) pair is scored when present in the grid: a small budget
+#: and the full width (the widest dim of the grid is always one of them).
+EXIT_PAIR_DIMS = (64,)
+
+
+def exit_pair_dims(dims: Sequence[int]) -> list[int]:
+    """The grid's dims at which every (query layer, document layer) pair is scored: those of
+    :data:`EXIT_PAIR_DIMS` the grid has, and its widest."""
+    return sorted({d for d in dims if d in EXIT_PAIR_DIMS} | {max(dims)})
 
 
 def _check_budgets(encoder: BudgetEncoder, layers: Sequence[int], dims: Sequence[int]) -> None:
@@ -49,7 +58,9 @@ def run_grid(
     With ``cross`` (default) each budget is also compared with the same dim at the encoder's last layer:
     retrieval suites get ``index_<metric>`` (queries at (d, l) against documents at (d, L): can a shallow
     query search an index built at full depth?) and the ``exits`` pseudo-suite ``cosine_to_last`` (mean
-    cosine between a text's (d, l) and (d, L) vectors).
+    cosine between a text's (d, l) and (d, L) vectors). At the dims of :func:`exit_pair_dims` it also scores
+    every pair of exits (``GridResult.exit_pairs``): queries at (d, a) against documents at (d, b) for every a, b
+    of ``layers``, each retrieval suite's main metric — an index built at any exit, searched from any other.
 
     Every distinct text is embedded once: through ``encode_all_layers`` when the encoder has it
     (one forward pass for the whole grid), else one ``encode`` call per budget. Writes
@@ -85,6 +96,8 @@ def run_grid(
 
     last = encoder.num_layers
     last_layer_vectors: dict[int, np.ndarray] = {}  # dim → (N, dim): each is the reference of a whole column
+    pair_dims = exit_pair_dims(dims) if cross and len(layers) > 1 else []
+    kept: dict[tuple[int, int], np.ndarray] = {}  # (layer, dim) → (N, dim) at the pair dims
 
     def budget(layer: int, dim: int) -> np.ndarray:
         nonlocal encode_seconds
@@ -103,6 +116,8 @@ def run_grid(
     for i, layer in enumerate(layers):
         for j, dim in enumerate(dims):
             emb = budget(layer, dim)
+            if dim in pair_dims:
+                kept[layer, dim] = emb
 
             def embed(batch: Sequence[str], emb: np.ndarray = emb) -> np.ndarray:
                 return emb[[row_of[t] for t in batch]]
@@ -125,6 +140,7 @@ def run_grid(
             logger.debug("grid: layer %d dim %d done", layer, dim)
             bar.update()
     bar.close()
+    exit_pairs = _score_exit_pairs(suites, kept, layers, pair_dims, row_of)
 
     result = GridResult(
         model=model_name,
@@ -134,6 +150,7 @@ def run_grid(
         main_metrics={s.name: s.main_metric for s in suites},
         n_texts=len(texts),
         seconds=time.perf_counter() - start,
+        exit_pairs=exit_pairs,
     )
     result.meta["encode_seconds"] = encode_seconds
     result.meta["score_seconds"] = result.seconds - encode_seconds
@@ -141,6 +158,32 @@ def run_grid(
     if out_dir is not None:
         write_report(result, out_dir)
     return result
+
+
+def _score_exit_pairs(
+    suites: Sequence[Suite],
+    kept: dict[tuple[int, int], np.ndarray],
+    layers: Sequence[int],
+    dims: Sequence[int],
+    row_of: dict[str, int],
+) -> dict[str, dict[str, list[list[float]]]]:
+    """``{suite: {str(dim): table}}``, ``table[i][j]`` = the suite's main metric with queries at (dim, layers[i])
+    and documents at (dim, layers[j]); retrieval suites only (those with ``evaluate_index``)."""
+    out: dict[str, dict[str, list[list[float]]]] = {}
+    for suite in suites:
+        index = getattr(suite, "evaluate_index", None)
+        if index is None or not dims:
+            continue
+        metric = INDEX_PREFIX + suite.main_metric
+        tables = out.setdefault(suite.name, {})
+        for dim in dims:
+
+            def embed_at(layer: int, dim: int = dim) -> Embed:
+                vectors = kept[layer, dim]
+                return lambda batch: vectors[[row_of[t] for t in batch]]
+
+            tables[str(dim)] = [[float(index(embed_at(a), embed_at(b))[metric]) for b in layers] for a in layers]
+    return out
 
 
 def _evaluate(suite: Suite, embed: Embed) -> dict[str, float]:

@@ -29,6 +29,7 @@ def grid_markdown(result: GridResult) -> str:
     lines = [f"# Budget grid: {result.model or 'model'}", ""]
     lines.append(f"{result.n_texts} distinct texts, {result.seconds:.1f} s.")
     lines.append(cross_exit_markdown(result).rstrip("\n"))
+    lines.append(exit_pairs_markdown(result).rstrip("\n"))
     header = "| layer | " + " | ".join(f"d={d}" for d in result.dims) + " |"
     rule = "|---:|" + "---:|" * len(result.dims)
     for suite, metrics in result.scores.items():
@@ -48,8 +49,11 @@ def plot_heatmap(
     title: str,
     path: Path,
     lower_is_better: bool = False,
+    xlabel: str = "dim",
+    ylabel: str = "layer",
 ) -> None:
-    """Annotated (layers × dims) heatmap, written with the Agg canvas (no display, no global state)."""
+    """Annotated (layers × dims) heatmap, written with the Agg canvas (no display, no global state); the axes'
+    names are ``xlabel`` and ``ylabel`` (another pair of axes: exit pairs, query layer × document layer)."""
     fig = Figure(figsize=(1.1 * len(dims) + 2.5, 0.6 * len(layers) + 1.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -58,8 +62,8 @@ def plot_heatmap(
     )
     ax.set_xticks(range(len(dims)), [str(d) for d in dims])
     ax.set_yticks(range(len(layers)), [str(ly) for ly in layers])
-    ax.set_xlabel("dim")
-    ax.set_ylabel("layer")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     finite = values[np.isfinite(values)]
     mid = float(finite.mean()) if finite.size else 0.0
@@ -119,9 +123,36 @@ def cross_exit_markdown(result: GridResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def exit_pair_tables(result: GridResult) -> dict[int, np.ndarray]:
+    """dim → (layers × layers) mean over the retrieval suites of queries at (dim, row layer) against documents at
+    (dim, column layer); empty when the grid has no exit pairs."""
+    dims = sorted({int(d) for tables in result.exit_pairs.values() for d in tables})
+    return {d: np.mean([np.asarray(t[str(d)], dtype=np.float64) for t in result.exit_pairs.values()
+                        if str(d) in t], axis=0) for d in dims}
+
+
+def exit_pairs_markdown(result: GridResult) -> str:
+    """Every pair of exits at the grid's pair dims: queries at one layer, documents at another."""
+    tables = exit_pair_tables(result)
+    if not tables:
+        return ""
+    suites = ", ".join(result.exit_pairs)
+    header = "| query layer ↓ · document layer → | " + " | ".join(str(ly) for ly in result.layers) + " |"
+    rule = "|---:|" + "---:|" * len(result.layers)
+    lines = ["", "## Queries at one exit, documents at another", "",
+             f"Mean of {suites} with queries at (dim, row layer) against documents at (dim, column layer): the "
+             "diagonal is the same budget on both sides, the last column an index built at the last layer."]
+    for dim, table in tables.items():
+        lines += ["", f"d={dim}:", "", header, rule]
+        for layer, row in zip(result.layers, table, strict=True):
+            lines.append(f"| {layer} | " + " | ".join(_fmt(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(result: GridResult, out_dir: Path) -> list[Path]:
     """Write ``grid.json``, ``grid.md`` and ``heatmap_<suite>_<metric>.png`` per main metric and per cross-exit
-    metric (queries against a last-layer index, cosine to the last layer)."""
+    metric (queries against a last-layer index, cosine to the last layer), and ``heatmap_exit_pairs_d<dim>.png``
+    (queries at one exit against documents at another) at each pair dim."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "grid.json", out_dir / "grid.md"]
@@ -137,6 +168,11 @@ def write_report(result: GridResult, out_dir: Path) -> list[Path]:
             path,
             lower_is_better=metric in LOWER_IS_BETTER,
         )
+        written.append(path)
+    for dim, table in exit_pair_tables(result).items():
+        path = out_dir / f"heatmap_exit_pairs_d{dim}.png"
+        plot_heatmap(table, result.layers, result.layers, f"queries × documents by exit layer · d={dim}", path,
+                     xlabel="document layer", ylabel="query layer")
         written.append(path)
     logger.info("wrote grid report to %s", out_dir)
     return written

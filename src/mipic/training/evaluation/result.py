@@ -20,7 +20,11 @@ INDEX_PREFIX = "index_"
 
 @dataclass
 class GridResult:
-    """``scores[suite][metric][i][j]`` is the metric at ``layers[i]``, ``dims[j]`` (NaN if undefined)."""
+    """``scores[suite][metric][i][j]`` is the metric at ``layers[i]``, ``dims[j]`` (NaN if undefined).
+
+    ``exit_pairs[suite][str(dim)][i][j]`` is a retrieval suite's main metric with queries at (dim, layers[i]) and
+    documents at (dim, layers[j]): the diagonal is the same-budget score, the last column the ``index_`` one.
+    """
 
     model: str
     layers: list[int]
@@ -30,6 +34,7 @@ class GridResult:
     n_texts: int = 0
     seconds: float = 0.0
     meta: dict[str, Any] = field(default_factory=dict)
+    exit_pairs: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
 
     def value(self, suite: str, metric: str, layer: int, dim: int) -> float:
         return self.scores[suite][metric][self.layers.index(layer)][self.dims.index(dim)]
@@ -54,16 +59,16 @@ class GridResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes ``None``."""
         data = asdict(self)
-        data["scores"] = {
-            s: {m: [[None if math.isnan(v) else v for v in row] for row in t] for m, t in ms.items()}
-            for s, ms in self.scores.items()
-        }
+        for key in ("scores", "exit_pairs"):
+            data[key] = {s: {m: [[None if math.isnan(v) else v for v in row] for row in t] for m, t in ms.items()}
+                         for s, ms in data[key].items()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GridResult:
-        scores = {
-            s: {m: [[math.nan if v is None else float(v) for v in row] for row in t] for m, t in ms.items()}
-            for s, ms in data["scores"].items()
-        }
-        return cls(**{**data, "scores": scores})
+        def tables(values: dict[str, dict[str, list[list[Any]]]]) -> dict[str, dict[str, list[list[float]]]]:
+            return {s: {m: [[math.nan if v is None else float(v) for v in row] for row in t] for m, t in ms.items()}
+                    for s, ms in values.items()}
+
+        # exit_pairs: absent from grids written before it existed
+        return cls(**{**data, "scores": tables(data["scores"]), "exit_pairs": tables(data.get("exit_pairs", {}))})

@@ -1,5 +1,6 @@
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from eval_fakes import RandomEncoder
 from transformers import BertModel, PreTrainedTokenizerFast
 
 from mipic.training.evaluation.encoders import AllLayersEncoder, BudgetEncoder, TorchBudgetEncoder
-from mipic.training.evaluation.grid import default_dims, run_grid
+from mipic.training.evaluation.grid import default_dims, exit_pair_dims, run_grid
 from mipic.training.evaluation.result import GridResult
 from mipic.training.evaluation.suites import (
     ClassificationSuite,
@@ -108,12 +109,21 @@ def test_run_grid_writes_outputs(encoder: TorchBudgetEncoder, tmp_path: Path) ->
     assert GridResult.from_dict(data).scores == result.scores
     md = (tmp_path / "grid.md").read_text()
     assert "## ret · ndcg@10 (main)" in md and "| layer | d=4 | d=8 | d=32 |" in md
-    # one row per metric table, plus the two tables of the cross-exit summary
-    assert md.count("\n| 2 | ") == sum(len(m) for m in result.scores.values()) + 2
+    # one row per metric table, plus the two tables of the cross-exit summary and the exit pairs' one (d=32)
+    assert md.count("\n| 2 | ") == sum(len(m) for m in result.scores.values()) + 3
     assert "## One index, any exit" in md and "## ret · index_ndcg@10" in md
+    assert "## Queries at one exit, documents at another" in md and "d=32:" in md
+    # every pair of exits at the widest dim (no 64 in this grid): the diagonal is the same budget, the last column
+    # the last-layer index, and the JSON keeps the table
+    pairs = np.asarray(result.exit_pairs["ret"]["32"])
+    assert pairs.shape == (2, 2) and set(result.exit_pairs) == {"ret"}
+    np.testing.assert_allclose(np.diag(pairs), result.table("ret", "ndcg@10")[:, -1])
+    np.testing.assert_allclose(pairs[:, -1], result.table("ret", "index_ndcg@10")[:, -1])
+    assert GridResult.from_dict(data).exit_pairs == result.exit_pairs
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert pngs == [
         "heatmap_cls_accuracy.png",
+        "heatmap_exit_pairs_d32.png",
         "heatmap_exits_cosine_to_last.png",
         "heatmap_pairs_ap.png",
         "heatmap_ret_index_ndcg_10.png",
@@ -133,6 +143,26 @@ def test_grid_without_all_layers_calls_encode_per_budget() -> None:
     result = run_grid(enc, _suites(), layers=[1, 3], dims=[2, 8], geometry=False)
     assert sorted(enc.calls) == [(1, 2), (1, 8), (3, 2), (3, 8)]
     assert "geometry" not in result.scores
+
+
+def test_exit_pairs_are_queries_at_one_layer_against_documents_at_another() -> None:
+    assert exit_pair_dims([16, 32, 64, 128, 384]) == [64, 384] and exit_pair_dims([4, 8]) == [8]
+    enc = RandomEncoder(num_layers=3, hidden_size=8)
+    suite = _suites()[2]
+    result = run_grid(enc, [suite], layers=[1, 2, 3], dims=[4, 8], geometry=False)
+    pairs = np.asarray(result.exit_pairs["ret"]["8"])
+    assert pairs.shape == (3, 3) and list(result.exit_pairs["ret"]) == ["8"]
+
+    def at(layer: int) -> Any:
+        return lambda batch: enc.encode(batch, layer, 8)
+
+    for a, b in [(1, 2), (3, 1), (2, 2)]:  # recomputed by hand: queries at layer a, documents at layer b
+        assert pairs[a - 1, b - 1] == pytest.approx(suite.evaluate_index(at(a), at(b))["index_ndcg@10"])
+    assert not run_grid(enc, [suite], layers=[2], dims=[8], geometry=False).exit_pairs  # one layer: no pairs
+    assert not run_grid(enc, [suite], layers=[1, 2], dims=[8], geometry=False, cross=False).exit_pairs
+    old = result.to_dict()
+    del old["exit_pairs"]  # a grid.json written before exit pairs existed still loads
+    assert GridResult.from_dict(old).exit_pairs == {}
 
 
 def test_grid_defaults_and_validation() -> None:
