@@ -103,15 +103,17 @@ def test_page_shows_every_budget_of_the_api(browser: Any, server: LiveServer, tm
     loads = [(float(page.get_attribute("html", "data-ready-ms")), wall_s)]
     # The bound is the page's, not a shared 2-core machine's: a load that misses it (once in a fresh-clone run,
     # 1,283 ms; alone 259-334 ms) is retried in a new tab, at most three loads, and the best one counts.
-    while not (loads[-1][0] < MAX_LOAD_MS and loads[-1][1] < 2 * MAX_LOAD_MS / 1000) and len(loads) < 3:
+    def in_time(ready_ms: float, wall_s: float) -> bool:
+        return ready_ms < MAX_LOAD_MS and wall_s < 2 * MAX_LOAD_MS / 1000
+
+    while not in_time(*loads[-1]) and len(loads) < 3:
         again, _, _, again_s = open_page(browser, server.url)
         loads.append((float(again.get_attribute("html", "data-ready-ms")), again_s))
         again.close()
-    ready_ms, wall_s = min(loads)
     text = "; ".join(f"ready {r:.1f} ms after navigation start, wall {w * 1000:.0f} ms" for r, w in loads)
     (tmp_path / "load_time.txt").write_text(text + "\n")
     print(f"budget page: {text}")
-    assert ready_ms < MAX_LOAD_MS and wall_s < 2 * MAX_LOAD_MS / 1000, text
+    assert in_time(*loads[-1]), text  # the loop stops at the first load in time, else after the third
 
     budgets = httpx.get(server.url + "/budgets").json()
     info = httpx.get(server.url + "/info").json()
