@@ -122,3 +122,19 @@ def test_quality_gate_refuses_a_candidate_whose_exits_do_not_share_one_space() -
     report = quality_gate(grid(0.8, 0.6, with_exits=False), served, gate)
     assert report["failures"][0].startswith("the candidate was not measured across exits")
     assert quality_gate(grid(0.2, 0.6), served, GateSection(min_exit_cosine=None))["failures"] == []
+
+
+def test_retrain_set_overrides_reach_the_training_config() -> None:
+    """``mipic retrain --set 'train_overrides=[...]'`` (README): a YAML list of the training config's own overrides,
+    applied on top of the retrain config's; other keys of the retrain config are set the same way."""
+    from mipic.training.config import load_config
+    from mipic.training.pipeline import load_retrain_config
+
+    cfg = load_retrain_config(Path("configs/retrain_minilm.yaml"),
+                              ["train_overrides=[seed=43, train.max_steps=7]", "gate.max_drop=0.01"])
+    assert cfg.train_overrides == ["seed=43", "train.max_steps=7"]
+    assert cfg.gate.max_drop == pytest.approx(0.01)
+    tcfg = load_config(cfg.train_config, cfg.train_overrides)
+    assert (tcfg.seed, tcfg.train.max_steps) == (43, 7)
+    default = load_config(cfg.train_config, load_retrain_config(Path("configs/retrain_minilm.yaml")).train_overrides)
+    assert (default.seed, default.train.max_steps) == (42, 6000)
